@@ -1,0 +1,22 @@
+"""Chat backends behind one interface; `build_backend` picks one from the recipe."""
+
+from __future__ import annotations
+
+from ..config import BackendConfig
+from .base import ChatBackend, ChatRequest, Completion, UsageTotals
+from .fake import ScriptedBackend
+
+__all__ = ["ChatBackend", "ChatRequest", "Completion", "UsageTotals", "ScriptedBackend", "build_backend"]
+
+
+def build_backend(config: BackendConfig, progress: bool = True) -> ChatBackend:
+    if config.kind == "openai":
+        from .openai_compat import OpenAIBackend
+
+        return OpenAIBackend(config)
+    if config.kind == "local":
+        from .local import LocalBackend
+
+        return LocalBackend(config, progress=progress)
+    return ScriptedBackend(replies=config.replies, default=config.default_reply, delay_s=config.delay_s,
+                           model=config.model, sampling=config.sampling)

@@ -1,0 +1,193 @@
+"""The `forge` command: a thin layer from options to config to stage.run to a rich summary.
+
+Every mistake a user can make ends in one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, ui
+from .config import Recipe, load_recipe, parse_set_option
+from .errors import UserError
+
+
+class Context:
+    def __init__(self, recipe_path: Path | None, run_dir: Path | None, sets: tuple[str, ...], force: bool):
+        self.recipe_path = recipe_path
+        self.run_dir = run_dir
+        self.sets = sets
+        self.force = force
+
+    def recipe(self, **overrides: Any) -> Recipe:
+        merged = parse_set_option(self.sets)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        if self.run_dir is not None:
+            merged["run_dir"] = str(self.run_dir)
+        return load_recipe(self.recipe_path, merged)
+
+
+recipe_option = click.option("--recipe", "-r", type=click.Path(path_type=Path), default=None,
+                             help="Recipe YAML (see recipes/); flags override it.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@recipe_option
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Run directory (overrides the recipe).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe value, e.g. --set backend.concurrency=32.")
+@click.option("--force", is_flag=True, help="Redo a stage whose config or input changed (old outputs go to .trash/).")
+@click.option("-v", "--verbose", count=True, help="More detail (and tracebacks on internal errors).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries.")
+@click.version_option(__version__, prog_name="forge")
+@click.pass_context
+def forge(ctx: click.Context, recipe: Path | None, run_dir: Path | None, sets: tuple[str, ...],
+          force: bool, verbose: int, quiet: bool) -> None:
+    """Make persona-grounded conversation data and prove that it is good.
+
+    Example: forge --recipe recipes/quickstart.yaml complete --input prompts.jsonl
+    """
+    ui.set_verbosity(-1 if quiet else verbose)
+    ctx.obj = Context(recipe, run_dir, sets, force)
+
+
+def _stage_recipe_option(f):
+    """Let `--recipe` also follow the subcommand (`forge complete --recipe r.yaml`)."""
+    return click.option("--recipe", "-r", "sub_recipe", type=click.Path(path_type=Path), default=None,
+                        help="Recipe YAML (same as the group option).")(f)
+
+
+def _context(obj: Context, sub_recipe: Path | None) -> Context:
+    if sub_recipe is not None:
+        obj.recipe_path = sub_recipe
+    return obj
+
+
+@forge.command()
+@_stage_recipe_option
+@click.option("--input", "input_path", type=click.Path(path_type=Path), help="JSONL of prompts.")
+@click.option("--json", "want_json", is_flag=True, default=None, help="Ask for JSON replies and parse them.")
+@click.pass_obj
+def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, want_json: bool | None) -> None:
+    """Send a JSONL of prompts to the chat backend; resumable, results as they finish.
+
+    Example: forge complete --input prompts.jsonl --set backend.kind=openai --set backend.model=gpt-4o-mini
+    """
+    from .backends import build_backend
+    from .stages import complete as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{"complete.input": str(input_path) if input_path else None,
+                                                 "complete.json_replies": want_json})
+    backend = build_backend(recipe.backend, progress=ui.verbosity() >= 0)
+    rows = stage.run(recipe, backend, force=obj.force)
+    ui.summary("forge complete", rows)
+    if rows["failed (re-run to retry)"]:
+        raise UserError(f"{rows['failed (re-run to retry)']} prompts failed after retries; "
+                        f"run the same command again to retry only those")
+
+
+@forge.group()
+def models() -> None:
+    """Where models come from: packaged, local folders, hub names."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Show the packaged models and where they are.
+
+    Example: forge models list
+    """
+    from .models import PACKAGED, cache_dir, converted_smollm2
+
+    rows = {f"packaged:{name}": text for name, text in PACKAGED.items()}
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    rows["SmolLM2 converted copy"] = str(target) if (target / ".complete").exists() else \
+        "not yet (forge models prepare)"
+    rows["cache"] = str(cache_dir())
+    ui.summary("models", rows)
+    del converted_smollm2
+
+
+@models.command("prepare")
+def models_prepare() -> None:
+    """Convert the packaged SmolLM2 to safetensors in the cache once (about 30 s).
+
+    Example: forge models prepare
+    """
+    from .models import converted_smollm2, sentence_model_path
+
+    path = converted_smollm2(progress=ui.verbosity() >= 0)
+    ui.summary("models ready", {"packaged:smollm2-135m-instruct": str(path),
+                                "packaged:minilm-l6": sentence_model_path("packaged:minilm-l6")})
+
+
+@forge.group()
+def recipe() -> None:
+    """Inspect recipes."""
+
+
+@recipe.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.pass_obj
+def recipe_check(obj: Context, path: Path) -> None:
+    """Validate a recipe and print it with every default filled in, as JSON.
+
+    Example: forge recipe check recipes/quickstart.yaml
+    """
+    obj.recipe_path = path
+    resolved = obj.recipe()
+    ui.stdout.print_json(json.dumps(resolved.model_dump(mode="json")))
+
+
+@forge.command("prompt")
+@click.argument("name")
+@click.option("--vars", "vars_json", default="{}", help="Template variables as a JSON object.")
+def prompt_render(name: str, vars_json: str) -> None:
+    """Render a prompt template with variables, to see exactly what a model is sent.
+
+    Example: forge prompt complete/echo --vars '{"text": "hi"}'
+    """
+    from .prompts import render
+
+    try:
+        variables = json.loads(vars_json)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--vars: not valid JSON ({exc.msg}); give an object like '{{\"name\": \"value\"}}'") from None
+    rendered = render(name, **variables)
+    for message in rendered.messages:
+        ui.stdout.print(f"[bold]### {message['role']}[/bold]")
+        ui.stdout.print(message["content"], markup=False, highlight=False)
+    ui.info(f"prompt {rendered.ref.name} hash {rendered.ref.hash}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line and an exit code, never a traceback."""
+    try:
+        forge.main(args=argv, prog_name="forge", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("interrupted; run the same command again to resume", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume", 130)
+    except Exception as exc:  # a bug, not the user's fault: still one line unless asked for more
+        if ui.verbosity() > 0:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"forge: error: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The typed records every stage reads and writes, one JSON object per JSONL line.
+
+Each record's `id` is a hash of what determines it (its inputs, seed and sample index), never of
+a model's output, so a re-run can tell which records it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    """Base of every stored record: strict on read, immutable once made."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+
+
+def record_id(*parts: Any) -> str:
+    """A stable 16-hex id from the parts that determine a record (JSON-encoded, order kept)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Provenance(BaseModel):
+    """Where a generated record came from: enough to reproduce or audit it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
+    model: str
+    prompt: str | None = None
+    prompt_hash: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Attribute(Record):
+    """One persona sentence ("I have two dogs."), seed or LLM-expanded."""
+
+    text: str
+    source: Literal["seed", "expanded"]
+    topic: int | None = None
+    question: str | None = None
+    provenance: Provenance | None = None
+
+
+class Profile(Record):
+    """A user: about five mutually consistent, non-redundant attributes."""
+
+    attribute_ids: list[str]
+    attributes: list[str]
+
+
+class SharedTopic(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user1_attribute: str
+    user2_attribute: str
+    similarity: float
+
+
+class Pair(Record):
+    """Two users with something to talk about."""
+
+    user1: str
+    user2: str
+    similarity: float
+    shared_topics: list[SharedTopic] = Field(default_factory=list)
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speaker: Literal["user1", "user2"]
+    text: str
+
+
+class Dialogue(Record):
+    """A conversation between the two users of a pair (a generated candidate or a corpus one)."""
+
+    pair_id: str | None = None
+    user1_persona: list[str]
+    user2_persona: list[str]
+    turns: list[Turn]
+    round: int = 0
+    candidate: int = 0
+    provenance: Provenance | None = None
+    parse_error: str | None = None
+    scores: dict[str, float | None] = Field(default_factory=dict)
+
+
+class Rejection(Record):
+    """Something a stage dropped, and why: nothing disappears without a trace."""
+
+    stage: str
+    subject_id: str
+    reason: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class CompletionRecord(Record):
+    """One prompt sent to a chat backend by `forge complete`, and what came back."""
+
+    messages: list[ChatMessage]
+    text: str | None
+    parsed: Any = None
+    error: str | None = None
+    parse_error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    provenance: Provenance

@@ -1,0 +1,117 @@
+"""`forge complete`: send a JSONL of prompts to the configured chat backend, resumably.
+
+In:  a JSONL file, each line {"prompt": "..."} or {"messages": [{"role", "content"}, ...]},
+     optionally with "id" and "system".
+Out: <run_dir>/complete.jsonl (CompletionRecord, one per prompt, written as each finishes),
+     complete.manifest.json. Failed requests are not written: a re-run tries them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ..backends import ChatBackend, ChatRequest
+from ..config import Recipe
+from ..errors import UserError
+from ..schema import ChatMessage, CompletionRecord, Provenance, Usage, record_id
+from ..store import JsonlStore, RunDir, iter_jsonl
+from .. import ui
+
+STAGE = "complete"
+
+
+def load_prompts(path: Path, seed: int) -> list[tuple[str, ChatRequest, list[ChatMessage]]]:
+    """Parse the prompt file into (id, request, messages); a bad line is one clear error."""
+    prompts = []
+    seen: set[str] = set()
+    for line_no, row in enumerate(iter_jsonl(path), start=1):
+        messages = _messages(row, path, line_no)
+        rid = str(row["id"]) if isinstance(row, dict) and "id" in row else \
+            record_id(STAGE, [m.model_dump() for m in messages], seed)
+        if rid in seen:
+            raise UserError(f"{path}:{line_no}: id {rid} appears twice; ids must be unique")
+        seen.add(rid)
+        request = ChatRequest.of([m.model_dump() for m in messages], seed=seed + line_no)
+        prompts.append((rid, request, messages))
+    if not prompts:
+        raise UserError(f"{path}: no prompts; write one JSON object per line with a \"prompt\" or \"messages\" key")
+    return prompts
+
+
+def _messages(row: Any, path: Path, line_no: int) -> list[ChatMessage]:
+    where = f"{path}:{line_no}"
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with \"prompt\" or \"messages\"")
+    if "messages" in row:
+        try:
+            return [ChatMessage.model_validate(m) for m in row["messages"]]
+        except Exception:
+            raise UserError(f"{where}: \"messages\" must be a list of {{\"role\": system|user|assistant, "
+                            f"\"content\": text}}") from None
+    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        raise UserError(f"{where}: needs a non-empty \"prompt\" string or a \"messages\" list")
+    messages = [ChatMessage(role="user", content=row["prompt"])]
+    if row.get("system"):
+        messages.insert(0, ChatMessage(role="system", content=str(row["system"])))
+    return messages
+
+
+def run(recipe: Recipe, backend: ChatBackend, force: bool = False) -> dict[str, Any]:
+    cfg = recipe.complete
+    if cfg.input is None:
+        raise UserError("no prompts given: pass --input FILE.jsonl (or set complete.input in the recipe)")
+    prompts = load_prompts(cfg.input, cfg.seed)
+    run_dir = RunDir(recipe.run_dir)
+    stage = run_dir.begin(STAGE, {"complete": cfg.model_dump(mode="json", exclude={"input"}),
+                                  "backend": recipe.backend.identity()},
+                          inputs=[cfg.input], outputs=[f"{STAGE}.jsonl"], force=force)
+    stage.record_model("chat", str(backend.describe()))
+    store = JsonlStore(run_dir.file(f"{STAGE}.jsonl"), CompletionRecord)
+    done = store.ids()
+    todo = [p for p in prompts if p[0] not in done]
+    failed = asyncio.run(_complete_all(backend, todo, store, cfg.json_replies))
+    written = len(store.ids())
+    stage.set_count("prompts", len(prompts))
+    stage.set_count("written", written)
+    stage.set_count("failed_this_run", failed)
+    figures = {"usage": backend.usage.as_dict()}
+    if failed:
+        stage.save()
+    else:
+        stage.finish(**figures)
+    return {"prompts": len(prompts), "already done": len(done), "completed now": written - len(done),
+            "failed (re-run to retry)": failed, "parse errors": backend.usage.parse_errors,
+            "retries": backend.usage.retries, "prompt tokens": backend.usage.prompt_tokens,
+            "completion tokens": backend.usage.completion_tokens, "output": str(store.path)}
+
+
+async def _complete_all(backend: ChatBackend, todo, store: JsonlStore, want_json: bool) -> int:
+    failed = 0
+    requests = [_with_json(req, want_json) for _, req, _ in todo]
+    try:
+        with store.appender() as out, ui.progress("completing", total=len(todo)) as advance:
+            async for index, completion in backend.stream(requests):
+                advance()
+                if not completion.ok:
+                    failed += 1
+                    ui.debug(f"prompt {todo[index][0]} failed: {completion.error}")
+                    continue
+                rid, _, messages = todo[index]
+                out.write(CompletionRecord(
+                    id=rid, messages=messages, text=completion.text, parsed=completion.parsed,
+                    parse_error=completion.parse_error,
+                    usage=Usage(prompt_tokens=completion.prompt_tokens,
+                                completion_tokens=completion.completion_tokens),
+                    provenance=Provenance(backend=backend.name, model=backend.model,
+                                          params=backend.resolve(requests[index]).params())))
+    finally:
+        await backend.aclose()
+    return failed
+
+
+def _with_json(request: ChatRequest, want_json: bool) -> ChatRequest:
+    from dataclasses import replace
+
+    return replace(request, json=want_json)

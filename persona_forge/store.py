@@ -1,0 +1,317 @@
+"""The run directory: JSONL records in, JSONL records out, and a manifest per stage.
+
+Contract (see HOUSE_STYLE): a stage writes `<run_dir>/<stage>.jsonl` (and any side files) plus
+`<stage>.manifest.json`. Records are appended and flushed one by one, so a killed stage loses at
+most the requests in flight; on restart it skips ids already written. A torn last line (the
+process died inside a write) is cut off when the file is next opened for appending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import jsonlines
+from pydantic import BaseModel, ValidationError
+
+from .errors import UserError
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: Path, records: Iterable[BaseModel | dict]) -> int:
+    """Replace `path` with these records in one step (for stages that need their whole input)."""
+    lines = [_dump(r) for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def _dump(record: BaseModel | dict) -> str:
+    if isinstance(record, BaseModel):
+        return record.model_dump_json()
+    return json.dumps(record, ensure_ascii=False)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_jsonl(path: Path, model: type[R] | None = None) -> list[Any]:
+    """Every record of a JSONL file; a malformed line is a UserError naming file and line."""
+    return list(iter_jsonl(path, model))
+
+
+def iter_jsonl(path: Path, model: type[R] | None = None) -> Iterator[Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    with jsonlines.open(path) as reader:
+        line_no = 0
+        try:
+            for line_no, obj in enumerate(reader.iter(skip_empty=True), start=1):
+                yield _validate(obj, model, path, line_no) if model else obj
+        except jsonlines.InvalidLineError as exc:
+            raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc}); fix or remove that line") from None
+
+
+def _validate(obj: Any, model: type[R], path: Path, line_no: int) -> R:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(record)"
+        raise UserError(
+            f"{path}:{line_no}: not a {model.__name__} record: {where}: {first['msg']}"
+        ) from None
+
+
+class JsonlStore(Generic[R]):
+    """An append-only JSONL file of one record type, safe to kill and reopen."""
+
+    def __init__(self, path: Path, model: type[R]):
+        self.path = Path(path)
+        self.model = model
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> list[R]:
+        if not self.exists():
+            return []
+        self.repair()
+        return read_jsonl(self.path, self.model)
+
+    def ids(self) -> set[str]:
+        if not self.exists():
+            return set()
+        self.repair()
+        return {obj["id"] for obj in iter_jsonl(self.path)}
+
+    def repair(self) -> int:
+        """Cut a torn last line left by a killed writer; returns the bytes removed."""
+        if not self.exists():
+            return 0
+        with open(self.path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return 0
+            # Walk back to the last newline: everything after it is an unfinished record.
+            pos = size - 1
+            while pos > 0:
+                step = min(4096, pos)
+                fh.seek(pos - step)
+                chunk = fh.read(step)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    pos = pos - step + cut + 1
+                    break
+                pos -= step
+            fh.truncate(pos)
+            return size - pos
+
+    @contextlib.contextmanager
+    def appender(self) -> Iterator["Appender[R]"]:
+        """Open for appending under an exclusive lock (one writer per file)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.path}: another forge process is writing this file; wait for it or stop it"
+                ) from None
+            self.repair()
+            with open(self.path, "a", encoding="utf-8") as fh:
+                yield Appender(fh, self.model)
+
+
+class Appender(Generic[R]):
+    def __init__(self, fh, model: type[R]):
+        self._writer = jsonlines.Writer(fh, flush=True, compact=True)
+        self._model = model
+        self.written = 0
+
+    def write(self, record: R) -> None:
+        if not isinstance(record, self._model):
+            raise TypeError(f"expected {self._model.__name__}, got {type(record).__name__}")
+        self._writer.write(record.model_dump(mode="json"))
+        self.written += 1
+
+
+class Manifest(BaseModel):
+    """What a stage ran with and what it made: the audit trail of a run directory."""
+
+    stage: str
+    status: str = "running"
+    config_hash: str
+    config: dict[str, Any]
+    inputs: dict[str, str] = {}
+    outputs: list[str] = []
+    counts: dict[str, int] = {}
+    figures: dict[str, Any] = {}
+    models: dict[str, str] = {}
+    prompts: dict[str, str] = {}
+    packages: dict[str, str] = {}
+    started_at: float = 0.0
+    finished_at: float | None = None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+_TRACKED_PACKAGES = (
+    "persona_forge", "torch", "transformers", "sentence-transformers", "peft", "trl", "datasets",
+    "faiss-cpu", "openai", "bert-score", "gguf",
+)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in _TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+class RunDir:
+    """A run directory holding every stage's outputs and manifests."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.path / f"{stage}.manifest.json"
+
+    def manifest(self, stage: str) -> Manifest | None:
+        path = self.manifest_path(stage)
+        if not path.is_file():
+            return None
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def begin(self, stage: str, config: dict[str, Any], inputs: Iterable[Path] = (),
+              outputs: Iterable[str] = (), force: bool = False) -> "StageRun":
+        """Start or resume `stage`; refuse to mix configs in one run directory unless forced."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        input_hashes = {str(p): file_sha256(p) for p in inputs}
+        manifest = Manifest(stage=stage, config_hash=config_hash(config), config=config,
+                            inputs=input_hashes, outputs=list(outputs), started_at=time.time())
+        previous = self.manifest(stage)
+        if previous is not None:
+            changed = _describe_change(previous, manifest)
+            if changed and not force:
+                raise UserError(
+                    f"{self.path}: the {stage} stage there was run with {changed}; "
+                    f"pass --force to redo it (old outputs go to {self.path / '.trash'}) "
+                    f"or choose another --run-dir"
+                )
+            if changed:
+                self._trash(stage, previous)
+            else:
+                manifest = manifest.model_copy(update={
+                    "started_at": previous.started_at, "counts": previous.counts,
+                })
+        manifest.packages = package_versions()
+        atomic_write_json(self.manifest_path(stage), manifest.model_dump())
+        return StageRun(self, manifest)
+
+    def _trash(self, stage: str, previous: Manifest) -> None:
+        target = self.path / ".trash" / f"{stage}-{int(time.time())}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in [*previous.outputs, f"{stage}.manifest.json"]:
+            src = self.path / name
+            if src.exists():
+                os.replace(src, target / name)
+
+
+def _describe_change(previous: Manifest, current: Manifest) -> str:
+    if previous.config_hash != current.config_hash:
+        diffs = _dict_diff(previous.config, current.config)
+        return "another config (" + "; ".join(diffs[:3]) + ")" if diffs else "another config"
+    for path, digest in current.inputs.items():
+        if previous.inputs.get(path) not in (None, digest):
+            return f"another version of its input {path}"
+    return ""
+
+
+def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _dict_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    return []
+
+
+class StageRun:
+    """A stage in progress: collects counts, models and prompts, then finishes the manifest."""
+
+    def __init__(self, run_dir: RunDir, manifest: Manifest):
+        self.run_dir = run_dir
+        self.manifest = manifest
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.manifest.counts[key] = self.manifest.counts.get(key, 0) + n
+
+    def set_count(self, key: str, n: int) -> None:
+        self.manifest.counts[key] = n
+
+    def record_model(self, role: str, source: str) -> None:
+        self.manifest.models[role] = source
+
+    def record_prompt(self, name: str, digest: str) -> None:
+        self.manifest.prompts[name] = digest
+
+    def save(self) -> None:
+        atomic_write_json(self.run_dir.manifest_path(self.manifest.stage), self.manifest.model_dump())
+
+    def finish(self, **figures: Any) -> Manifest:
+        self.manifest.figures.update(figures)
+        self.manifest.status = "done"
+        self.manifest.finished_at = time.time()
+        self.save()
+        return self.manifest
