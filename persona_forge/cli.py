@@ -92,6 +92,108 @@ def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, wan
 
 
 @forge.group()
+def nli() -> None:
+    """The NLI model: build the embedded one, evaluate any, try a pair."""
+
+
+def _nli_model(obj: Context, sub_recipe: Path | None):
+    from .backends import build_backend
+    from .nli.base import load_nli
+
+    recipe = _context(obj, sub_recipe).recipe()
+    return load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress=ui.verbosity() >= 0)
+
+
+@nli.command("build")
+@click.option("--rebuild", is_flag=True, help="Train again even if this machine already has the model.")
+def nli_build(rebuild: bool) -> None:
+    """Train the embedded NLI into the user cache (once; other commands do it on first use).
+
+    Example: forge nli build
+    """
+    from .nli.train import ensure_embedded, rebuild as rebuild_model
+
+    if rebuild:
+        path, _ = rebuild_model(progress=ui.verbosity() >= 0)
+    else:
+        path = ensure_embedded(progress=ui.verbosity() >= 0)
+    info = json.loads((path / "build.json").read_text())
+    ui.summary("embedded NLI", {"folder": str(path), "training pairs": info["pairs"], "steps": info["steps"],
+                                "build seconds": info["seconds"], "final loss": info["loss_last_100"],
+                                "licence": "non-commercial (SICK is CC BY-NC-SA 3.0)"})
+
+
+@nli.command("eval")
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="JSONL rows {premise, hypothesis, label}; or 'sick-test' for SICK's test split.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--errors", "show_errors", type=int, default=0, help="Also list up to N misclassified pairs.")
+@click.pass_obj
+def nli_eval(obj: Context, sub_recipe: Path | None, data_path: Path, as_json: bool, show_errors: int) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled pairs.
+
+    Example: forge nli eval --data corpora/nli/persona_test.jsonl
+    """
+    import time
+
+    from .nli.data import read_labelled
+    from .nli.evaluate import evaluate, sick_test
+
+    pairs = sick_test() if str(data_path) == "sick-test" else read_labelled(data_path)
+    model = _nli_model(obj, sub_recipe)
+    started = time.time()
+    with ui.progress("judging pairs", total=len(pairs)) as advance:
+        result = evaluate(model, pairs, advance)
+    result["pairs_per_second"] = len(pairs) / max(1e-9, time.time() - started)
+    result["model"] = model.describe()
+    result["data"] = str(data_path)
+    if as_json:
+        out = {k: v for k, v in result.items() if k != "errors"}
+        out["errors"] = result["errors"][:show_errors]
+        click.echo(json.dumps(out, indent=2))
+        return
+    _print_nli_report(result, show_errors)
+
+
+def _print_nli_report(result: dict, show_errors: int) -> None:
+    from rich.table import Table
+
+    from .nli.base import LABELS
+
+    table = Table(title=f"NLI on {result['data']}: accuracy {result['accuracy']:.3f} (n={result['n']})",
+                  title_justify="left")
+    for column in ("label", "precision", "recall", "F1", "support", *[f"→ {l[:4]}" for l in LABELS]):
+        table.add_column(column, justify="right")
+    for label in LABELS:
+        c = result["per_class"][label]
+        table.add_row(label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]),
+                      *[str(result["confusion"][label][p]) for p in LABELS])
+    ui.stdout.print(table)
+    ui.stdout.print(f"model: {result['model']}; {result['pairs_per_second']:.0f} pairs/s")
+    for error in result["errors"][:show_errors]:
+        ui.stdout.print(f"  {error['label']} → {error['predicted']}: {error['premise']} | {error['hypothesis']}",
+                        markup=False, highlight=False)
+
+
+@nli.command("check")
+@_stage_recipe_option
+@click.argument("premise")
+@click.argument("hypothesis")
+@click.pass_obj
+def nli_check(obj: Context, sub_recipe: Path | None, premise: str, hypothesis: str) -> None:
+    """Judge one pair and print the three probabilities.
+
+    Example: forge nli check "I have two dogs." "I have no pets."
+    """
+    from .nli.base import LABELS
+
+    probs = _nli_model(obj, sub_recipe).predict([(premise, hypothesis)])[0]
+    for label, p in zip(LABELS, probs):
+        ui.stdout.print(f"{label:14s} {p:.3f}")
+
+
+@forge.group()
 def models() -> None:
     """Where models come from: packaged, local folders, hub names."""
 

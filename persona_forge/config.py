@@ -69,12 +69,25 @@ class CompleteConfig(Section):
     seed: int = Field(0, description="Seed; each prompt's own seed derives from it and its index.")
 
 
+class NLIConfig(Section):
+    kind: Literal["embedded", "hf", "llm"] = Field(
+        "embedded", description="embedded: the cross-encoder we train (built once into the cache); "
+                                "hf: any sequence-classification NLI checkpoint; llm: the chat backend as judge.")
+    model: str | None = Field(None, description="hf: a local folder or hub name, e.g. "
+                                                "cross-encoder/nli-deberta-v3-base.")
+    batch_size: int = Field(64, ge=1, description="Pairs per forward pass.")
+    max_length: int = Field(128, ge=8, le=512, description="Tokens per pair; longer pairs are truncated with a warning.")
+    quantize: bool = Field(True, description="int8 dynamic quantization on CPU (about 2x faster, same labels).")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
     prompts_dir: Path | None = Field(None, description="A folder of prompt templates that override the built-in ones.")
     backend: BackendConfig = Field(default_factory=BackendConfig)
     complete: CompleteConfig = Field(default_factory=CompleteConfig)
+    nli: NLIConfig = Field(default_factory=NLIConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -11,6 +11,7 @@ environment and never written to logs, manifests or errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -35,6 +36,7 @@ class OpenAIBackend(ChatBackend):
         self.config = config
         self._api_key = _read_key(config)
         self._client = None
+        self._client_loop = None
         # Every connection failure counts here: when *no* request has ever succeeded, the
         # endpoint is probably down or wrong, and we say so instead of failing each request.
         self._successes = 0
@@ -43,12 +45,19 @@ class OpenAIBackend(ChatBackend):
         return {"backend": self.name, "model": self.model, "base_url": self.config.base_url or "api.openai.com"}
 
     def _client_for_loop(self):
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            # Made under an earlier event loop (asyncio.run without aclose): its pooled
+            # connections belong to that closed loop and fail with "Event loop is closed".
+            self._client = None
         if self._client is None:
             import openai
 
+            self._client_loop = loop
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key, base_url=self.config.base_url,
                 timeout=self.config.timeout_s, max_retries=0,  # we retry ourselves, with jitter
+                http_client=_http_client(self.config),
             )
         return self._client
 
@@ -80,10 +89,16 @@ class OpenAIBackend(ChatBackend):
         attempt = 0
         while True:
             attempt += 1
+            connect_failed = False
             try:
-                response = await client.chat.completions.create(**self._body(request))
+                # A raw POST through the client (its auth, base_url, headers and error types)
+                # skips the SDK's per-request parameter transform and response model, which
+                # cost more CPU than the network wait at high concurrency (bench/backends.py).
+                response = await client.post("/chat/completions", body=self._body(request),
+                                             cast_to=_httpx().Response)
+                completion = _completion_from(_json_body(response), attempt)
                 self._successes += 1
-                return _completion_from(response, attempt)
+                return completion
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in FATAL_STATUS:
@@ -91,14 +106,18 @@ class OpenAIBackend(ChatBackend):
                 error = f"HTTP {status}: {_short(self._redact(_error_text(exc)))}"
                 retry = status in RETRYABLE_STATUS
                 wait = _retry_after(exc.response.headers) if retry else None
-            except openai.APITimeoutError:
-                error, retry, wait = f"no answer within {self.config.timeout_s:g}s", True, None
+            except openai.APITimeoutError as exc:
+                error, retry, wait = _timeout_or_drop(exc, self.config.timeout_s), True, None
+                connect_failed = _connect_failed(exc)
             except openai.APIConnectionError as exc:
                 error, retry, wait = f"connection failed: {_short(self._redact(str(exc.__cause__ or exc)))}", True, None
+                connect_failed = _connect_failed(exc)
             except (openai.APIResponseValidationError, ValueError) as exc:
                 # A 200 whose body is not a chat completion (garbage from a proxy, a torn body).
                 error, retry, wait = f"unreadable response: {_short(self._redact(str(exc)))}", True, None
-            never_reached = self._successes == 0 and error.startswith("connection failed")
+            # Only a refused connection says nothing is listening; one dropped after it was made
+            # means the server is there (a proxy or a crashing worker), so that is retried per request.
+            never_reached = self._successes == 0 and connect_failed
             if not retry or attempt > self.config.max_retries or (never_reached and attempt >= 3):
                 if never_reached:
                     raise BackendUnavailable(
@@ -153,18 +172,73 @@ def _read_key(config: BackendConfig) -> str:
                     f"(or name another one in backend.api_key_env)")
 
 
-def _completion_from(response: Any, attempt: int) -> Completion:
-    if not getattr(response, "choices", None):
+def _httpx():
+    """The HTTP library the installed openai client is built on (httpx2 in 3.x, httpx before)."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:  # pragma: no cover - older openai releases
+        import httpx
+
+        return httpx
+
+
+def _http_client(config: BackendConfig):
+    """aiohttp under the openai client where installed (openai[aiohttp]): at 64 requests in
+    flight its lower per-request CPU is what keeps throughput near the ideal."""
+    import openai
+
+    limits = _httpx().Limits(max_connections=max(100, config.concurrency),
+                             max_keepalive_connections=max(100, config.concurrency))
+    try:
+        return openai.DefaultAioHttpClient(timeout=config.timeout_s, limits=limits)
+    except (RuntimeError, ImportError, TypeError):
+        return openai.DefaultAsyncHttpxClient(timeout=config.timeout_s, limits=limits)
+
+
+def _json_body(response: Any) -> Any:
+    try:
+        return json.loads(response.content)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not JSON ({exc})") from None
+
+
+def _completion_from(body: Any, attempt: int) -> Completion:
+    """A Completion from a chat.completion JSON body; ValueError (retried) if it is not one."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise ValueError("response has no choices")
-    choice = response.choices[0]
-    usage = getattr(response, "usage", None)
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise ValueError("response choice has no message")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     return Completion(
-        text=choice.message.content or "",
-        finish_reason=choice.finish_reason,
-        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        text=message.get("content") or "",
+        finish_reason=choices[0].get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
         attempts=attempt,
     )
+
+
+def _timeout_or_drop(exc: Exception, timeout_s: float) -> str:
+    # Under aiohttp a connection the server closed without answering surfaces as a timeout
+    # ("Server disconnected"); call it what it is, or the user chases a slow server.
+    cause = str(exc.__cause__ or "")
+    if "disconnect" in cause.lower() or _connect_failed(exc):
+        return f"connection failed: {cause}"
+    return f"no answer within {timeout_s:g}s"
+
+
+def _connect_failed(exc: Exception) -> bool:
+    """Whether the TCP connection itself failed (refused, no route, DNS).
+
+    Matched by name: it is httpx.ConnectError or httpx2.ConnectError, by openai version; the
+    aiohttp transport reports a refused connection as a ConnectTimeout that says so.
+    """
+    cause = exc.__cause__
+    return type(cause).__name__ == "ConnectError" or "cannot connect to host" in str(cause).lower()
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -1,0 +1,202 @@
+"""One NLI interface, several implementations.
+
+Pairs (premise, hypothesis) in; probabilities over (entailment, neutral, contradiction) out,
+one row per pair, in input order. Cross-encoders sort pairs by length before batching (less
+padding, so faster) and put the results back in order.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .. import ui
+
+LABELS = ("entailment", "neutral", "contradiction")
+ENTAILMENT, NEUTRAL, CONTRADICTION = range(3)
+
+Pair = tuple[str, str]
+ProgressFn = Callable[[int], None]
+
+
+class NLIModel(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def predict(self, pairs: Sequence[Pair], progress: ProgressFn | None = None) -> np.ndarray:
+        """An (n, 3) array of probabilities in LABELS order, row i for pairs[i]."""
+
+    def labels(self, pairs: Sequence[Pair]) -> list[str]:
+        return [LABELS[i] for i in self.predict(pairs).argmax(axis=1)]
+
+    def describe(self) -> str:
+        return self.name
+
+
+def label_order(id2label: dict[int, str]) -> list[int]:
+    """For each of LABELS, the model output index that holds it, read from the label names.
+
+    Checkpoints name their labels differently ("ENTAILMENT", "entailment", "contradiction",
+    "CONTRADICTION", "neutral"); some only say LABEL_0.. and cannot be mapped safely.
+    """
+    found: dict[str, int] = {}
+    for index, name in id2label.items():
+        low = str(name).lower()
+        for label, stem in (("entailment", "entail"), ("neutral", "neutral"), ("contradiction", "contradict")):
+            if low.startswith(stem) or low == label[:3]:
+                found[label] = int(index)
+    missing = [label for label in LABELS if label not in found]
+    if missing:
+        names = ", ".join(f"{k}={v}" for k, v in sorted(id2label.items()))
+        raise UserError(f"cannot tell which output is {', '.join(missing)} from the model's labels ({names}); "
+                        f"use a 3-way NLI checkpoint whose config names entailment, neutral and contradiction")
+    return [found[label] for label in LABELS]
+
+
+class CrossEncoderNLI(NLIModel):
+    """A sequence-classification model that reads premise and hypothesis together."""
+
+    name = "cross-encoder"
+
+    def __init__(self, path: str, batch_size: int = 64, max_length: int = 128, quantize: bool = True,
+                 threads: int | None = None, description: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ..backends.local import set_torch_threads
+
+        set_torch_threads(threads)
+        self.path = path
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._description = description or path
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.order = label_order(model.config.id2label)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if quantize and self.device == "cpu":
+            model = _quantize(model)
+        self.model = model.to(self.device)
+        self.truncated = 0
+
+    def describe(self) -> str:
+        return self._description
+
+    def predict(self, pairs: Sequence[Pair], progress: ProgressFn | None = None) -> np.ndarray:
+        import torch
+
+        pairs = [(_text(p), _text(h)) for p, h in pairs]
+        out = np.zeros((len(pairs), 3), dtype=np.float32)
+        if not pairs:
+            return out
+        lengths = self._lengths(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: lengths[i])
+        too_long = sum(1 for n in lengths if n > self.max_length)
+        if too_long:
+            self.truncated += too_long
+            ui.info(f"[yellow]warning:[/yellow] {too_long} NLI pair(s) longer than {self.max_length} tokens "
+                    f"were truncated (nli.max_length)")
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                encoded = self.tokenizer([pairs[i][0] for i in batch], [pairs[i][1] for i in batch],
+                                         padding=True, truncation=True, max_length=self.max_length,
+                                         return_tensors="pt").to(self.device)
+                logits = self.model(**encoded).logits.float()
+                probs = torch.softmax(logits, dim=-1)[:, self.order].cpu().numpy()
+                out[batch] = probs
+                if progress:
+                    progress(len(batch))
+        return out
+
+    def _lengths(self, pairs: list[Pair]) -> list[int]:
+        encoded = self.tokenizer([p for p, _ in pairs], [h for _, h in pairs], add_special_tokens=True,
+                                 truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def _quantize(model):
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class LLMJudgeNLI(NLIModel):
+    """The chat backend as the judge: it answers JSON {"label": ..., "confidence": 0..1}.
+
+    For users with a strong model. Unparseable answers count as uniform probabilities and are
+    counted in `parse_errors`, never fatal.
+    """
+
+    name = "llm"
+
+    def __init__(self, backend, prompt: str = "nli/judge"):
+        from ..prompts import library
+
+        self.backend = backend
+        self.prompt = prompt
+        self.prompts = library()
+        self.parse_errors = 0
+
+    def describe(self) -> str:
+        return f"llm judge ({self.backend.name}: {self.backend.model})"
+
+    def predict(self, pairs: Sequence[Pair], progress: ProgressFn | None = None) -> np.ndarray:
+        from ..backends import ChatRequest
+
+        requests = []
+        for premise, hypothesis in pairs:
+            rendered = self.prompts.render(self.prompt, premise=_text(premise), hypothesis=_text(hypothesis))
+            requests.append(ChatRequest.of(rendered.messages, json=True, temperature=0.0, max_tokens=120))
+        completions = self.backend.complete_sync(requests, progress)
+        return np.stack([self._probs(c) for c in completions]) if completions else np.zeros((0, 3), np.float32)
+
+    def _probs(self, completion) -> np.ndarray:
+        parsed = completion.parsed if completion.ok else None
+        label = str(parsed.get("label", "")).strip().lower() if isinstance(parsed, dict) else ""
+        if label not in LABELS:
+            self.parse_errors += 1
+            return np.full(3, 1 / 3, dtype=np.float32)
+        try:
+            confidence = min(1.0, max(1 / 3, float(parsed.get("confidence", 0.9))))
+        except (TypeError, ValueError):
+            confidence = 0.9
+        probs = np.full(3, (1 - confidence) / 2, dtype=np.float32)
+        probs[LABELS.index(label)] = confidence
+        return probs
+
+
+def load_nli(config, backend_factory: Callable[[], Any] | None = None, progress: bool = True) -> NLIModel:
+    """The NLI model a recipe asks for (`config` is an NLIConfig)."""
+    if config.kind == "llm":
+        if backend_factory is None:
+            raise UserError("nli.kind: llm needs a chat backend (set the recipe's backend section)")
+        return LLMJudgeNLI(backend_factory())
+    if config.kind == "hf":
+        if not config.model:
+            raise UserError("nli.kind: hf needs nli.model: a local folder or hub name of an NLI checkpoint "
+                            "(e.g. cross-encoder/nli-deberta-v3-base)")
+        from ..models import resolve, hub_model_path
+
+        source = resolve(config.model)
+        if source.kind == "packaged":
+            raise UserError(f"{config.model} is not an NLI checkpoint; use nli.kind: embedded for the built-in one")
+        path = hub_model_path(source.name) if source.kind == "hub" else source.name
+        return CrossEncoderNLI(path, config.batch_size, config.max_length, config.quantize, config.threads,
+                               description=f"hf:{config.model}")
+    from .train import ensure_embedded
+
+    path = ensure_embedded(progress=progress)
+    return CrossEncoderNLI(str(path), config.batch_size, config.max_length, config.quantize, config.threads,
+                           description=f"embedded ({path.name})")

@@ -1,0 +1,28 @@
+"""Shared test set-up: offline, quiet, and a scripted chat backend."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from persona_forge.backends import ScriptedBackend  # noqa: E402
+
+
+@pytest.fixture
+def fake() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+def forge_cmd() -> list[str]:
+    """The installed `forge` entry point of this interpreter's environment."""
+    return [sys.executable, "-m", "persona_forge.cli"]

@@ -1,0 +1,438 @@
+"""A stand-in OpenAI-compatible server for tests and benchmarks: stdlib asyncio streams only.
+
+It serves POST /v1/chat/completions and GET /v1/models over HTTP/1.1 with keep-alive, binds
+127.0.0.1 only, and misbehaves on request, so the openai backend can be tested against every
+way a real endpoint fails.
+
+What each chat request gets, first match wins:
+
+1. a fault keyword in a user message, e.g. `[[fault:500*2]]`. The spec is a comma-separated
+   list of behaviours, each optionally `*N`: the n-th arrival of that same message gets the
+   n-th behaviour, so `500*2` fails twice and then answers, `429:1*1,500*1` rate-limits, fails,
+   then answers, and a plain `drop` drops every time. Faults are keyed by the message, so
+   they hold for one prompt of a batch whatever order the requests arrive in, and they follow
+   the prompt into a JSON repair request (which repeats the original messages);
+2. the next entry of the fault script (`--script '["429:1", "ok"]'`), consumed in arrival order;
+3. the default behaviour (`--default`, normally `ok`).
+
+Behaviours (`name` or `name:arg`):
+    ok               an echo-based answer (JSON `{"echo": ...}` when response_format asks for JSON)
+    json             a JSON answer even without response_format
+    fenced, prose    that JSON inside a ```json fence, or inside a sentence
+    truncated        JSON cut off mid-way, finish_reason "length"
+    429[:s]          429 with Retry-After: s seconds (default 1)
+    500, 503, 400    that status with an OpenAI-style error body
+    401, 404         bad key, unknown model (also given for real: see --api-key, --models)
+    drop             close the connection without answering
+    drop_mid         send the headers and half the body, then close
+    garbage          200, Content-Type application/json, a body that is not JSON
+    html             200, Content-Type text/html: a proxy's error page
+    shape            200, valid JSON that is not a chat completion (no choices)
+    nomessage        200, a chat completion whose choice has no message
+    leaky            500 whose error message quotes the Authorization header
+    slow[:s]         answer normally after s more seconds (default 5): beyond a client timeout
+
+--latency-ms delays every chat answer; GET /stats returns counters (by path, by behaviour,
+arrival times per prompt, the most requests in flight at once, every Authorization header
+seen); POST /control resets them and sets `script`, `latency_ms`, `default`, `api_key`, `models`
+(those not given go back to how the server was started), so one process can serve a test module.
+
+    python tests/standin_server.py --port 0 --latency-ms 50     # prints the port, then serves
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+HOST = "127.0.0.1"
+_FAULT_OPEN = "[[fault:"
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+_ERROR_MESSAGES = {400: "This model's maximum context length is 8192 tokens.",
+                   429: "Rate limit reached for requests. Please try again later.",
+                   500: "The server had an error while processing your request.",
+                   503: "The engine is currently overloaded, please try again later."}
+
+
+class Settings:
+    def __init__(self, latency_ms: float = 0.0, default: str = "ok", script: list[str] | None = None,
+                 api_key: str | None = None, models: list[str] | None = None):
+        self.latency_s = latency_ms / 1000
+        self.default = default
+        self.script = list(script or [])
+        self.api_key = api_key
+        self.models = list(models or [])
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.cpu_started = time.process_time()
+        self.requests = 0
+        self.connections = 0
+        self.by_path: Counter[str] = Counter()
+        self.by_behaviour: Counter[str] = Counter()
+        self.by_model: Counter[str] = Counter()
+        self.authorization: Counter[str] = Counter()
+        self.json_mode = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        # Where the time goes, to tell a slow client from a slow server: the server's own time
+        # per chat request (not counting the latency it was told to add), and how long a
+        # kept-alive connection sat idle between an answer and the client's next request.
+        self.handling_s = 0.0
+        self.turnaround_s = 0.0
+        self.turnarounds = 0
+        # First user message -> arrival times (seconds since reset): how often, and when, each
+        # prompt was attempted.
+        self.arrivals: dict[str, list[float]] = {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests, "connections": self.connections,
+            "chat": self.by_path["POST /v1/chat/completions"],
+            "by_path": dict(self.by_path), "by_behaviour": dict(self.by_behaviour),
+            "by_model": dict(self.by_model), "authorization": dict(self.authorization),
+            "json_mode": self.json_mode, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "arrivals": self.arrivals,
+            "handling_ms": round(self.handling_s / max(1, self.by_path["POST /v1/chat/completions"]) * 1000, 3),
+            "turnaround_ms": round(self.turnaround_s / max(1, self.turnarounds) * 1000, 3),
+            "cpu_s": round(time.process_time() - self.cpu_started, 4),
+            "wall_s": round(time.monotonic() - self.started, 4),
+        }
+
+
+class StandinServer:
+    def __init__(self, options: dict[str, Any]):
+        self.options = options  # as started; POST /control starts again from these
+        self.settings = Settings(**options)
+        self.stats = Stats()
+        self.seen_faults: Counter[str] = Counter()
+
+    # --- HTTP plumbing: as little work per request as possible -----------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
+        answered = 0.0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                request_line, _, header_block = head.decode("latin-1").partition("\r\n")
+                method, path, _version = request_line.split(" ", 2)
+                headers = {}
+                for line in header_block.split("\r\n"):
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                body = await reader.readexactly(length) if length else b""
+                stats = self.stats
+                if answered > stats.started:
+                    stats.turnaround_s += time.monotonic() - answered
+                    stats.turnarounds += 1
+                keep_open = await self.dispatch(method, path.split("?", 1)[0], headers, body, writer)
+                answered = time.monotonic()
+                if not keep_open or headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except ValueError:  # not HTTP, or a body that is not JSON
+            with contextlib.suppress(ConnectionError):
+                await self.send(writer, 400, _error_body(400, "malformed request"))
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def send(writer: asyncio.StreamWriter, status: int, body: bytes,
+                   content_type: bytes = b"application/json", extra: bytes = b"") -> None:
+        writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+            status, _REASONS.get(status, "Status").encode(), content_type, len(body), extra, body))
+        await writer.drain()
+
+    async def dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                       writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection must close."""
+        stats = self.stats
+        stats.requests += 1
+        stats.by_path[f"{method} {path}"] += 1
+        if path == "/stats":
+            await self.send(writer, 200, json.dumps(stats.as_dict()).encode())
+            return True
+        if path == "/control" and method == "POST":
+            self.control(json.loads(body or b"{}"))
+            await self.send(writer, 200, b'{"ok":true}')
+            return True
+        if not path.startswith("/v1/"):
+            await self.send(writer, 404, _error_body(404, f"no route {method} {path}"))
+            return True
+        auth = headers.get("authorization", "")
+        stats.authorization[auth] += 1
+        key = self.settings.api_key
+        if key is not None and auth != f"Bearer {key}":
+            presented = auth.removeprefix("Bearer ")
+            # Careless servers echo the key they were given; the backend must not repeat it.
+            await self.send(writer, 401, _error_body(401, f"Incorrect API key provided: {presented}."))
+            return True
+        if path == "/v1/models" and method == "GET":
+            models = [{"id": m, "object": "model", "owned_by": "standin"} for m in self.settings.models]
+            await self.send(writer, 200, json.dumps({"object": "list", "data": models}).encode())
+            return True
+        if path == "/v1/chat/completions" and method == "POST":
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            try:
+                return await self.chat(json.loads(body), auth, writer)
+            finally:
+                stats.in_flight -= 1
+        await self.send(writer, 404, _error_body(404, f"no route {method} {path}"))
+        return True
+
+    def control(self, options: dict[str, Any]) -> None:
+        self.stats = Stats()
+        self.seen_faults.clear()
+        self.settings = Settings(**{**self.options, **options})
+
+    # --- chat completions -------------------------------------------------------------------
+
+    def behaviour_for(self, messages: list[dict[str, Any]]) -> str:
+        for message in messages:
+            content = message.get("content")
+            if message.get("role") == "user" and isinstance(content, str) and _FAULT_OPEN in content:
+                spec = content.split(_FAULT_OPEN, 1)[1].split("]]", 1)[0]
+                arrival = self.seen_faults[content]
+                self.seen_faults[content] += 1
+                return _nth_behaviour(spec, arrival)
+        if self.settings.script:
+            return self.settings.script.pop(0)
+        return self.settings.default
+
+    async def chat(self, request: dict[str, Any], auth: str, writer: asyncio.StreamWriter) -> bool:
+        stats = self.stats
+        started = time.monotonic()
+        try:
+            return await self._chat(stats, request, auth, writer)
+        finally:
+            stats.handling_s += time.monotonic() - started - self.settings.latency_s
+
+    async def _chat(self, stats: Stats, request: dict[str, Any], auth: str, writer: asyncio.StreamWriter) -> bool:
+        messages = request.get("messages") or []
+        users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
+        first_user = users[0] if users else ""
+        stats.arrivals.setdefault(first_user[:200], []).append(round(time.monotonic() - stats.started, 4))
+        model = request.get("model", "")
+        stats.by_model[model] += 1
+        wants_json = (request.get("response_format") or {}).get("type") == "json_object"
+        stats.json_mode += wants_json
+
+        behaviour = self.behaviour_for(messages)
+        name, _, arg = behaviour.partition(":")
+        stats.by_behaviour[name] += 1
+        if self.settings.latency_s:
+            await asyncio.sleep(self.settings.latency_s)
+
+        if self.settings.models and model not in self.settings.models:
+            await self.send(writer, 404, _error_body(404, f"The model `{model}` does not exist."))
+            return True
+        if name.isdigit():
+            status = int(name)
+            extra = b""
+            if status == 429:
+                extra = b"Retry-After: %s\r\n" % (arg or "1").encode()
+            message = "Incorrect API key provided." if status == 401 else \
+                f"The model `{model}` does not exist." if status == 404 else \
+                _ERROR_MESSAGES.get(status, f"status {status}")
+            await self.send(writer, status, _error_body(status, message), extra=extra)
+            return True
+        if name == "drop":
+            return False
+        if name == "garbage":
+            await self.send(writer, 200, b"<<not json>> \x00\x01 upstream said: oops")
+            return True
+        if name == "html":
+            await self.send(writer, 200, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                            content_type=b"text/html")
+            return True
+        if name == "shape":
+            await self.send(writer, 200, b'{"object":"chat.completion","result":"not what you expected"}')
+            return True
+        if name == "nomessage":
+            await self.send(writer, 200, b'{"object":"chat.completion","choices":[{"index":0,"finish_reason":"stop"}]}')
+            return True
+        if name == "leaky":
+            # A careless proxy that quotes the request headers in its error.
+            message = f"upstream failed for request with headers {{'authorization': '{auth}'}}"
+            await self.send(writer, 500, _error_body(500, message))
+            return True
+        if name == "slow":
+            await asyncio.sleep(float(arg or 5))
+            name = "ok"
+
+        last_user = users[-1] if users else ""
+        content, finish = _content(name, last_user, wants_json)
+        prompt_tokens = sum(_tokens(m.get("content") or "") + 4 for m in messages) + 3
+        body = json.dumps({
+            "id": f"chatcmpl-standin{stats.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
+                      "total_tokens": prompt_tokens + _tokens(content)},
+        }, separators=(",", ":")).encode()
+        if name == "drop_mid":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body[: len(body) // 2]))
+            await writer.drain()
+            return False
+        await self.send(writer, 200, body)
+        return True
+
+
+def _nth_behaviour(spec: str, arrival: int) -> str:
+    """The behaviour for the `arrival`-th (0-based) time a message with this fault spec is seen."""
+    for item in spec.split(","):
+        behaviour, star, count = item.strip().partition("*")
+        if not star:
+            return behaviour
+        if arrival < int(count):
+            return behaviour
+        arrival -= int(count)
+    return "ok"
+
+
+def _content(name: str, last_user: str, wants_json: bool) -> tuple[str, str]:
+    echo = last_user.split(_FAULT_OPEN, 1)[0].strip()
+    payload = json.dumps({"echo": echo, "words": len(echo.split())})
+    if name == "truncated":
+        return payload[: max(1, len(payload) * 2 // 3)], "length"
+    if name == "fenced":
+        return f"Here is the JSON you asked for:\n```json\n{payload}\n```\nAnything else?", "stop"
+    if name == "prose":
+        return f"Sure! The answer is {payload} - I hope that helps.", "stop"
+    if name == "json" or wants_json:
+        return payload, "stop"
+    return f"echo: {echo}", "stop"
+
+
+def _tokens(text: str) -> int:
+    # About 4/3 tokens per word, as for English with a BPE vocabulary.
+    return (len(text.split()) * 4 + 2) // 3
+
+
+def _error_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
+                                 "param": None, "code": None}}, separators=(",", ":")).encode()
+
+
+async def serve(port: int, options: dict[str, Any]) -> None:
+    standin = StandinServer(options)
+    server = await asyncio.start_server(standin.handle, HOST, port, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout).")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="Delay before every chat answer.")
+    parser.add_argument("--default", default="ok", help="Behaviour when no keyword or script applies.")
+    parser.add_argument("--script", default="[]", help="JSON list of behaviours, consumed in arrival order.")
+    parser.add_argument("--api-key", default=None, help="Refuse any other Authorization with 401.")
+    parser.add_argument("--models", default="", help="Comma-separated served models; others get 404.")
+    args = parser.parse_args(argv)
+    options = {"latency_ms": args.latency_ms, "default": args.default, "script": json.loads(args.script),
+               "api_key": args.api_key, "models": [m for m in args.models.split(",") if m]}
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port, options))
+
+
+# --- helpers for tests and benchmarks ---------------------------------------------------------
+
+def start_server(latency_ms: float = 0.0, default: str = "ok", script: list[str] | None = None,
+                 api_key: str | None = None, models: list[str] | None = None,
+                 ready_timeout_s: float = 15.0) -> tuple[str, subprocess.Popen]:
+    """Launch the server in its own process; (base_url ending in /v1, process) once it listens."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--port", "0", "--latency-ms", str(latency_ms),
+           "--default", default, "--script", json.dumps(script or [])]
+    if api_key is not None:
+        cmd += ["--api-key", api_key]
+    if models:
+        cmd += ["--models", ",".join(models)]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    ready, _, _ = select.select([process.stdout], [], [], ready_timeout_s)
+    line = process.stdout.readline().strip() if ready else ""
+    if not line.isdigit():
+        stop_server(process)
+        raise RuntimeError(f"stand-in server did not start within {ready_timeout_s:g}s (said {line!r})")
+    return f"http://{HOST}:{line}/v1", process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout:
+        process.stdout.close()
+
+
+class Standin:
+    """A running server: its base URL, its counters, and a reset between tests."""
+
+    def __init__(self, url: str, process: subprocess.Popen):
+        self.url = url
+        self.process = process
+        self.root = url.removesuffix("/v1")
+        # Bypass any proxy from the environment: this is always a local socket.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def stats(self) -> dict[str, Any]:
+        with self._opener.open(f"{self.root}/stats", timeout=10) as response:
+            return json.loads(response.read())
+
+    def reset(self, **options: Any) -> None:
+        """Zero the counters; options (script, latency_ms, default, api_key, models) apply from now."""
+        request = urllib.request.Request(f"{self.root}/control", data=json.dumps(options).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with self._opener.open(request, timeout=10) as response:
+            response.read()
+
+    def stop(self) -> None:
+        stop_server(self.process)
+
+
+@contextlib.contextmanager
+def standin(**options: Any) -> Iterator[Standin]:
+    """`with standin(latency_ms=50) as server:` ... the process is stopped afterwards."""
+    url, process = start_server(**options)
+    try:
+        yield Standin(url, process)
+    finally:
+        stop_server(process)
+
+
+if __name__ == "__main__":
+    main()
