@@ -350,19 +350,27 @@ def _favorites(personas: list[tuple[str, ...]]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in found.items() if len(v) > 1}
 
 
+def handwritten_pairs() -> list[NLIPair]:
+    """Persona pairs written by hand for training (corpora/nli/persona_train_handwritten.jsonl):
+    world-knowledge entailments, positively stated contradictions and hard neutrals that no
+    rule produces. Written apart from, and checked against, the evaluation sets."""
+    return read_labelled(data_dir("corpora") / "nli" / "persona_train_handwritten.jsonl", source="handwritten")
+
+
 def build_training_pairs(seed: int = 0, frame_per_label: int = 1500, corpus_per_label: int = 1500,
-                         sick: bool = True) -> list[NLIPair]:
+                         sick: bool = True, handwritten_repeats: int = 2) -> list[NLIPair]:
     """The embedded NLI's whole training set, deterministic for a seed."""
     rng = random.Random(seed)
     pairs = frame_pairs(frame_per_label, rng)
     pairs += corpus_pairs(load_spc("train"), corpus_per_label, rng)
+    pairs += handwritten_pairs() * handwritten_repeats
     if sick:
         pairs += load_sick()
     rng.shuffle(pairs)
     return pairs
 
 
-def read_labelled(path: Path) -> list[NLIPair]:
+def read_labelled(path: Path, source: str | None = None) -> list[NLIPair]:
     """Rows {"premise", "hypothesis", "label"} from a JSONL evaluation file."""
     from ..errors import UserError
     from ..store import iter_jsonl
@@ -374,7 +382,7 @@ def read_labelled(path: Path) -> list[NLIPair]:
         label = row["label"].strip().lower()
         if label not in LABELS:
             raise UserError(f"{path}:{line_no}: label {row['label']!r} is not one of entailment, neutral, contradiction")
-        pairs.append(NLIPair(row["premise"], row["hypothesis"], label, str(row.get("slot", path.name))))
+        pairs.append(NLIPair(row["premise"], row["hypothesis"], label, source or str(row.get("slot", path.name))))
     if not pairs:
         raise UserError(f"{path}: no rows; write one JSON object per line with premise, hypothesis and label")
     return pairs

@@ -36,6 +36,7 @@ class TrainSettings:
     max_length: int = 128
     frame_per_label: int = 2000
     corpus_per_label: int = 1200
+    handwritten_repeats: int = 2
     threads: int | None = None
 
 
@@ -53,7 +54,8 @@ def build_key(settings: TrainSettings = DEFAULT_SETTINGS) -> str:
     for source in (here / "data.py", here / "frames.py", Path(__file__)):
         digest.update(source.read_bytes())
     corpora = data_dir("corpora")
-    for name in ("nli/sick2014/SICK_train.txt", "nli/sick2014/SICK_trial.txt", "spc/train.jsonl.gz"):
+    for name in ("nli/sick2014/SICK_train.txt", "nli/sick2014/SICK_trial.txt", "spc/train.jsonl.gz",
+                 "nli/persona_train_handwritten.jsonl"):
         digest.update(hashlib.sha256((corpora / name).read_bytes()).digest())
     return digest.hexdigest()[:12]
 
@@ -90,7 +92,8 @@ def build(target: Path, settings: TrainSettings = DEFAULT_SETTINGS, progress: bo
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     base = sentence_model_path("packaged:minilm-l6")
-    pairs = build_training_pairs(settings.seed, settings.frame_per_label, settings.corpus_per_label)
+    pairs = build_training_pairs(settings.seed, settings.frame_per_label, settings.corpus_per_label,
+                                 handwritten_repeats=settings.handwritten_repeats)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
