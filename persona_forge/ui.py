@@ -35,6 +35,10 @@ def quiet_libraries(quiet: bool = True) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import sys
 
+        import logging
+
+        # bitsandbytes warns on import that a GPU kernel package is missing: true, and not news on a CPU.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         if "transformers" in sys.modules:
             import transformers
 

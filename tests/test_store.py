@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -145,3 +144,13 @@ def test_sigkill_mid_stage_then_rerun_gives_every_record_exactly_once(tmp_path):
     assert sorted(ids) == [f"p{i:03d}" for i in range(60)]  # all there, none twice
     manifest = json.loads((run_dir / "complete.manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["counts"]["written"] == 60
+
+
+def test_atomic_files_are_readable_like_any_other_output(tmp_path):
+    path = tmp_path / "out.json"
+    previous = os.umask(0o022)
+    try:
+        atomic_write_jsonl(path, [rejection(1)])
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
