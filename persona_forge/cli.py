@@ -91,6 +91,64 @@ def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, wan
                         f"run the same command again to retry only those")
 
 
+@forge.command()
+@_stage_recipe_option
+@click.option("--n", "n", type=int, default=None, help="Profiles to build.")
+@click.option("--seeds", "seeds_path", type=click.Path(path_type=Path), default=None,
+              help="Seed attributes: text (one a line), JSONL or CSV (default: the packaged Synthetic-Persona-Chat ones).")
+@click.option("--column", default=None, help="The CSV column or JSONL key holding the attribute (default: text).")
+@click.option("--expand/--no-expand", default=None, help="Ask the chat backend for new attributes first (default: on).")
+@click.pass_obj
+def personas(obj: Context, sub_recipe: Path | None, n: int | None, seeds_path: Path | None, column: str | None,
+             expand: bool | None) -> None:
+    """Expand seed persona attributes with the LLM, then build NLI-consistent user profiles.
+
+    Example: forge --recipe recipes/quickstart.yaml personas --n 1000
+    """
+    from .backends import build_backend
+    from .nli.base import load_nli
+    from .stages import personas as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "personas.n": n, "personas.seeds": str(seeds_path) if seeds_path else None, "personas.column": column,
+        "personas.expand": expand})
+    show = ui.verbosity() >= 0
+    backend = build_backend(recipe.backend, progress=show) if recipe.personas.expand else None
+    rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
+                     force=obj.force)
+    ui.summary("forge personas", rows)
+    if rows.get("failed (re-run to retry)"):
+        raise UserError(f"{rows['failed (re-run to retry)']} requests failed after retries; run the same command "
+                        f"again to retry only those (profiles are built once all are done)")
+
+
+@forge.command()
+@_stage_recipe_option
+@click.option("--profiles", "profiles_path", type=click.Path(path_type=Path),
+              help="Profile JSONL, or a Synthetic-Persona-Chat .jsonl(.gz) (default: <run_dir>/profiles.jsonl).")
+@click.option("--strategy", type=click.Choice(["greedy", "random"]), default=None,
+              help="greedy: most similar in-band pairs first; random: the baseline.")
+@click.option("--low", type=float, default=None, help="Least similarity for a pair.")
+@click.option("--high", type=float, default=None, help="Most similarity for a pair (keeps out near-copies).")
+@click.option("--per-user", type=int, default=None, help="Most conversations per user.")
+@click.option("--model", default=None, help="Sentence-embedding model: packaged:NAME, a folder, or a hub name.")
+@click.option("--seed", type=int, default=None, help="Seed for the random strategy.")
+@click.pass_obj
+def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, strategy: str | None,
+         low: float | None, high: float | None, per_user: int | None, model: str | None, seed: int | None) -> None:
+    """Pair users who have something to talk about: embeddings, FAISS kNN, greedy matching in a band.
+
+    Example: forge --run-dir runs/spc pair --profiles corpora/spc/train.jsonl.gz --per-user 2
+    """
+    from .stages import pairing as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "pair.profiles": str(profiles_path) if profiles_path else None, "pair.strategy": strategy,
+        "pair.low": low, "pair.high": high, "pair.per_user": per_user, "pair.model": model, "pair.seed": seed})
+    rows = stage.run(recipe, force=obj.force)
+    ui.summary("forge pair", rows)
+
+
 @forge.group()
 def nli() -> None:
     """The NLI model: build the embedded one, evaluate any, try a pair."""

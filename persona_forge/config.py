@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
 
@@ -82,6 +82,106 @@ class NLIConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
 
 
+class PairConfig(Section):
+    """`forge pair`: which users talk to each other (embedding similarity, FAISS kNN, greedy matching)."""
+
+    profiles: Path | None = Field(None, description="Profile JSONL (default <run_dir>/profiles.jsonl); a "
+                                                    "Synthetic-Persona-Chat JSONL(.gz) also works: each distinct "
+                                                    "persona becomes a profile.")
+    model: str = Field("packaged:minilm-l6", description="Sentence-embedding model: packaged:NAME, a local "
+                                                         "folder, or a hub name.")
+    strategy: Literal["greedy", "random"] = Field(
+        "greedy", description="greedy: most similar in-band pairs first; random: random pairs (a baseline).")
+    # Measured on Synthetic-Persona-Chat personas with all-MiniLM-L6-v2 (see stages/pairing.py).
+    low: float = Field(0.5, ge=-1.0, le=1.0, description="Least similarity for a pair (greedy): above 95% of "
+                                                         "random pairs.")
+    high: float = Field(0.75, ge=-1.0, le=1.0, description="Most similarity for a pair (greedy): above 0.75, "
+                                                           "43% or more of SPC pairs share 3+ identical attributes.")
+    per_user: int = Field(1, ge=1, description="Most conversations one user takes part in.")
+    k: int = Field(10, ge=1, description="Nearest neighbours per profile at or below `high`: the candidate partners.")
+    max_identical_attributes: int = Field(
+        1, ge=0, description="Pairs sharing more identical attributes than this are near-copies, never paired "
+                             "(one shared attribute is a good topic; three is the same person).")
+    search_depth: int = Field(160, ge=1, description="How far down a profile's neighbour list the search goes "
+                                                     "past near-copies (above `high`) to find its k candidates.")
+    index: Literal["auto", "exact", "hnsw"] = Field(
+        "auto", description="exact: FAISS IndexFlatIP; hnsw: approximate (IndexHNSWFlat); auto: exact up to "
+                            "approximate_above profiles, HNSW beyond.")
+    approximate_above: int = Field(20_000, ge=2, description="auto: profiles beyond which the HNSW index is used.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW links per node (more: better recall, more memory).")
+    hnsw_ef_construction: int = Field(40, ge=8, description="HNSW build effort.")
+    hnsw_ef_search: int = Field(64, ge=1, description="HNSW search effort (more: better recall, slower).")
+    recall_sample: int = Field(1000, ge=1, description="Queries on which the approximate index's recall@k "
+                                                       "against exact search is measured.")
+    topics: int = Field(3, ge=0, description="Shared topics kept per pair (the most alike attribute pairs).")
+    topic_floor: float = Field(0.45, ge=-1.0, le=1.0, description="Least attribute similarity for a shared topic.")
+    seed: int = Field(0, description="Seed for the random strategy and the recall sample.")
+    batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    threads: int | None = Field(None, ge=1, description="torch and FAISS threads; default: the usable cores.")
+
+    @model_validator(mode="after")
+    def _band_is_ordered(self) -> "PairConfig":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high}); the band is [low, high]")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the pairs, for config hashes: not the input path (hashed apart), threads or batches."""
+        return self.model_dump(mode="json", exclude={"profiles", "threads", "batch_size", "recall_sample"})
+
+
+class PersonasConfig(Section):
+    """`forge personas`: expand seed attributes with the chat backend, then build NLI-consistent profiles."""
+
+    seeds: Path | None = Field(None, description="Seed attributes: text (one a line), JSONL (strings, or objects "
+                                                 "with `column`), CSV (with `column`) or a Synthetic-Persona-Chat "
+                                                 "JSONL(.gz); default corpora/personas/seed_attributes.txt.")
+    column: str = Field("text", description="The CSV column or JSONL key that holds the attribute.")
+    max_seeds: int = Field(0, ge=0, description="Sample this many seed attributes (seeded); 0 takes them all.")
+    expand: bool = Field(True, description="Ask the chat backend for new attributes; off: profiles from the seeds.")
+    model: str = Field("packaged:minilm-l6", description="Sentence-embedding model for topics, duplicates and "
+                                                         "the diversity measures.")
+    topics: int = Field(50, ge=1, description="Topics: k-means clusters of the seed embeddings (FAISS, seeded).")
+    question_examples: int = Field(6, ge=1, description="Seeds nearest a topic's centre shown when asking which "
+                                                        "questions the topic answers.")
+    questions_per_topic: int = Field(3, ge=1, description="Questions induced per topic.")
+    requests_per_question: int = Field(2, ge=1, description="Expansion requests per (topic, question), each with "
+                                                            "other few-shot examples.")
+    per_request: int = Field(5, ge=1, description="New attributes asked for in one request.")
+    examples: int = Field(4, ge=1, le=10, description="Seed examples per expansion request (3-5 suit small models).")
+    questions_temperature: float | None = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature when "
+                                                "inducing questions (analysis, not invention: low); null: the backend's.")
+    temperature: float | None = Field(0.5, ge=0.0, le=2.0, description="Sampling temperature of expansion requests; "
+                                      "null: the backend's. SmolLM2-135M gave about 3x more usable lines at 0.5 than 0.8.")
+    max_tokens: int = Field(96, ge=8, description="Most new tokens per reply.")
+    max_words: int = Field(20, ge=3, description="Longest expanded attribute kept, in words.")
+    near_duplicate: float = Field(0.9, ge=0.0, le=1.0, description="Drop a new attribute whose embedding cosine "
+                                                                   "similarity to anything seen is at least this.")
+    cluster_similarity: float = Field(0.6, ge=0.0, le=1.0, description="Leader-clustering threshold of the "
+                                                                       "diversity measures (number of clusters).")
+    n: int = Field(1000, ge=1, description="Profiles to build (not in the config hash: a re-run with a larger n "
+                                           "continues the same profiles).")
+    k: int = Field(5, ge=1, description="Attributes per profile.")
+    contradiction: float = Field(0.5, gt=0.0, lt=1.0, description="Reject a candidate whose contradiction "
+                                                                  "probability against an attribute already in the "
+                                                                  "profile, in either direction, is above this.")
+    entailment: float = Field(0.6, gt=0.0, lt=1.0, description="Reject a candidate as redundant when an attribute "
+                                                               "in the profile entails it, or it entails one, with "
+                                                               "probability above this.")
+    max_candidates: int = Field(60, ge=1, description="Candidates tried for one profile before it is given up "
+                                                      "(logged as incomplete).")
+    baseline: int = Field(1000, ge=0, description="Random profiles (same size, same pool) judged for the "
+                                                  "comparison contradiction rate; 0 skips it.")
+    seed: int = Field(0, description="Seed for sampling seeds, topics, examples and profiles.")
+    batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    threads: int | None = Field(None, ge=1, description="torch and FAISS threads; default: the usable cores.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the outputs, for config hashes: not the seed path (its content is hashed apart),
+        n (profile i depends only on the pool, seed and i), the baseline size, threads or batches."""
+        return self.model_dump(mode="json", exclude={"seeds", "n", "baseline", "threads", "batch_size"})
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
@@ -89,6 +189,8 @@ class Recipe(Section):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     complete: CompleteConfig = Field(default_factory=CompleteConfig)
     nli: NLIConfig = Field(default_factory=NLIConfig)
+    personas: PersonasConfig = Field(default_factory=PersonasConfig)
+    pair: PairConfig = Field(default_factory=PairConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -26,3 +26,11 @@ def fake() -> ScriptedBackend:
 def forge_cmd() -> list[str]:
     """The installed `forge` entry point of this interpreter's environment."""
     return [sys.executable, "-m", "persona_forge.cli"]
+
+
+@pytest.fixture(scope="session")
+def embedded_nli():
+    """The real embedded NLI model's folder, built once per machine (about 5 minutes the first time)."""
+    from persona_forge.nli.train import ensure_embedded
+
+    return ensure_embedded(progress=False)
