@@ -137,7 +137,7 @@ def contradictions_of(sentence: str, rng: random.Random, favorites: dict[str, li
         add("unnegate", "I have " + s[len("I have never "):])
     elif re.match(r"i have (been|had|lived|worked|traveled|visited|seen|won|met|owned|played|read) ", low):
         add("negate_perfect", "I have never " + s[len("I have "):])
-    elif m := re.match(rf"i have (a|an|one|two|three|four|five|six|seven|eight|nine|ten|\d+) (.+)", low):
+    elif m := re.match(r"i have (a|an|one|two|three|four|five|six|seven|eight|nine|ten|\d+) (.+)", low):
         qty = m.group(1)
         rest = s[len("I have ") + len(qty) + 1:]
         if qty in ("a", "an"):

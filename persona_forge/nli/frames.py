@@ -630,6 +630,40 @@ HEALTH = [
 ]
 
 
+# --- identity statements: "I am X" next to "I am Y" -----------------------------------------
+# Values inside a group exclude each other; values from two groups are independent. Without
+# these pairs the model learns that two different "I am ..." sentences clash.
+IDENTITY_GROUPS = [
+    ["single", "married"], ["left-handed", "right-handed"], ["vegan", "a big meat eater"],
+    ["a morning person", "a night owl"], ["very shy", "very outgoing"], ["very tall", "very short"],
+    ["unemployed", "working two full-time jobs"], ["an only child", "one of six siblings"],
+    ["afraid of dogs", "a dog trainer"], ["a nurse", "a lawyer"], ["a teenager", "a grandmother"],
+]
+
+
+def _identity(rng):
+    group, other_group = rng.sample(IDENTITY_GROUPS, 2)
+    a, a_alt = rng.sample(group, 2)
+    kinds = rng.sample(list(FAVORITE), 2)
+    return {"a": a, "a_alt": a_alt, "b": rng.choice(other_group), "kind": kinds[0], "kind2": kinds[1],
+            "fav": rng.choice(FAVORITE[kinds[0]]), "fav_other": rng.choice(FAVORITE[kinds[1]])}
+
+
+IDENTITY = [
+    Frame("preferences", _identity,
+          premise=["I am {a}.", "I'm {a}."],
+          entail=["I would say I am {a}.", "honestly i'm {a} lol"],
+          contradict=["I am {a_alt}.", "i'm {a_alt} tbh", "People know me as {a_alt}."],
+          neutral=["I am {b}.", "i'm {b} lol", "I'm also {b}.", "My favorite {kind} is {fav}."]),
+    Frame("preferences", _identity,
+          premise=["My favorite {kind} is {fav}."],
+          entail=["I like {fav}."],
+          contradict=["I can't stand {fav}."],
+          neutral=["My favorite {kind2} is {fav_other}.", "my fav {kind2} is {fav_other} haha", "I am {b}.",
+                   "I really like {fav_other} too."]),
+]
+
+
 def _hobby_caps(values: dict) -> dict:
     for key in ("hobby", "fav", "fav2"):
         if key in values:
@@ -644,7 +678,7 @@ def _finish(values: dict) -> dict:
 
 
 FRAMES: list[Frame] = (PETS + FAMILY + JOB + AGE + LOCATION + DIET + HABITS + ABILITIES + PREFERENCES
-                       + EDUCATION + POSSESSIONS + HEALTH)
+                       + EDUCATION + POSSESSIONS + HEALTH + IDENTITY)
 
 LABEL_FIELDS = {"entailment": "entail", "contradiction": "contradict", "neutral": "neutral"}
 

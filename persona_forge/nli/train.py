@@ -36,7 +36,7 @@ class TrainSettings:
     max_length: int = 128
     frame_per_label: int = 2000
     corpus_per_label: int = 1200
-    handwritten_repeats: int = 2
+    handwritten_repeats: int = 3
     threads: int | None = None
 
 
