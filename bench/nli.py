@@ -24,11 +24,12 @@ from persona_forge.nli.train import ensure_embedded  # noqa: E402
 
 
 def short_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Persona-domain pairs from the dev set, premise and hypothesis re-paired at random: the
-    same length profile as real profile checks (about 30 tokens a pair)."""
+    """Persona-domain pairs from the dev set re-paired at random, the hypothesis two chat lines
+    long: about 30 tokens a pair, like an utterance checked against a persona attribute."""
     rows = read_labelled(ROOT / "corpora" / "nli" / "persona_dev.jsonl")
     rng = random.Random(seed)
-    return [(rng.choice(rows).premise, rng.choice(rows).hypothesis) for _ in range(n)]
+    return [(rng.choice(rows).premise, f"{rng.choice(rows).hypothesis} {rng.choice(rows).hypothesis}")
+            for _ in range(n)]
 
 
 def rate(model: CrossEncoderNLI, pairs, sort: bool = True) -> float:

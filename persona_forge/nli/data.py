@@ -281,7 +281,7 @@ def frame_pairs(per_label: int, rng: random.Random, chat_rate: float = 0.35) -> 
 
 
 def corpus_pairs(conversations: list[dict], per_label: int, rng: random.Random,
-                 chat_rate: float = 0.35) -> list[NLIPair]:
+                 chat_rate: float = 0.35, unrelated: int = 0) -> list[NLIPair]:
     personas = sorted({tuple(normalize(a) for a in c[k]) for c in conversations for k in ("user1_persona", "user2_persona")})
     favorites = _favorites(personas)
     by_label: dict[str, list[NLIPair]] = defaultdict(list)
@@ -317,10 +317,23 @@ def corpus_pairs(conversations: list[dict], per_label: int, rng: random.Random,
                          if r.startswith(("negate", "unnegate", "antonym"))]
             if negations:
                 by_label["contradiction"].append(NLIPair(negations[0], utterance, "contradiction", "spc:utterance_negated"))
-    for _ in range(per_label // 4):  # easy neutrals: attributes of two unrelated people
+    chosen = [p for label in LABELS for p in _take(by_label[label], per_label, rng)]
+    return chosen + unrelated_pairs(personas, unrelated, rng, chat_rate)
+
+
+def unrelated_pairs(personas: list[tuple[str, ...]], n: int, rng: random.Random,
+                    chat_rate: float = 0.35) -> list[NLIPair]:
+    """Attributes of two different people: almost always compatible. Without many of these the
+    model learns that any two "I am ..." sentences clash, and flags unrelated attributes as
+    contradictions when it builds profiles (seen at 11% of random attribute pairs)."""
+    pairs = []
+    for _ in range(n):
         a, b = rng.sample(personas, 2)
-        add(rng.choice(a), rng.choice(b), "neutral", "spc:unrelated")
-    return [p for label in LABELS for p in _take(by_label[label], per_label, rng)]
+        hypothesis = rng.choice(b)
+        if rng.random() < chat_rate:
+            hypothesis = chatify(hypothesis, rng)
+        pairs.append(NLIPair(rng.choice(a), hypothesis, "neutral", "spc:unrelated"))
+    return pairs
 
 
 def _take(pairs: list[NLIPair], n: int, rng: random.Random) -> list[NLIPair]:
@@ -358,11 +371,11 @@ def handwritten_pairs() -> list[NLIPair]:
 
 
 def build_training_pairs(seed: int = 0, frame_per_label: int = 1500, corpus_per_label: int = 1500,
-                         sick: bool = True, handwritten_repeats: int = 2) -> list[NLIPair]:
+                         sick: bool = True, handwritten_repeats: int = 2, unrelated: int = 0) -> list[NLIPair]:
     """The embedded NLI's whole training set, deterministic for a seed."""
     rng = random.Random(seed)
     pairs = frame_pairs(frame_per_label, rng)
-    pairs += corpus_pairs(load_spc("train"), corpus_per_label, rng)
+    pairs += corpus_pairs(load_spc("train"), corpus_per_label, rng, unrelated=unrelated)
     pairs += handwritten_pairs() * handwritten_repeats
     if sick:
         pairs += load_sick()
