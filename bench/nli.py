@@ -1,8 +1,8 @@
 """NLI throughput on this machine: pairs per second for short (about 30-token) persona pairs.
 
-Runs the embedded cross-encoder (built on first use) as configured by default (float32), and
-int8 dynamic quantization in the same process for comparison, at a few batch sizes; plus the
-unsorted order, to show what sorting by length buys. Figures only: benchmarks never pass or fail.
+Runs the embedded cross-encoder (built on first use) as configured by default (float32,
+TorchScript-traced), against the same model run eagerly (the baseline), at a few batch sizes;
+the unsorted order, to show what sorting by length buys; and int8 dynamic quantization. Figures only: benchmarks never pass or fail.
 
     python bench/nli.py [--pairs 4000] [--threads N]
 """
@@ -56,14 +56,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{__import__('torch').get_num_threads()} torch threads\n")
     print(f"{'variant':<34} {'pairs/s':>8}  {'vs baseline':>11}")
     baseline = rate(model, pairs)
-    print(f"{'float32, batch 64, length-sorted':<34} {baseline:>8.0f}  {'1.00x (baseline)':>11}")
+    print(f"{'eager, batch 64, length-sorted':<34} {baseline:>8.0f}  {'1.00x (baseline)':>11}")
+    traced = CrossEncoderNLI(path, batch_size=64, quantize=False, threads=args.threads, trace=True)
+    r = rate(traced, pairs)
+    print(f"{'traced (default), batch 64, sorted':<34} {r:>8.0f}  {r / baseline:>10.2f}x  traced={traced.traced}")
     for batch in (16, 128):
         model.batch_size = batch
         r = rate(model, pairs)
-        print(f"{f'float32, batch {batch}, length-sorted':<34} {r:>8.0f}  {r / baseline:>10.2f}x")
+        print(f"{f'eager, batch {batch}, length-sorted':<34} {r:>8.0f}  {r / baseline:>10.2f}x")
     model.batch_size = 64
     r = rate(model, pairs, sort=False)
-    print(f"{'float32, batch 64, input order':<34} {r:>8.0f}  {r / baseline:>10.2f}x")
+    print(f"{'eager, batch 64, input order':<34} {r:>8.0f}  {r / baseline:>10.2f}x")
     quantized = CrossEncoderNLI(path, batch_size=64, quantize=True, threads=args.threads)
     r = rate(quantized, pairs)
     print(f"{'int8 dynamic, batch 64, sorted':<34} {r:>8.0f}  {r / baseline:>10.2f}x")

