@@ -262,15 +262,14 @@ def models_list() -> None:
 
     Example: forge models list
     """
-    from .models import PACKAGED, cache_dir, converted_smollm2
+    from .models import PACKAGED, cache_dir, smollm2_dir
 
     rows = {f"packaged:{name}": text for name, text in PACKAGED.items()}
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = smollm2_dir()
     rows["SmolLM2 converted copy"] = str(target) if (target / ".complete").exists() else \
         "not yet (forge models prepare)"
     rows["cache"] = str(cache_dir())
     ui.summary("models", rows)
-    del converted_smollm2
 
 
 @models.command("prepare")

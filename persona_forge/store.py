@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +78,14 @@ def _dump(record: BaseModel | dict) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, computed once per process for a given size and modification time
+    (stages compare, record and re-check their inputs; a large .jsonl.gz is read only once)."""
+    stat = os.stat(path)
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -89,19 +99,43 @@ def read_jsonl(path: Path, model: type[R] | None = None) -> list[Any]:
 
 
 def iter_jsonl(path: Path, model: type[R] | None = None) -> Iterator[Any]:
+    """Each record of a JSONL file (gzipped or not), validated as `model` when given."""
+    for line_no, obj in iter_json_lines(path):
+        yield validate_record(obj, model, path, line_no) if model else obj
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, object) for each non-empty line of a JSONL file, gzipped or not; a missing,
+    unreadable or malformed file is a UserError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with jsonlines.open(path) as reader:
-        line_no = 0
-        try:
-            for line_no, obj in enumerate(reader.iter(skip_empty=True), start=1):
-                yield _validate(obj, model, path, line_no) if model else obj
-        except jsonlines.InvalidLineError as exc:
-            raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc}); fix or remove that line") from None
+    gzipped = sniff_gzip(path)
+    opener = gzip.open if gzipped else open
+    line_no = 0
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield line_no, json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{line_no}: not valid JSON ({exc.msg}); fix or remove that line") from None
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot be read as {'gzipped ' if gzipped else ''}JSONL "
+                        f"({type(exc).__name__}: {exc}); give a UTF-8 JSONL file") from None
 
 
-def _validate(obj: Any, model: type[R], path: Path, line_no: int) -> R:
+def sniff_gzip(path: Path) -> bool:
+    """Whether the file is gzipped (by its magic bytes, not its name); unreadable is a UserError."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+
+
+def validate_record(obj: Any, model: type[R], path: Path, line_no: int) -> R:
+    """`obj` as a `model` record, or a UserError naming the file, line and field."""
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -246,22 +280,33 @@ class RunDir:
             return None
         return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
 
+    def check(self, stage: str, config: dict[str, Any], inputs: Iterable[Path] = (),
+              force: bool = False) -> str:
+        """Refuse, writing nothing, if `stage` ran here with another config or input (unless
+        forced); returns what changed ("" when nothing did). Stages that begin late call it first."""
+        planned = Manifest(stage=stage, config_hash=config_hash(config), config=config,
+                           inputs={str(p): file_sha256(p) for p in inputs})
+        previous = self.manifest(stage)
+        changed = _describe_change(previous, planned) if previous is not None else ""
+        if changed and not force:
+            raise UserError(
+                f"{self.path}: the {stage} stage there was run with {changed}; "
+                f"pass --force to redo it (old outputs go to {self.path / '.trash'}) "
+                f"or choose another --run-dir"
+            )
+        return changed
+
     def begin(self, stage: str, config: dict[str, Any], inputs: Iterable[Path] = (),
               outputs: Iterable[str] = (), force: bool = False) -> "StageRun":
         """Start or resume `stage`; refuse to mix configs in one run directory unless forced."""
+        inputs = list(inputs)
+        changed = self.check(stage, config, inputs, force)
         self.path.mkdir(parents=True, exist_ok=True)
-        input_hashes = {str(p): file_sha256(p) for p in inputs}
         manifest = Manifest(stage=stage, config_hash=config_hash(config), config=config,
-                            inputs=input_hashes, outputs=list(outputs), started_at=time.time())
+                            inputs={str(p): file_sha256(p) for p in inputs}, outputs=list(outputs),
+                            started_at=time.time())
         previous = self.manifest(stage)
         if previous is not None:
-            changed = _describe_change(previous, manifest)
-            if changed and not force:
-                raise UserError(
-                    f"{self.path}: the {stage} stage there was run with {changed}; "
-                    f"pass --force to redo it (old outputs go to {self.path / '.trash'}) "
-                    f"or choose another --run-dir"
-                )
             if changed:
                 self._trash(stage, previous)
             else:
@@ -308,9 +353,6 @@ class StageRun:
     def __init__(self, run_dir: RunDir, manifest: Manifest):
         self.run_dir = run_dir
         self.manifest = manifest
-
-    def count(self, key: str, n: int = 1) -> None:
-        self.manifest.counts[key] = self.manifest.counts.get(key, 0) + n
 
     def set_count(self, key: str, n: int) -> None:
         self.manifest.counts[key] = n

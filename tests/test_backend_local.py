@@ -24,9 +24,9 @@ def ask(persona: str, question: str, **kw) -> ChatRequest:
 
 
 def test_packaged_model_is_converted_once_into_the_cache(local):
-    from persona_forge.models import cache_dir
+    from persona_forge.models import smollm2_dir
 
-    folder = cache_dir() / "models" / "smollm2-135m-instruct"
+    folder = smollm2_dir()
     assert (folder / "model.safetensors").is_file() and (folder / ".complete").is_file()
     assert local._model.config.num_hidden_layers == 30
 

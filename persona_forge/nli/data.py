@@ -15,8 +15,6 @@ hypotheses of every label alike, so surface style never gives the label away.
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import re
 from collections import defaultdict
@@ -24,7 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..resources import data_dir
+from ..store import iter_json_lines, read_jsonl
 from .frames import CITIES, FAVORITE, JOBS, pick_frame, render_frame
 
 US_STATES = ["Alabama", "Alaska", "Arizona", "Arkansas", "California", "Colorado", "Connecticut", "Delaware",
@@ -82,9 +82,7 @@ def load_sick(files: Iterable[str] = ("SICK_train.txt", "SICK_trial.txt")) -> li
 
 
 def load_spc(split: str = "train") -> list[dict]:
-    path = data_dir("corpora") / "spc" / f"{split}.jsonl.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_jsonl(data_dir("corpora") / "spc" / f"{split}.jsonl.gz")
 
 
 _FIXES = [(r" ([,.!?;:])", r"\1"), (r"\bi m\b", "i'm"), (r"\b(don|can|won|didn|doesn|isn|wasn|aren|haven|hasn|couldn|wouldn|shouldn) t\b", r"\1't"),
@@ -110,8 +108,6 @@ _PRESENT_VERBS = ("work", "live", "play", "drive", "own", "eat", "drink", "go", 
                   "grow", "make", "spend", "paint", "dance", "wear", "attend", "believe", "need", "know", "take",
                   "travel", "bake", "sew", "knit", "fish", "hunt", "surf", "ski", "skate", "draw", "build", "use")
 _STATIVE = ("live", "own", "work", "need", "know", "believe", "wear", "attend", "use", "speak")
-_LIKES = ("like", "love", "enjoy", "adore")
-_HATES = ("hate", "dislike", "detest", "despise")
 
 
 def contradictions_of(sentence: str, rng: random.Random, favorites: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -149,14 +145,9 @@ def contradictions_of(sentence: str, rng: random.Random, favorites: dict[str, li
                 other = rng.choice([k for k in range(1, 8) if k != n])
                 add("count", f"I have {other} {rest}")
     if m := re.match(r"i (do not|don't|never|cannot|can't|can not) (\w+)(.*)", low):
-        neg, verb = m.group(1), m.group(2)
+        neg = m.group(1)
         rest = s[len("I ") + len(neg) + 1:]
-        if neg in ("cannot", "can't", "can not"):
-            add("unnegate", "I can " + rest)
-        elif verb in _LIKES:
-            add("unnegate", "I " + rest)
-        else:
-            add("unnegate", "I " + rest)
+        add("unnegate", ("I can " if neg in ("cannot", "can't", "can not") else "I ") + rest)
     elif re.match(r"i can ", low):
         add("negate_can", "I cannot " + s[len("I can "):])
     elif m := re.match(r"i (like|love|enjoy|adore) (.+)", low):
@@ -385,11 +376,8 @@ def build_training_pairs(seed: int = 0, frame_per_label: int = 1500, corpus_per_
 
 def read_labelled(path: Path, source: str | None = None) -> list[NLIPair]:
     """Rows {"premise", "hypothesis", "label"} from a JSONL evaluation file."""
-    from ..errors import UserError
-    from ..store import iter_jsonl
-
     pairs = []
-    for line_no, row in enumerate(iter_jsonl(path), start=1):
+    for line_no, row in iter_json_lines(path):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("premise", "hypothesis", "label")):
             raise UserError(f"{path}:{line_no}: each row needs string fields \"premise\", \"hypothesis\" and \"label\"")
         label = row["label"].strip().lower()

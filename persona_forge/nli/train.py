@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -150,10 +151,7 @@ def _length_bucketed_batches(input_ids, settings: TrainSettings, rng: random.Ran
 
 
 def _count(values: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def _save(model, tokenizer, target: Path, info: dict) -> None:

@@ -20,9 +20,7 @@ the greedy one should beat.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +33,8 @@ from .. import ui
 from ..config import PairConfig, Recipe
 from ..errors import UserError
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
-from ..store import RunDir, atomic_open, atomic_write_json, atomic_write_jsonl, config_hash, file_sha256
+from ..store import (RunDir, atomic_open, atomic_write_json, atomic_write_jsonl, config_hash, file_sha256,
+                     iter_json_lines, sniff_gzip, validate_record)
 
 STAGE = "pair"
 OUTPUTS = ("pairs.jsonl", "pair_rejections.jsonl", "pair_similarity.png")
@@ -69,7 +68,7 @@ class ProfileSet:
 
 def load_profiles(path: Path) -> ProfileSet:
     """Profiles from a Profile JSONL or a Synthetic-Persona-Chat JSONL(.gz), detected from the first record."""
-    rows = _iter_json_lines(path)
+    rows = iter_json_lines(path)
     first = next(rows, None)
     if first is None:
         raise UserError(f"{path}: no profiles in it; pairing needs at least two")
@@ -87,48 +86,12 @@ def _chain(first: tuple[int, Any], rest: Iterator[tuple[int, Any]]) -> Iterator[
     yield from rest
 
 
-def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, object) for each non-empty line of a JSONL file, gzipped or not."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; give --profiles FILE (a Profile JSONL, or a "
-                        f"Synthetic-Persona-Chat .jsonl/.jsonl.gz such as corpora/spc/train.jsonl.gz)")
-    gzipped = _first_bytes(path) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
-    line_no = 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if line.strip():
-                    yield line_no, json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{line_no}: not valid JSON ({exc.msg}); fix or remove that line") from None
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: cannot be read as {'gzipped ' if gzipped else ''}JSONL "
-                        f"({type(exc).__name__}: {exc}); give a UTF-8 JSONL file") from None
-
-
-def _first_bytes(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(2)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-
-
 def _profile_records(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
-    from pydantic import ValidationError
-
     profiles: dict[str, Profile] = {}
     lines = 0
     for line_no, row in rows:
         lines += 1
-        try:
-            profile = Profile.model_validate(row)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(record)"
-            raise UserError(f"{path}:{line_no}: not a Profile record: {where}: {first['msg']}") from None
+        profile = validate_record(row, Profile, path, line_no)
         if profile.attributes:
             profiles.setdefault(profile.id, profile)
     skipped = lines - len(profiles)
@@ -171,12 +134,13 @@ class Encoder:
         self.spec = spec
         self.batch_size = batch_size
         self.seconds = 0.0  # time spent encoding, without loading: the embedding rate's denominator
-        self._model = None
 
     def encode(self, texts: list[str], label: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        model = self._load()
+        from ..models import sentence_transformer
+
+        model = sentence_transformer(self.spec)
         started = time.time()
         chunk = max(self.batch_size, 1024)  # our own progress bar, advanced per chunk
         parts = []
@@ -188,15 +152,6 @@ class Encoder:
                 advance(len(batch))
         self.seconds += time.time() - started
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-
-    def _load(self):
-        if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
-            from ..models import sentence_model_path
-
-            self._model = SentenceTransformer(sentence_model_path(self.spec))
-        return self._model
 
 
 @dataclass
@@ -572,10 +527,9 @@ def save_histogram(path: Path, chosen: np.ndarray, nearest: np.ndarray, candidat
     ax.set_ylabel("density")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -592,13 +546,15 @@ def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
         what = "no such file" if cfg.profiles else "no profiles here yet (the personas stage writes them)"
         raise UserError(f"{path}: {what}; pass --profiles FILE (a Profile JSONL, or a Synthetic-Persona-Chat "
                         f".jsonl/.jsonl.gz such as corpora/spc/train.jsonl.gz)")
-    _first_bytes(path)  # unreadable: one clear line now, not a traceback from hashing it
+    sniff_gzip(path)  # unreadable: one clear line now, not a traceback from hashing it
     if not cfg.profiles:
         refuse_unfinished_personas(run_dir)
     done = already_done(run_dir, stage_config(cfg), path)
     if done is not None:
         return done
-    refuse_if_changed(run_dir, stage_config(cfg), path, force)
+    # Refuse a changed config or input now, before minutes of embedding; the manifest itself is
+    # begun only once there are pairs to write, so a failed run leaves nothing to --force past.
+    run_dir.check(STAGE, stage_config(cfg), inputs=[path], force=force)
     started = time.time()
     loaded = load_profiles(path)
     if len(loaded.profiles) < 2:
@@ -791,18 +747,3 @@ def refuse_unfinished_personas(run_dir: RunDir) -> None:
     if personas is not None and personas.status != "done":
         raise UserError(f"{run_dir.file('profiles.jsonl')}: the personas stage has not finished there; run it to "
                         f"the end first (the same command resumes it), or pass --profiles to pair that file as it is")
-
-
-def refuse_if_changed(run_dir: RunDir, config: dict[str, Any], path: Path, force: bool) -> None:
-    """Refuse a changed config or input before spending minutes on embeddings, not after.
-
-    RunDir.begin makes the same check, but pairing only begins once it has pairs to write, so
-    that a run that fails (say, no pair in the band) leaves no manifest that a corrected re-run
-    would have to --force past.
-    """
-    previous = run_dir.manifest(STAGE)
-    if previous is None or force:
-        return
-    same_input = previous.inputs.get(str(path)) in (None, file_sha256(path))
-    if previous.config_hash != config_hash(config) or not same_input:
-        run_dir.begin(STAGE, config, inputs=[path], outputs=OUTPUTS, force=False)  # raises the standard refusal

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import random
 import re
 import unicodedata
@@ -39,6 +38,7 @@ import numpy as np
 from ..errors import UserError
 from ..jsonparse import JsonParseError, parse_json
 from ..schema import Provenance, Record, record_id
+from ..store import iter_json_lines
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
@@ -123,15 +123,8 @@ def _open_text(path: Path):
 
 def _read_jsonl(path: Path, column: str) -> list[str]:
     texts: list[str] = []
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: not valid JSON ({exc.msg}); fix or remove that line") from None
-            texts += _texts_of_row(row, column, f"{path}:{line_no}")
+    for line_no, row in iter_json_lines(path):
+        texts += _texts_of_row(row, column, f"{path}:{line_no}")
     return texts
 
 
@@ -315,7 +308,6 @@ class Embedder:
         self.spec = spec
         self.batch_size = batch_size
         self.threads = threads
-        self._model = None
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -326,15 +318,11 @@ class Embedder:
         return np.ascontiguousarray(emb, dtype=np.float32)
 
     def _load(self):
-        if self._model is None:
-            from sentence_transformers import SentenceTransformer
+        from ..backends.local import set_torch_threads
+        from ..models import sentence_transformer
 
-            from ..backends.local import set_torch_threads
-            from ..models import sentence_model_path
-
-            set_torch_threads(self.threads)
-            self._model = SentenceTransformer(sentence_model_path(self.spec), device="cpu")
-        return self._model
+        set_torch_threads(self.threads)
+        return sentence_transformer(self.spec)
 
 
 def cluster_topics(emb: np.ndarray, topics: int, seed: int, threads: int | None = None) -> list[int]:
@@ -475,7 +463,6 @@ class ExpansionCounts:
     requests: int = 0
     already_done: int = 0
     failed: int = 0
-    written_now: int = 0
 
 
 @dataclass
@@ -645,7 +632,6 @@ class Expander:
             sinks.attribute(Attribute(id=aid, text=text, source="expanded", topic=req.topic,
                                       question=req.question, provenance=req.provenance))
             accepted += 1
-            self.counts.written_now += 1
         return accepted, parsed
 
     # -- helpers --

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .. import ui
 from ..config import NLIConfig, Recipe
+from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
 from ..errors import UserError
 from ..resources import data_dir
 from ..schema import Attribute, Profile, Record, Rejection, record_id
@@ -51,7 +52,6 @@ STAGE = "personas"
 FILES = {"attributes": "attributes.jsonl", "profiles": "profiles.jsonl", "rejections": "rejections.jsonl",
          "questions": "personas_questions.jsonl", "replies": "personas_replies.jsonl",
          "checks": "personas_checks.jsonl"}
-ENTAIL, NEUTRAL, CONTRA = 0, 1, 2
 
 
 class PairCheck(BaseModel):
@@ -397,9 +397,10 @@ def _profiles(cfg, pool: list[Attribute], nli, stores: dict[str, JsonlStore]) ->
         raise UserError(f"the attribute pool has {len(pool)} attributes, fewer than the {cfg.k} a profile "
                         f"needs; give more seeds or a smaller personas.k")
     have = stores["profiles"].read()
-    given_up = {r.subject_id for r in stores["rejections"].read() if r.reason == "incomplete"}
+    rejections = stores["rejections"].read()
+    given_up = {r.subject_id for r in rejections if r.reason == "incomplete"}
     needed = max(0, cfg.n - len(have))
-    builder = ProfileBuilder(cfg, pool, nli, {}, stores["rejections"].ids())
+    builder = ProfileBuilder(cfg, pool, nli, {}, {r.id for r in rejections})
     started = time.perf_counter()
     if needed:
         with contextlib.ExitStack() as stack:
