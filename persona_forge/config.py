@@ -45,6 +45,8 @@ class BackendConfig(Section):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
         "max_tokens", description="Which request field carries the token limit (newer OpenAI models "
                                   "want max_completion_tokens).")
+    adapter: Path | None = Field(None, description="A LoRA adapter folder (from `forge train`) applied on top "
+                                                   "of the model (local).")
     batch_size: int = Field(8, ge=1, description="Prompts generated together (local).")
     threads: int | None = Field(None, ge=1, description="torch threads (local); default: the usable cores.")
     repetition_penalty: float = Field(1.15, ge=1.0, description="Keeps small local models from looping.")
@@ -60,7 +62,19 @@ class BackendConfig(Section):
             ident["base_url"] = self.base_url
         if self.kind == "local":
             ident["repetition_penalty"] = self.repetition_penalty
+            if self.adapter is not None:
+                ident["adapter"] = _adapter_digest(self.adapter)
         return ident
+
+
+def _adapter_digest(folder: Path) -> str:
+    """The adapter's weights' hash (a retrained adapter at the same path is a different model)."""
+    import hashlib
+
+    weights = Path(folder) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return str(folder)
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
 
 
 class CompleteConfig(Section):

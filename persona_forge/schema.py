@@ -127,3 +127,22 @@ class CompletionRecord(Record):
     parse_error: str | None = None
     usage: Usage = Field(default_factory=Usage)
     provenance: Provenance
+
+
+class Preference(Record):
+    """Two candidate conversations of one pair as the critic ranked them: a DPO pair.
+
+    Both answer the same request (write a conversation between these two personas), so the
+    preference is the critic's judgement at the level it judges: the whole conversation.
+    """
+
+    pair_id: str
+    user1_persona: list[str]
+    user2_persona: list[str]
+    round: int
+    chosen_id: str
+    rejected_id: str
+    chosen_turns: list[Turn]
+    rejected_turns: list[Turn]
+    chosen_score: float
+    rejected_score: float

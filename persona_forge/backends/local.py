@@ -49,25 +49,18 @@ class LocalBackend(ChatBackend):
     def describe(self) -> dict[str, Any]:
         from ..models import resolve
 
-        return {"backend": self.name, "model": resolve(self.model).describe()}
+        described = {"backend": self.name, "model": resolve(self.model).describe()}
+        if self.config.adapter is not None:
+            described["adapter"] = str(self.config.adapter)
+        return described
 
     def load(self):
         if self._model is None:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            from ..models import causal_lm_path
+            from ..lm import load_chat_model
 
             self.threads = set_torch_threads(self.config.threads)
-            path = causal_lm_path(self.model, progress=self._show_progress)
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-            self._model, self._tokenizer = model.to(device).eval(), tokenizer
+            self._model, self._tokenizer = load_chat_model(self.model, adapter=self.config.adapter,
+                                                           progress=self._show_progress)
         return self._model, self._tokenizer
 
     async def _stream_raw(self, requests: Sequence[ChatRequest]) -> AsyncIterator[tuple[int, Completion]]:
