@@ -1,0 +1,56 @@
+"""The one shape of a persona-chat exchange as chat messages: the replying user's persona as the
+system prompt, the conversation so far as alternating turns (the replier's own turns as
+`assistant`, the other user's as `user`), ending on the other user's turn.
+
+Training samples (forge curate), evaluation prompts (forge eval), the generator's `turns` mode and
+`forge chat` all build their messages here, so a model is trained and tested on the same form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .prompts import PromptLibrary, library
+from .schema import ChatMessage, Turn
+
+SYSTEM_PROMPT = "samples/persona_system"
+
+
+def persona_system(persona: Sequence[str], prompts: PromptLibrary | None = None) -> ChatMessage:
+    rendered = (prompts or library()).render(SYSTEM_PROMPT, persona=list(persona))
+    return ChatMessage(**rendered.messages[0])
+
+
+def reply_messages(persona: Sequence[str], history: Sequence[Turn], replier: str,
+                   prompts: PromptLibrary | None = None) -> list[ChatMessage]:
+    """Messages asking `replier` ("user1" or "user2") for their next turn after `history`.
+
+    Consecutive turns by one speaker (a parse artefact) are joined, so roles always alternate.
+    """
+    messages = [persona_system(persona, prompts)]
+    for turn in history:
+        role = "assistant" if turn.speaker == replier else "user"
+        if messages[-1].role == role:
+            messages[-1] = ChatMessage(role=role, content=f"{messages[-1].content}\n{turn.text}")
+        else:
+            messages.append(ChatMessage(role=role, content=turn.text))
+    return messages
+
+
+def next_reply(persona: Sequence[str], turns: Sequence[Turn], position: int, context: int = 6,
+               prompts: PromptLibrary | None = None) -> tuple[list[ChatMessage], str] | None:
+    """(messages, target) for the reply at turns[position], with up to `context` earlier turns and
+    the other user's turn before it as the prompt. The study's sample is position 7 (0-based) with
+    context 6: turns 1-6 as context, turn 7 as the prompt, turn 8 as the target.
+
+    None when there is no such sample (too early, the turn before is by the same speaker, or the
+    target is empty).
+    """
+    if position < 1 or position >= len(turns):
+        return None
+    target, prompt_turn = turns[position], turns[position - 1]
+    if prompt_turn.speaker == target.speaker or not target.text.strip():
+        return None
+    start = max(0, position - 1 - context)
+    history = list(turns[start:position])
+    return reply_messages(persona, history, target.speaker, prompts), target.text
