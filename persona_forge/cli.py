@@ -149,6 +149,52 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
     ui.summary("forge pair", rows)
 
 
+@forge.command()
+@_stage_recipe_option
+@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path), help="Pair JSONL (default <run_dir>/pairs.jsonl).")
+@click.option("--profiles", "profiles_path", type=click.Path(path_type=Path),
+              help="The profiles the pairs refer to (default <run_dir>/profiles.jsonl).")
+@click.option("--mode", type=click.Choice(["auto", "whole", "turns"]), default=None,
+              help="whole: one request per conversation; turns: persona agents take turns (auto: turns for local).")
+@click.option("--candidates", type=int, default=None, help="Candidate conversations per pair.")
+@click.option("--rounds", type=int, default=None, help="Generator-critic rounds.")
+@click.option("--limit", type=int, default=None, help="Only the first N pairs (a larger N later extends the run).")
+@click.option("--no-judge", "no_judge", is_flag=True, default=False, help="Leave out the LLM quality/safety judge.")
+@click.pass_obj
+def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, profiles_path: Path | None,
+             mode: str | None, candidates: int | None, rounds: int | None, limit: int | None, no_judge: bool) -> None:
+    """Generator-Critic loop: candidate conversations per pair, scored by NLI, an LLM judge, a safety
+    screen and form; the best of each round are the next round's examples.
+
+    Example: forge --recipe recipes/quickstart.yaml generate --limit 10
+    """
+    from .backends import build_backend
+    from .nli.base import load_nli
+    from .stages import generate as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "generate.pairs": str(pairs_path) if pairs_path else None,
+        "generate.profiles": str(profiles_path) if profiles_path else None, "generate.mode": mode,
+        "generate.candidates": candidates, "generate.rounds": rounds, "generate.limit": limit,
+        "generate.critic.judge": False if no_judge else None})
+    show = ui.verbosity() >= 0
+    backend = build_backend(recipe.backend, progress=show)
+    embed = _embedder(recipe) if recipe.generate.critic.prefilter > 0 else None
+    rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
+                     embed=embed, force=obj.force)
+    ui.summary("forge generate", rows)
+    if rows.get("failed (re-run to retry)"):
+        raise UserError(f"{rows['failed (re-run to retry)']} candidates failed after retries; run the same "
+                        "command again to generate only those")
+
+
+def _embedder(recipe: Recipe):
+    from .models import sentence_transformer
+
+    model = sentence_transformer(recipe.personas.model)
+    return lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+
+
 @forge.group()
 def nli() -> None:
     """The NLI model: build the embedded one, evaluate any, try a pair."""

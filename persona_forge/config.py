@@ -198,6 +198,73 @@ class PersonasConfig(Section):
         return self.model_dump(mode="json", exclude={"seeds", "n", "baseline", "threads", "batch_size"})
 
 
+class CriticWeights(Section):
+    faithfulness: float = Field(0.35, ge=0, description="Weight of 1 - the worst utterance's contradiction probability.")
+    coverage: float = Field(0.15, ge=0, description="Weight of the share of persona sentences a speaker expresses.")
+    quality: float = Field(0.3, ge=0, description="Weight of the LLM judge's rubric (mean of four 1-5 scores, scaled to 0-1).")
+    form: float = Field(0.2, ge=0, description="Weight of form: length, alternation, distinct bigrams, no repeated turns.")
+
+
+class CriticConfig(Section):
+    """The critic's experts, their weights and the hard filters (`generate.critic`)."""
+
+    judge: bool = Field(True, description="Ask the chat backend's LLM judge for the quality rubric and the safety "
+                                          "question (one request per candidate); off: quality is left out.")
+    judge_max_tokens: int = Field(256, ge=16, description="Most tokens of the judge's JSON answer.")
+    contradiction: float = Field(0.5, gt=0, lt=1, description="An utterance contradicts its speaker's persona when "
+                                 "its contradiction probability against one of their sentences is above this.")
+    max_contradicted: int = Field(0, ge=0, description="Hard filter: reject a candidate with more contradicting "
+                                  "utterances than this.")
+    entailment: float = Field(0.5, gt=0, lt=1, description="A persona sentence is covered when an utterance of its "
+                              "speaker entails it with more than this probability.")
+    prefilter: float = Field(0.0, ge=-1, le=1, description="Skip the NLI for (sentence, utterance) pairs whose "
+                             "embedding cosine is below this (counted neutral); 0 checks every pair.")
+    weights: CriticWeights = Field(default_factory=CriticWeights)
+    min_margin: float = Field(0.05, ge=0, description="Least score gap between chosen and rejected for a DPO pair.")
+    blocklist: Path | None = Field(None, description="Extra safety patterns (one per line, * as a wildcard) on top "
+                                                     "of corpora/safety/blocklist.txt.")
+
+
+class GenerateConfig(Section):
+    """`forge generate`: the paper's Generator-Critic loop over the pairs."""
+
+    pairs: Path | None = Field(None, description="Pair JSONL (default <run_dir>/pairs.jsonl).")
+    profiles: Path | None = Field(None, description="Profile JSONL the pairs refer to (default "
+                                                    "<run_dir>/profiles.jsonl).")
+    mode: Literal["auto", "whole", "turns"] = Field(
+        "auto", description="whole: one request writes the conversation (the paper; strong models); turns: two "
+                            "persona agents reply in turn (small models); auto: turns for the local backend.")
+    candidates: int = Field(3, ge=1, description="Candidate conversations per pair; the critic picks the best.")
+    rounds: int = Field(2, ge=1, description="Rounds: the pairs are split over them, and each round's best "
+                                             "conversations are the next round's few-shot examples.")
+    examples: int = Field(2, ge=0, description="Few-shot example conversations per request (whole mode; turns "
+                                               "mode shows at most one, cut to `example_turns`).")
+    example_turns: int = Field(6, ge=2, description="Turns of the example shown to a persona agent (turns mode).")
+    example_pool: int = Field(8, ge=1, description="A round's top conversations the next round draws examples from.")
+    min_turns: int = Field(8, ge=2, description="Fewest turns a conversation may have (fewer is rejected).")
+    max_turns: int = Field(16, ge=2, description="Most turns asked for (whole) / generated (turns).")
+    turns: int | None = Field(None, ge=2, description="turns mode: exactly this many turns (default: drawn "
+                                                      "between min_turns and max_turns per candidate).")
+    turn_max_tokens: int = Field(48, ge=8, description="Most tokens per reply (turns mode).")
+    max_tokens: int = Field(1200, ge=64, description="Most tokens per conversation (whole mode).")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null: the backend's.")
+    limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all.")
+    chunk_pairs: int = Field(32, ge=1, description="Pairs generated and scored together before their results "
+                                                   "are written (the unit of resumption).")
+    seed: int = Field(0, description="Seed for examples, lengths and sampling.")
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+
+    @model_validator(mode="after")
+    def _turns_ordered(self) -> "GenerateConfig":
+        if self.min_turns > self.max_turns:
+            raise ValueError(f"min_turns ({self.min_turns}) is above max_turns ({self.max_turns})")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the outputs: not the chunking (only how often results are written) or the limit."""
+        return self.model_dump(mode="json", exclude={"chunk_pairs", "limit", "pairs", "profiles"})
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
@@ -207,6 +274,7 @@ class Recipe(Section):
     nli: NLIConfig = Field(default_factory=NLIConfig)
     personas: PersonasConfig = Field(default_factory=PersonasConfig)
     pair: PairConfig = Field(default_factory=PairConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

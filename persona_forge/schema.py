@@ -99,6 +99,7 @@ class Dialogue(Record):
     provenance: Provenance | None = None
     parse_error: str | None = None
     scores: dict[str, float | None] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(default_factory=dict)
 
 
 class Rejection(Record):

@@ -31,6 +31,8 @@ Behaviours (`name` or `name:arg`):
     nomessage        200, a chat completion whose choice has no message
     leaky            500 whose error message quotes the Authorization header
     slow[:s]         answer normally after s more seconds (default 5): beyond a client timeout
+    persona          a conversation in "User 1: / User 2:" lines that restates the personas listed in
+                     the prompt (JSON requests get a judge's rubric instead): a generator and judge
 
 --latency-ms delays every chat answer; GET /stats returns counters (by path, by behaviour,
 arrival times per prompt, the most requests in flight at once, every Authorization header
@@ -320,6 +322,8 @@ def _nth_behaviour(spec: str, arrival: int) -> str:
 
 
 def _content(name: str, last_user: str, wants_json: bool) -> tuple[str, str]:
+    if name == "persona":
+        return _persona_content(last_user, wants_json), "stop"
     echo = last_user.split(_FAULT_OPEN, 1)[0].strip()
     payload = json.dumps({"echo": echo, "words": len(echo.split())})
     if name == "truncated":
@@ -331,6 +335,28 @@ def _content(name: str, last_user: str, wants_json: bool) -> tuple[str, str]:
     if name == "json" or wants_json:
         return payload, "stop"
     return f"echo: {echo}", "stop"
+
+
+def _persona_content(prompt: str, wants_json: bool) -> str:
+    """What a competent generator or judge would answer to forge generate's prompts."""
+    if wants_json:
+        return json.dumps({k: {"score": 4, "reason": "reads well"} for k in
+                           ("coherence", "engagingness", "naturalness", "consistency")} | {"unsafe": False})
+    personas: dict[str, list[str]] = {"User 1": [], "User 2": []}
+    current = None
+    for line in prompt.splitlines():
+        if line.startswith("User 1's persona"):
+            current = "User 1"
+        elif line.startswith("User 2's persona"):
+            current = "User 2"
+        elif current and line.startswith("- "):
+            personas[current].append(line[2:].strip())
+        elif current and line.strip() and not line.startswith("- "):
+            current = None
+    turns = ["User 1: Hi! Nice to meet you.", "User 2: Hello, nice to meet you too. Tell me about yourself."]
+    for a, b in zip(personas["User 1"], personas["User 2"]):
+        turns += [f"User 1: Well, {a[0].lower() + a[1:]}", f"User 2: Oh nice. {b}"]
+    return "\n".join(turns + ["User 1: It was great talking to you.", "User 2: You too, bye!"])
 
 
 def _tokens(text: str) -> int:

@@ -1,0 +1,255 @@
+"""The critic of `forge generate`: several experts score each candidate conversation, and one
+weighted score with hard filters picks the best (the paper's "Critic" as a mixture of experts).
+
+Experts, each score stored on the candidate:
+- faithfulness (NLI): every utterance against each sentence of its own speaker's persona
+  (premise = persona sentence, hypothesis = utterance, the direction the embedded NLI was trained
+  in). `contradiction` is the worst utterance's contradiction probability, `contradicted` how many
+  utterances exceed the threshold; `coverage` the share of each speaker's sentences entailed by
+  something that speaker says, averaged over the two speakers.
+- quality (LLM judge): the rubric in prompts/generate/judge.j2, four 1-5 scores.
+- safety: the judge's "unsafe" answer, and an offline word-list backstop that works without it.
+- form: turn count, alternation, distinct bigrams, repeated turns, and the bigram overlap with the
+  pair's other candidates (a generator that writes one conversation three times is not sampling).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import CriticConfig
+from ..errors import UserError
+from ..nli.base import CONTRADICTION, ENTAILMENT
+from ..resources import data_dir
+from ..schema import Turn
+from ..transcript import format_transcript
+
+RUBRIC = ("coherence", "engagingness", "naturalness", "consistency")
+JUDGE_PROMPT = "generate/judge"
+
+
+@dataclass
+class Candidate:
+    """A conversation being judged: its speakers' personas and turns, and the scores so far."""
+
+    key: str
+    user1: list[str]
+    user2: list[str]
+    turns: list[Turn]
+    scores: dict[str, float | None] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def persona(self, speaker: str) -> list[str]:
+        return self.user1 if speaker == "user1" else self.user2
+
+
+# --- faithfulness and coverage (NLI) ---------------------------------------------------------
+
+def nli_pairs(candidate: Candidate) -> list[tuple[int, int, str, str]]:
+    """(turn index, persona sentence index, sentence, utterance) for every utterance and every
+    sentence of its own speaker's persona."""
+    pairs = []
+    for t, turn in enumerate(candidate.turns):
+        for a, attribute in enumerate(candidate.persona(turn.speaker)):
+            pairs.append((t, a, attribute, turn.text))
+    return pairs
+
+
+def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
+                       embed: Callable[[list[str]], np.ndarray] | None = None) -> dict[str, int]:
+    """Fill contradiction, contradicted and coverage for every candidate; one NLI batch for all.
+
+    With `cfg.prefilter` > 0, pairs whose sentence and utterance embed further apart than that are
+    not sent to the NLI and count as neutral (a retrieve-then-check speed-up; its cost in missed
+    contradictions is measured in bench/generate.py). Returns how many pairs were checked/skipped.
+    """
+    per_candidate = [nli_pairs(c) for c in candidates]
+    flat = [(i, t, a, premise, hypothesis) for i, pairs in enumerate(per_candidate)
+            for t, a, premise, hypothesis in pairs]
+    keep = np.ones(len(flat), dtype=bool)
+    if cfg.prefilter > 0 and flat and embed is not None:
+        keep = _related(flat, embed, cfg.prefilter)
+    probs = np.zeros((len(flat), 3), dtype=np.float32)
+    probs[:, 1] = 1.0  # skipped pairs: neutral
+    chosen = np.flatnonzero(keep)
+    if len(chosen):
+        probs[chosen] = nli.predict([(flat[j][3], flat[j][4]) for j in chosen])
+    start = 0
+    for candidate, pairs in zip(candidates, per_candidate):
+        block = probs[start:start + len(pairs)]
+        start += len(pairs)
+        _fill_faithfulness(candidate, pairs, block, cfg)
+    return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum())}
+
+
+def _related(flat: list[tuple], embed: Callable[[list[str]], np.ndarray], floor: float) -> np.ndarray:
+    texts = sorted({row[3] for row in flat} | {row[4] for row in flat})
+    index = {text: k for k, text in enumerate(texts)}
+    vectors = embed(texts)
+    left = vectors[[index[row[3]] for row in flat]]
+    right = vectors[[index[row[4]] for row in flat]]
+    return np.einsum("ij,ij->i", left, right) >= floor
+
+
+def _fill_faithfulness(candidate: Candidate, pairs: list[tuple[int, int, str, str]], probs: np.ndarray,
+                       cfg: CriticConfig) -> None:
+    worst_per_turn = np.zeros(len(candidate.turns), dtype=np.float32)
+    covered = {"user1": np.zeros(len(candidate.user1), bool), "user2": np.zeros(len(candidate.user2), bool)}
+    worst_pair = None
+    for (t, a, attribute, utterance), row in zip(pairs, probs):
+        if row[CONTRADICTION] > worst_per_turn[t]:
+            worst_per_turn[t] = row[CONTRADICTION]
+            if worst_pair is None or row[CONTRADICTION] > worst_pair[0]:
+                worst_pair = (float(row[CONTRADICTION]), attribute, utterance)
+        if row[ENTAILMENT] > cfg.entailment:
+            covered[candidate.turns[t].speaker][a] = True
+    candidate.scores["contradiction"] = round(float(worst_per_turn.max(initial=0.0)), 4)
+    candidate.scores["contradicted"] = float((worst_per_turn > cfg.contradiction).sum())
+    shares = [float(c.mean()) for c in covered.values() if len(c)]
+    candidate.scores["coverage"] = round(float(np.mean(shares)), 4) if shares else 0.0
+    if worst_pair and worst_pair[0] > cfg.contradiction:
+        candidate.reasons["contradiction"] = f'"{worst_pair[2]}" vs persona "{worst_pair[1]}" ({worst_pair[0]:.2f})'
+
+
+# --- quality and the safety question (LLM judge) -----------------------------------------------
+
+def judge_request(candidate: Candidate, prompts, cfg: CriticConfig):
+    from ..backends import ChatRequest
+
+    rendered = prompts.render(JUDGE_PROMPT, user1=candidate.user1, user2=candidate.user2,
+                              transcript=format_transcript(candidate.turns))
+    return ChatRequest.of(rendered.messages, json=True, temperature=0.0, max_tokens=cfg.judge_max_tokens)
+
+
+def read_judgement(candidate: Candidate, completion) -> None:
+    """Rubric scores from the judge's JSON; a missing or unreadable answer leaves quality unset
+    (the combined score then weighs the other experts), never a guessed number."""
+    parsed = completion.parsed if completion is not None and completion.ok else None
+    scores = []
+    if isinstance(parsed, dict):
+        for name in RUBRIC:
+            value, reason = _criterion(parsed.get(name))
+            if value is not None:
+                candidate.scores[name] = value
+                scores.append(value)
+                if reason:
+                    candidate.reasons[name] = reason
+        unsafe = _truthy(parsed.get("unsafe"))
+        if unsafe is not None:
+            candidate.scores["judge_unsafe"] = float(unsafe)
+            if unsafe and parsed.get("unsafe_reason"):
+                candidate.reasons["unsafe"] = str(parsed["unsafe_reason"])[:300]
+    if scores:
+        candidate.scores["quality"] = round((float(np.mean(scores)) - 1) / 4, 4)
+    else:
+        candidate.scores["quality"] = None
+        error = completion.error or completion.parse_error if completion is not None else "not asked"
+        candidate.reasons["quality"] = f"judge answer unreadable: {error or 'no rubric scores in it'}"[:300]
+
+
+def _criterion(value: Any) -> tuple[float | None, str | None]:
+    reason = None
+    if isinstance(value, dict):
+        reason = str(value.get("reason", "")).strip()[:300] or None
+        value = value.get("score")
+    if isinstance(value, str):
+        match = re.search(r"[1-5](?:\.\d+)?", value)
+        value = float(match.group()) if match else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, None
+    return (float(value), reason) if 1 <= value <= 5 else (None, None)
+
+
+def _truthy(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no"):
+        return value.strip().lower() in ("true", "yes")
+    return None
+
+
+# --- safety backstop ------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def blocklist(extra: Path | None = None) -> re.Pattern:
+    lines = _pattern_lines(data_dir("corpora") / "safety" / "blocklist.txt")
+    if extra is not None:
+        lines += _pattern_lines(Path(extra))
+    parts = [re.escape(p).replace(r"\*", r"[a-z]*").replace(r"\ ", r"\s+") for p in lines]
+    return re.compile(r"(?<![a-z])(?:" + "|".join(parts) + r")(?![a-z])", re.IGNORECASE)
+
+
+def _pattern_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the safety word list ({exc.strerror}); fix "
+                        "generate.critic.blocklist") from None
+    return [line.strip().lower() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def score_safety(candidate: Candidate, pattern: re.Pattern) -> None:
+    hits = sorted({m.group(0).lower() for t in candidate.turns for m in pattern.finditer(t.text)})
+    candidate.scores["blocklist_hits"] = float(len(hits))
+    if hits:
+        candidate.reasons["blocklist"] = ", ".join(hits)[:200]
+    unsafe = bool(hits) or candidate.scores.get("judge_unsafe") == 1.0
+    candidate.scores["unsafe"] = float(unsafe)
+
+
+# --- form -----------------------------------------------------------------------------------
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _bigrams(turns: Sequence[Turn]) -> set[tuple[str, str]]:
+    grams = set()
+    for turn in turns:
+        words = _words(turn.text)
+        grams.update(zip(words, words[1:]))
+    return grams
+
+
+def score_form(candidate: Candidate, siblings: Sequence[Candidate], min_turns: int, max_turns: int) -> None:
+    turns = candidate.turns
+    n = len(turns)
+    switches = sum(a.speaker != b.speaker for a, b in zip(turns, turns[1:]))
+    alternation = switches / (n - 1) if n > 1 else 0.0
+    words = [w for t in turns for w in _words(t.text)]
+    all_bigrams = list(zip(words, words[1:]))
+    distinct2 = len(set(all_bigrams)) / len(all_bigrams) if all_bigrams else 0.0
+    texts = [t.text.strip().lower() for t in turns]
+    repeated = (len(texts) - len(set(texts))) / len(texts) if texts else 0.0
+    mine = _bigrams(turns)
+    overlap = max((_jaccard(mine, _bigrams(s.turns)) for s in siblings if s is not candidate), default=0.0)
+    length_ok = float(min_turns <= n <= max_turns)
+    candidate.scores.update(turns=float(n), alternation=round(alternation, 4), distinct2=round(distinct2, 4),
+                            repeated=round(repeated, 4), sibling_overlap=round(overlap, 4))
+    candidate.scores["form"] = round((length_ok + alternation + distinct2 + (1 - repeated) + (1 - overlap)) / 5, 4)
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+# --- combined score and hard filters ----------------------------------------------------------
+
+def combine(candidate: Candidate, cfg: CriticConfig) -> None:
+    """The weighted score in [0, 1]; an expert with no score (the judge off or unreadable) is left
+    out and the other weights renormalised."""
+    w = cfg.weights
+    parts = {"faithfulness": 1 - (candidate.scores.get("contradiction") or 0.0),
+             "coverage": candidate.scores.get("coverage"), "quality": candidate.scores.get("quality"),
+             "form": candidate.scores.get("form")}
+    weights = {"faithfulness": w.faithfulness, "coverage": w.coverage, "quality": w.quality, "form": w.form}
+    total = sum(weights[k] for k, v in parts.items() if v is not None)
+    score = sum(weights[k] * v for k, v in parts.items() if v is not None) / total if total else 0.0
+    candidate.scores["critic"] = round(score, 4)

@@ -1,0 +1,335 @@
+"""forge generate: transcript parsing, the critic's experts, selection, rounds and resumption (fake LLM)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import REPO, forge_cmd
+from persona_forge.backends import ScriptedBackend
+from persona_forge.backends.base import Completion
+from persona_forge.config import CriticConfig, GenerateConfig, load_recipe
+from persona_forge.schema import Dialogue, Pair, Profile, SharedTopic, Turn
+from persona_forge.stages import critic
+from persona_forge.stages import generate as stage
+from persona_forge.stages.critic import Candidate
+from persona_forge.store import read_jsonl
+from persona_forge.transcript import ParseError, clean_reply, format_transcript, parse_transcript
+
+ALICE = ["I have two dogs.", "I live in Ohio."]
+BOB = ["I am a nurse.", "I like jazz."]
+
+
+class KeywordNLI:
+    """Contradiction when the utterance says "no dogs" against a dog sentence; entailment when the
+    utterance contains the sentence's last word; neutral otherwise."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, pairs):
+        self.calls += 1
+        out = np.zeros((len(pairs), 3), dtype=np.float32)
+        for i, (premise, hypothesis) in enumerate(pairs):
+            last = premise.rstrip(".").split()[-1].lower()
+            if "dogs" in premise and "no dogs" in hypothesis.lower():
+                out[i] = [0.02, 0.08, 0.9]
+            elif last in hypothesis.lower():
+                out[i] = [0.9, 0.08, 0.02]
+            else:
+                out[i] = [0.1, 0.85, 0.05]
+        return out
+
+    def describe(self):
+        return "keyword test NLI"
+
+
+def conversation(first_line: str = "Hi, I have two dogs.") -> str:
+    return "\n".join([f"User 1: {first_line}", "User 2: Nice, I am a nurse.", "User 1: I live in Ohio.",
+                      "User 2: I like jazz."])
+
+
+# --- transcripts --------------------------------------------------------------------------
+
+def test_parse_transcript_labels_preamble_continuations_and_markdown():
+    text = "Sure! Here it is:\n**User 1:** Hi there\nUser 2: Hello, I like dogs.\nAnd cats.\nPerson 1 - \"great\""
+    assert parse_transcript(text) == [Turn(speaker="user1", text="Hi there"),
+                                      Turn(speaker="user2", text="Hello, I like dogs. And cats."),
+                                      Turn(speaker="user1", text="great")]
+
+
+def test_parse_transcript_json_and_failure():
+    assert parse_transcript('{"turns": [{"speaker": "User 2", "text": "yo"}]}') == [Turn(speaker="user2", text="yo")]
+    with pytest.raises(ParseError):
+        parse_transcript("The two users talked about their dogs and then said goodbye.")
+
+
+def test_clean_reply_cuts_run_on_lines_and_unfinished_sentences():
+    assert clean_reply("User 2: Hi! I love hiking. Do you? What else. User 1: no") == "Hi! I love hiking. Do you?"
+    assert clean_reply("I love jazz.\nUser 1: me too") == "I love jazz."
+    assert clean_reply("I love jazz. And I also play the saxo", truncated=True) == "I love jazz."
+    assert clean_reply("I love jazz and I also play the saxo", truncated=True) == "I love jazz and I also play the saxo"
+
+
+# --- critic experts -------------------------------------------------------------------------
+
+def candidate(lines: list[tuple[str, str]]) -> Candidate:
+    return Candidate("c", list(ALICE), list(BOB), [Turn(speaker=s, text=t) for s, t in lines])
+
+
+def test_faithfulness_checks_each_utterance_against_its_own_speaker_only():
+    c = candidate([("user1", "I have no dogs at all."), ("user2", "I am a nurse, no dogs here."),
+                   ("user1", "Ohio is home."), ("user2", "Jazz!")])
+    nli = KeywordNLI()
+    counts = critic.score_faithfulness([c], nli, CriticConfig())
+    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0}
+    # user2's "no dogs" is not checked against Alice's dogs: only user1's first line contradicts
+    assert c.scores["contradiction"] == 0.9 and c.scores["contradicted"] == 1.0
+    # Alice: Ohio covered, dogs not (1/2); Bob: nurse and jazz covered (2/2)
+    assert c.scores["coverage"] == 0.75
+    assert "I have no dogs at all." in c.reasons["contradiction"]
+
+
+def test_prefilter_skips_unrelated_pairs_as_neutral():
+    c = candidate([("user1", "I have no dogs at all."), ("user2", "Jazz!")])
+
+    def embed(texts):  # dog sentences along one axis, everything else along another
+        return np.array([[1.0, 0.0] if "dog" in t else [0.0, 1.0] for t in texts], dtype=np.float32)
+
+    counts = critic.score_faithfulness([c], KeywordNLI(), CriticConfig(prefilter=0.5), embed)
+    assert counts == {"nli_pairs": 3, "nli_pairs_skipped": 1}  # only user1's line vs "I live in Ohio." skipped
+    assert c.scores["contradicted"] == 1.0
+
+
+@pytest.mark.parametrize("reply, quality, unsafe", [
+    ('{"coherence": {"score": 5, "reason": "ok"}, "engagingness": {"score": 3, "reason": "meh"}, '
+     '"naturalness": {"score": 4}, "consistency": {"score": 4}, "unsafe": false}', 0.75, 0.0),
+    ('{"coherence": 5, "engagingness": "3/5", "naturalness": 4, "consistency": 4, "unsafe": "yes"}', 0.75, 1.0),
+    ('{"coherence": 9, "engagingness": "great"}', None, None),
+])
+def test_judge_answers_clean_noisy_and_invalid(reply, quality, unsafe):
+    from persona_forge.jsonparse import parse_json
+
+    c = candidate([("user1", "hi")])
+    critic.read_judgement(c, Completion(text=reply, parsed=parse_json(reply), finish_reason="stop"))
+    assert c.scores["quality"] == quality
+    assert c.scores.get("judge_unsafe") == unsafe
+    if quality is None:
+        assert "unreadable" in c.reasons["quality"]
+
+
+def test_judge_answer_that_is_not_json_leaves_quality_unset():
+    c = candidate([("user1", "hi")])
+    critic.read_judgement(c, Completion(text="It is fine.", parse_error="no JSON object or array found"))
+    assert c.scores["quality"] is None
+    assert c.reasons["quality"] == "judge answer unreadable: no JSON object or array found"
+
+
+def test_blocklist_backstop_matches_words_not_substrings():
+    pattern = critic.blocklist(None)
+    bad = candidate([("user1", "I will KILL you"), ("user2", "what the fucking hell")])
+    critic.score_safety(bad, pattern)
+    assert bad.scores["unsafe"] == 1.0 and bad.reasons["blocklist"] == "fucking, i will kill you"
+    fine = candidate([("user1", "I love skills and shitake mushrooms, said Dickens")])
+    critic.score_safety(fine, pattern)
+    assert fine.scores["unsafe"] == 0.0
+
+
+def test_form_rewards_alternation_and_penalises_copies():
+    good = candidate([("user1", "hi there friend"), ("user2", "hello to you"), ("user1", "how are you"),
+                      ("user2", "fine thanks")])
+    copy = candidate([(t.speaker, t.text) for t in good.turns])
+    stutter = candidate([("user1", "hi"), ("user1", "hi"), ("user1", "hi"), ("user1", "hi")])
+    critic.score_form(good, [good], 4, 8)
+    assert good.scores["form"] == 1.0 and good.scores["alternation"] == 1.0
+    critic.score_form(copy, [copy, good], 4, 8)
+    assert copy.scores["sibling_overlap"] == 1.0 and copy.scores["form"] == 0.8
+    critic.score_form(stutter, [stutter], 4, 8)
+    assert stutter.scores["alternation"] == 0.0 and stutter.scores["repeated"] == 0.75
+
+
+def test_combined_score_renormalises_over_experts_that_answered():
+    c = candidate([("user1", "hi")])
+    c.scores.update(contradiction=0.2, coverage=0.5, quality=None, form=1.0)
+    critic.combine(c, CriticConfig())
+    assert c.scores["critic"] == round((0.35 * 0.8 + 0.15 * 0.5 + 0.2 * 1.0) / 0.7, 4)
+
+
+# --- selection -----------------------------------------------------------------------------
+
+def dialogue(index: int, critic_score: float, contradicted: float = 0.0, unsafe: float = 0.0, turns: int = 8,
+             parse_error: str | None = None) -> Dialogue:
+    return Dialogue(id=f"d{index}", pair_id="p", user1_persona=ALICE, user2_persona=BOB, candidate=index,
+                    turns=[Turn(speaker="user1" if i % 2 == 0 else "user2", text=f"t{i}") for i in range(turns)],
+                    scores={"critic": critic_score, "contradicted": contradicted, "unsafe": unsafe},
+                    parse_error=parse_error)
+
+
+def test_hard_filter_beats_a_higher_score_and_preferences_pair_best_with_worst():
+    cfg = GenerateConfig(candidates=4)
+    dialogues = [dialogue(0, 0.9, contradicted=1), dialogue(1, 0.7), dialogue(2, 0.6), dialogue(3, 0.2, unsafe=1)]
+    pair = Pair(id="p", user1="a", user2="b", similarity=0.6)
+    results = stage.select({"p": dialogues}, [pair], cfg)
+    assert [d.id for d in results.best] == ["d1"]
+    assert {(r.subject_id, r.reason) for r in results.rejections} == {("d0", "contradiction"), ("d3", "unsafe")}
+    [preference] = results.preferences
+    assert (preference.chosen_id, preference.rejected_id) == ("d1", "d3")
+    assert preference.chosen_score - preference.rejected_score == pytest.approx(0.5)
+
+
+def test_pair_without_acceptable_candidate_is_rejected_and_small_margins_make_no_preference():
+    cfg = GenerateConfig(candidates=2)
+    pair = Pair(id="p", user1="a", user2="b", similarity=0.6)
+    none_ok = stage.select({"p": [dialogue(0, 0.5, turns=3), dialogue(1, 0.5, parse_error="x")]}, [pair], cfg)
+    assert none_ok.best == [] and none_ok.rejections[-1].reason == "no_acceptable_candidate"
+    close = stage.select({"p": [dialogue(0, 0.50), dialogue(1, 0.52)]}, [pair], cfg)
+    assert [d.id for d in close.best] == ["d1"] and close.preferences == []
+
+
+# --- the loop, end to end with a fake LLM ---------------------------------------------------
+
+def write_inputs(tmp_path, n_pairs: int = 4):
+    profiles, pairs = [], []
+    for i in range(n_pairs):
+        a = Profile(id=f"a{i}", attribute_ids=["x", "y"], attributes=ALICE)
+        b = Profile(id=f"b{i}", attribute_ids=["z", "w"], attributes=BOB)
+        profiles += [a, b]
+        pairs.append(Pair(id=f"p{i}", user1=a.id, user2=b.id, similarity=0.6,
+                          shared_topics=[SharedTopic(user1_attribute=ALICE[0], user2_attribute=BOB[0],
+                                                     similarity=0.5)]))
+    (tmp_path / "profiles.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in profiles))
+    (tmp_path / "pairs.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in pairs))
+
+
+def recipe(tmp_path, **generate):
+    settings = {"run_dir": str(tmp_path), "backend": {"kind": "fake"},
+                "generate": {"min_turns": 4, "max_turns": 4, "candidates": 2, "rounds": 2, "examples": 1,
+                             "example_pool": 1, **generate}}
+    return load_recipe(None, _flatten(settings))
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_whole_mode_writes_scored_candidates_best_preferences_and_hands_over_examples(tmp_path):
+    write_inputs(tmp_path)
+    rec = recipe(tmp_path, mode="whole")
+    calls = {"n": 0}
+
+    def reply(request):
+        if request.json:
+            return json.dumps({k: {"score": 4, "reason": "fine"} for k in critic.RUBRIC} | {"unsafe": False})
+        calls["n"] += 1
+        return conversation("I have no dogs." if calls["n"] % 2 == 1 else "Hi, I have two dogs.")
+
+    backend = ScriptedBackend(default=reply)
+    rows = stage.run(rec, backend, KeywordNLI())
+    dialogues = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
+    assert len(dialogues) == 8 and len({d.id for d in dialogues}) == 8
+    assert all(d.scores["quality"] == 0.75 for d in dialogues)
+    bad = [d for d in dialogues if d.turns[0].text == "I have no dogs."]
+    assert len(bad) == 4 and all(d.scores["contradicted"] == 1.0 for d in bad)
+    best = read_jsonl(tmp_path / "best.jsonl", Dialogue)
+    assert len(best) == 4 and all(d.turns[0].text == "Hi, I have two dogs." for d in best)
+    assert len(read_jsonl(tmp_path / "preferences.jsonl")) == 4
+    assert rows["contradiction rate: single-shot -> selected"] == "1.000 -> 0.000"
+    # round 2's requests show round 1's best conversation as the example
+    round1_best = format_transcript(best[0].turns)
+    generator_prompts = [r.messages[-1]["content"] for r in backend.seen if not r.json]
+    assert sum(round1_best in p for p in generator_prompts) == 4  # 2 pairs x 2 candidates in round 2
+    manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["counts"]["best"] == 4
+    assert [r["contradiction_rate_selected"] for r in manifest["figures"]["rounds"]] == [0.0, 0.0]
+
+
+def test_turns_mode_agents_see_their_own_persona_and_the_conversation_so_far(tmp_path):
+    write_inputs(tmp_path, n_pairs=1)
+    rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, critic={"judge": False})
+    backend = ScriptedBackend(default=lambda r: f"line {len(r.messages)}.")
+    stage.run(rec, backend, KeywordNLI())
+    [d] = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
+    assert [(t.speaker, t.text) for t in d.turns] == [("user1", "line 2."), ("user2", "line 2."),
+                                                      ("user1", "line 4."), ("user2", "line 4.")]
+    third = backend.seen[2].messages  # user1's second turn
+    assert "I have two dogs." in third[0]["content"] and "nurse" not in third[0]["content"]
+    assert [m["role"] for m in third] == ["system", "user", "assistant", "user"]
+    assert third[2]["content"] == "line 2." and third[3]["content"] == "line 2."
+    assert "quality" not in d.scores and d.scores["critic"] > 0
+
+
+def test_resume_generates_only_missing_candidates(tmp_path):
+    write_inputs(tmp_path, n_pairs=2)
+    rec = recipe(tmp_path, mode="whole", rounds=1, critic={"judge": False})
+
+    class Failing(ScriptedBackend):
+        async def _stream_raw(self, requests):
+            for index, request in enumerate(requests):
+                self.seen.append(request)
+                if index == 0:
+                    yield index, Completion(text=None, error="HTTP 500 after 6 retries")
+                else:
+                    yield index, Completion(text=conversation(), finish_reason="stop")
+
+    first = Failing()
+    rows = stage.run(rec, first, KeywordNLI())
+    assert rows["failed (re-run to retry)"] == 1
+    assert len(read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)) == 3
+    assert json.loads((tmp_path / "generate.manifest.json").read_text())["status"] != "done"
+    second = ScriptedBackend(default=lambda r: conversation())
+    rows = stage.run(rec, second, KeywordNLI())
+    assert len(second.seen) == 1 and "failed (re-run to retry)" not in rows
+    dialogues = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
+    assert len(dialogues) == 4 and len({d.id for d in dialogues}) == 4
+    assert len(read_jsonl(tmp_path / "best.jsonl", Dialogue)) == 2
+
+
+def test_unparseable_candidate_is_kept_with_its_raw_text_and_refused(tmp_path):
+    write_inputs(tmp_path, n_pairs=1)
+    rec = recipe(tmp_path, mode="whole", rounds=1, critic={"judge": False})
+    backend = ScriptedBackend(["They chatted about dogs.", conversation()])
+    stage.run(rec, backend, KeywordNLI())
+    dialogues = {d.candidate: d for d in read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)}
+    assert dialogues[0].parse_error and dialogues[0].reasons["raw"] == "They chatted about dogs."
+    rejections = read_jsonl(tmp_path / "generate_rejections.jsonl")
+    assert [(r["subject_id"], r["reason"]) for r in rejections] == [(dialogues[0].id, "unparseable")]
+
+
+def test_missing_pairs_file_is_one_clear_line(tmp_path):
+    result = subprocess.run([*forge_cmd(), "--run-dir", str(tmp_path), "--set", "backend.kind=fake", "generate"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"forge: error: {tmp_path / 'pairs.jsonl'}: not found; run `forge pair` first or give generate.pairs / "
+        "generate.profiles"]
+
+
+@pytest.mark.integration
+def test_generate_on_the_packaged_model_end_to_end(tmp_path, embedded_nli):
+    """Two pairs, two candidates of four turns each, persona agents on SmolLM2, the embedded NLI."""
+    write_inputs(tmp_path, n_pairs=2)
+    result = subprocess.run(
+        [*forge_cmd(), "--run-dir", str(tmp_path), "--set", "generate.turns=4", "--set", "generate.min_turns=4",
+         "--set", "generate.candidates=2", "--set", "generate.rounds=1", "--set", "backend.batch_size=4",
+         "--set", "generate.turn_max_tokens=32", "-q", "generate", "--no-judge"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    dialogues = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
+    assert len(dialogues) == 4
+    for d in dialogues:
+        assert d.provenance.params["mode"] == "turns"
+        if not d.parse_error:
+            assert [t.speaker for t in d.turns] == ["user1", "user2", "user1", "user2"]
+            assert all(t.text for t in d.turns)
+            assert 0.0 <= d.scores["contradiction"] <= 1.0 and 0.0 <= d.scores["critic"] <= 1.0
+    manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["models"]["nli"].startswith("embedded")
