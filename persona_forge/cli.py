@@ -149,6 +149,37 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
     ui.summary("forge pair", rows)
 
 
+@forge.command("eval")
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Conversations JSONL(.gz) in the Synthetic-Persona-Chat shape (default: its test split).")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="A LoRA adapter from forge train to compare with the base model (repeatable; NAME defaults "
+                   "to the folder's parent name).")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N conversations (0: all).")
+@click.option("--sample/--greedy", default=None, help="Sample replies instead of greedy decoding (default: greedy).")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
+@click.pass_obj
+def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapters: tuple[str, ...],
+          limit: int | None, sample: bool | None, as_json: bool) -> None:
+    """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, perplexity, NLI contradiction.
+
+    Example: forge --run-dir runs/demo eval --limit 50 --adapter sft=runs/demo/train/sft/adapter
+    """
+    from .stages import evaluation as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "eval.data": str(data_path) if data_path else None, "eval.limit": limit, "eval.sample": sample})
+    result = stage.run(recipe, stage.parse_adapter_options(adapters), force=obj.force,
+                       progress=ui.verbosity() >= 0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    ui.stdout.print(stage.markdown_table(result), markup=False, highlight=False)
+    ui.summary("forge eval", {"examples": result["examples"], "models": ", ".join(result["models"]),
+                              "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+
+
 @forge.group()
 def nli() -> None:
     """The NLI model: build the embedded one, evaluate any, try a pair."""
