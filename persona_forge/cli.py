@@ -180,6 +180,39 @@ def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapter
                               "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
 
 
+@forge.command("judge")
+@_stage_recipe_option
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Generations to judge (default: <run_dir>/eval/generations.jsonl).")
+@click.option("--limit", type=int, default=None, help="Judge the first N examples (0: all).")
+@click.option("--rubric/--no-rubric", default=None, help="Rubric scores for each reply (default: on).")
+@click.option("--pairwise/--no-pairwise", default=None, help="Base vs each adapter, both orders (default: on).")
+@click.option("--bigfive/--no-bigfive", default=None, help="Big Five probes of each model, in persona (default: on).")
+@click.option("--json", "as_json", is_flag=True, help="Print judge.json on stdout.")
+@click.pass_obj
+def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit: int | None, rubric: bool | None,
+          pairwise: bool | None, bigfive: bool | None, as_json: bool) -> None:
+    """LLM-as-judge on eval's replies (rubric, pairwise in both orders) and Big Five probes in persona.
+
+    Example: forge --run-dir runs/demo judge --set judge.backend.kind=openai --set judge.backend.model=gpt-4o-mini
+    """
+    from .stages import judging as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
+        "judge.pairwise": pairwise, "judge.bigfive": bigfive})
+    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, table in (("rubric", stage.rubric_table), ("pairwise", stage.pairwise_table),
+                       ("bigfive", stage.bigfive_table)):
+        if result.get(key):
+            ui.stdout.print(table(result[key]), markup=False, highlight=False)
+    ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
+                               "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+
+
 @forge.group()
 def nli() -> None:
     """The NLI model: build the embedded one, evaluate any, try a pair."""
