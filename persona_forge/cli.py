@@ -175,7 +175,7 @@ def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapter
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
         return
-    ui.stdout.print(stage.markdown_table(result), markup=False, highlight=False)
+    click.echo(stage.markdown_table(result))  # plain: a markdown table must not be wrapped
     ui.summary("forge eval", {"examples": result["examples"], "models": ", ".join(result["models"]),
                               "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
 
@@ -208,7 +208,7 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
     for key, table in (("rubric", stage.rubric_table), ("pairwise", stage.pairwise_table),
                        ("bigfive", stage.bigfive_table)):
         if result.get(key):
-            ui.stdout.print(table(result[key]), markup=False, highlight=False)
+            click.echo(table(result[key]))
     ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
                                "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
 

@@ -347,3 +347,25 @@ def test_forge_eval_limit_5_with_and_without_adapter(tmp_path):
     assert all(r.metrics["max_contradiction"] is not None or not r.reply for r in records)
     manifest = json.loads((run_dir / "eval.manifest.json").read_text())
     assert manifest["counts"]["generated_this_run"] == 5   # the base's five were not made again
+
+
+def test_openai_backend_generates_through_the_endpoint_and_skips_perplexity(tmp_path, monkeypatch):
+    from standin_server import standin
+
+    monkeypatch.setenv("PF_TEST_OPENAI_KEY", "sk-test")
+    with standin() as server:
+        recipe = load_recipe(None, {"run_dir": str(tmp_path / "run"), "backend.kind": "openai",
+                                    "backend.base_url": server.url, "backend.model": "standin-model",
+                                    "backend.api_key_env": "PF_TEST_OPENAI_KEY", "eval.limit": 3,
+                                    "eval.bootstrap": 50})
+        result = E.run(recipe, scorers=_fake_scorers(), progress=False)
+        assert server.stats()["by_model"] == {"standin-model": 3}
+        with pytest.raises(UserError, match="adapters need a local model"):
+            E.run(recipe, {"sft": _fake_adapter(tmp_path / "sft" / "adapter")}, scorers=_fake_scorers(),
+                  progress=False)
+    records = read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    assert [r.reply for r in records] == [f"echo: {e.messages[-1].content}" for e in examples]
+    assert all(r.reference_nll is None and "perplexity" not in r.metrics for r in records)
+    assert result["models"]["base"]["metrics"]["perplexity"] == {"value": None, "low": None, "high": None}
+    assert result["settings"]["perplexity"].startswith("not available: the openai backend")

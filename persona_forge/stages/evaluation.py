@@ -531,7 +531,7 @@ def report(result: dict[str, Any], records: Sequence[EvalGeneration], examples: 
             parts.append(f"- {name}: {row['empty_replies']} empty replies, {row['errors']} generation errors")
     by_key = {(r.model, r.example_id): r for r in records}
     for example in examples[:shown]:
-        parts.append(f"**{example.source_id}**, persona: {html.escape(' '.join(example.persona))}")
+        parts.append(f"**{example.source_id}**, persona: {_quote(' '.join(example.persona))}")
         parts.append("")
         parts.append(f"> prompt: {_quote(example.messages[-1].content)}  ")
         parts.append(f"> reference: {_quote(example.reference)}  ")
@@ -548,4 +548,4 @@ def report(result: dict[str, Any], records: Sequence[EvalGeneration], examples: 
 
 
 def _quote(text: str) -> str:
-    return html.escape(" ".join(text.split()))
+    return html.escape(" ".join(text.split()), quote=False)
