@@ -266,3 +266,30 @@ def test_bad_items_file(tmp_path):
     bad.write_text(json.dumps({"id": "x", "trait": "grumpiness", "keyed": "+", "group": "g", "text": "t"}) + "\n")
     with pytest.raises(UserError, match="items.jsonl:1: trait must be one of"):
         J.load_items(bad)
+
+
+def test_cli_judge_with_the_fake_backend(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import forge_cmd
+
+    run = tmp_path / "run"
+    _generations(run / "eval" / "generations.jsonl", examples=2)
+    always_a = CLEAN[:-1] + ', "winner": "A"}'   # rubric fields, a pairwise answer, and a 4 for the probes
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"backend: {{kind: fake, default_reply: {json.dumps(always_a)}}}\njudge: {{personas: 1}}\n")
+    proc = subprocess.run([*forge_cmd(), "--run-dir", str(run), "judge", "--recipe", str(recipe), "--json"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["rubric"]["base"]["persona_consistency"]["value"] == 4.0
+    assert out["rubric"]["sft"]["naturalness"]["value"] == 2.0
+    # "A" in both orders: every verdict inconsistent, agreement 0, P(A) = 1
+    assert out["pairwise"]["sft"] == {**out["pairwise"]["sft"], "inconsistent": 2, "agreement": 0.0,
+                                      "position_a_rate": 1.0, "adapter_wins": 0, "base_wins": 0}
+    # every probe answered 4: keyed + items 4, keyed - items 2
+    traits = out["bigfive"]["base"]["traits"]
+    assert traits["extraversion"]["mean"] == pytest.approx((6 * 4 + 4 * 2) / 10)
+    assert out["bigfive"]["base"]["consistency"] == {"groups": 25, "mean_abs_diff": 0.0, "identical": 1.0}
