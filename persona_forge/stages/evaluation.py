@@ -266,7 +266,9 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     cfg = recipe.eval
     data = Path(cfg.data) if cfg.data else default_data()
     examples, skipped = load_examples(data, cfg)
-    models = models_under_test(recipe, {**cfg.adapters, **(adapters or {})})
+    # An adapter set on the backend itself is one more model under test; the base stays the bare model.
+    from_backend = parse_adapter_options([str(recipe.backend.adapter)]) if recipe.backend.adapter else {}
+    models = models_under_test(recipe, {**from_backend, **cfg.adapters, **(adapters or {})})
     run_dir = RunDir(recipe.run_dir)
     stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=[FOLDER], force=force)
     folder = run_dir.file(FOLDER)
