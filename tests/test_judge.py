@@ -293,3 +293,30 @@ def test_cli_judge_with_the_fake_backend(tmp_path):
     traits = out["bigfive"]["base"]["traits"]
     assert traits["extraversion"]["mean"] == pytest.approx((6 * 4 + 4 * 2) / 10)
     assert out["bigfive"]["base"]["consistency"] == {"groups": 25, "mean_abs_diff": 0.0, "identical": 1.0}
+
+
+@pytest.mark.integration
+def test_judge_on_the_packaged_model(tmp_path):
+    """The local default as judge and as the model under test: weak, but every answer is read or
+    counted, both orders are asked, and the probes are answered in persona."""
+    run = tmp_path / "run"
+    _generations(run / "eval" / "generations.jsonl", examples=2)
+    items = tmp_path / "items.jsonl"
+    rows = [json.loads(line) for line in J.default_items().read_text().splitlines()]
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows if r["group"][1] == "1"))  # one group per trait
+    recipe = load_recipe(None, {"run_dir": str(run), "backend.threads": 2, "judge.personas": 1,
+                                "judge.max_tokens": 160, "judge.items": str(items)})
+    result = J.run(recipe, progress=False)
+    rubric = read_jsonl(run / "judge" / "judgements.jsonl", RubricJudgement)
+    assert len(rubric) == 4
+    assert all((r.parse_error is None) == all(v is not None for v in r.scores.values()) or r.parse_error.startswith(
+        "missing") for r in rubric)
+    assert sum(result["rubric"][m]["n"] for m in ("base", "sft")) == 4
+    pairs = read_jsonl(run / "judge" / "pairwise.jsonl", PairwiseJudgement)
+    assert sorted(p.order for p in pairs) == ["base_first", "base_first", "base_second", "base_second"]
+    assert all((p.winner is None) == (p.parse_error is not None) for p in pairs)
+    answers = read_jsonl(run / "judge" / "bigfive.jsonl", BigFiveAnswer)
+    assert len(answers) == 10 and all(a.raw for a in answers)
+    assert all((a.answer is None) == (a.parse_error is not None) for a in answers)
+    assert result["bigfive"]["base"]["answers"] == 10
+    assert (run / "judge" / "report.md").read_text().startswith("# forge judge report")
