@@ -106,7 +106,12 @@ def test_summarize_pairwise_counts_agreement_and_position_bias():
 @pytest.mark.parametrize("text, expected", [
     ("4 - I love parties!", (4, None)), ("I'd say 2.", (2, None)), ("Hmm, 5/5 for sure", (5, None)),
     ("That's moderately accurate for me", (4, None)), ("Very inaccurate, I hate crowds", (1, None)),
-    ("I am 30 years old", (None, "no answer 1-5 found")), ("10 out of 10", (None, "no answer 1-5 found")),
+    ("This sentence describes me extremely inaccurately and not at all.", (1, None)),
+    ("This answer describes me quite well and not inaccurately.", (4, None)),
+    ("It describes me extremely well - it's not entirely incorrect", (5, None)),
+    ("This sentence describes me extremely poorly", (1, None)), ("This describes me perfectly!", (5, None)),
+    ("Somewhat inaccurate, though very accurate for my brother", (2, None)),
+    ("I am 30 years old", (None, "no answer 1-5 found")), ("It is inaccurate", (None, "no answer 1-5 found")), ("10 out of 10", (None, "no answer 1-5 found")),
     ("2.5", (None, "no answer 1-5 found")), ("", (None, "empty reply")), (None, (None, "empty reply")),
 ])
 def test_parse_likert(text, expected):

@@ -139,8 +139,16 @@ def parse_winner(parsed: Any, text: str | None = None) -> tuple[str | None, str 
     return None, reason and str(reason), f"winner {raw!r} is not A, B or tie"
 
 
-_LIKERT_WORDS = (("very inaccurate", 1), ("moderately inaccurate", 2), ("neither", 3),
-                 ("moderately accurate", 4), ("very accurate", 5))
+# The scale's words, as small models write them instead of a number ("describes me extremely
+# inaccurately", "quite well"); the earliest phrase in the reply wins.
+_LIKERT_WORDS = (
+    (re.compile(r"\b(very|extremely|completely|totally|highly)\s+(inaccurate(ly)?|poorly)\b"), 1),
+    (re.compile(r"\b(moderately|somewhat|slightly|fairly|rather|a bit)\s+inaccurate(ly)?\b"), 2),
+    (re.compile(r"\bneither\b"), 3),
+    (re.compile(r"\b(moderately|somewhat|fairly|quite|pretty|reasonably)\s+(accurate(ly)?|well)\b"), 4),
+    (re.compile(r"\b(very|extremely|completely|perfectly|really|highly)\s+(accurate(ly)?|well)\b"), 5),
+    (re.compile(r"\bdescribes? me perfectly\b"), 5),
+)
 
 
 def parse_likert(text: str | None) -> tuple[int | None, str | None]:
@@ -151,9 +159,9 @@ def parse_likert(text: str | None) -> tuple[int | None, str | None]:
     if match:
         return int(match.group(1)), None
     low = text.lower()
-    for words, value in _LIKERT_WORDS:
-        if words in low:
-            return value, None
+    found = [(m.start(), value) for pattern, value in _LIKERT_WORDS for m in [pattern.search(low)] if m]
+    if found:
+        return min(found)[1], None
     return None, "no answer 1-5 found"
 
 
@@ -536,7 +544,7 @@ def pairwise_table(pairwise: dict[str, Any]) -> str:
 
 def bigfive_table(bigfive: dict[str, Any]) -> str:
     lines = ["| Model | " + " | ".join(t.capitalize() for t in TRAITS) +
-             " | paraphrase |diff| | paraphrases identical | unreadable |", "|---|" + "---:|" * (len(TRAITS) + 3)]
+             " | paraphrase mean abs. diff | paraphrases identical | unreadable |", "|---|" + "---:|" * (len(TRAITS) + 3)]
     for model, row in bigfive.items():
         cells = [_fmt(row["traits"][t]["mean"]) for t in TRAITS]
         c = row["consistency"]
