@@ -369,3 +369,30 @@ def test_openai_backend_generates_through_the_endpoint_and_skips_perplexity(tmp_
     assert all(r.reference_nll is None and "perplexity" not in r.metrics for r in records)
     assert result["models"]["base"]["metrics"]["perplexity"] == {"value": None, "low": None, "high": None}
     assert result["settings"]["perplexity"].startswith("not available: the openai backend")
+
+
+def test_failed_replies_are_not_written_and_are_retried(tmp_path):
+    from persona_forge.backends.base import Completion
+
+    class Flaky(ScriptedBackend):
+        """The first request of the first call fails."""
+
+        def __init__(self):
+            super().__init__(default="fine")
+            self.calls = 0
+
+        async def _stream_raw(self, requests):
+            self.calls += 1
+            async for index, completion in super()._stream_raw(requests):
+                if self.calls == 1 and index == 0:
+                    completion = Completion(text=None, error="HTTP 500 after 6 retries")
+                yield index, completion
+
+    backend = Flaky()
+    factory = lambda recipe, model, progress: E.Generator(backend, None, "flaky")  # noqa: E731
+    recipe = _recipe(tmp_path, limit=3, bootstrap=50)
+    with pytest.raises(UserError, match=r"1 replies failed after retries \(first: base: HTTP 500 after 6 retries\)"):
+        E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    assert len(read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl")) == 2
+    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    assert len(backend.seen) == 4 and result["models"]["base"]["n"] == 3

@@ -325,3 +325,28 @@ def test_judge_on_the_packaged_model(tmp_path):
     assert all((a.answer is None) == (a.parse_error is not None) for a in answers)
     assert result["bigfive"]["base"]["answers"] == 10
     assert (run / "judge" / "report.md").read_text().startswith("# forge judge report")
+
+
+def test_failed_judge_requests_are_retried_on_rerun(tmp_path):
+    from persona_forge.backends.base import Completion
+
+    class Flaky(ScriptedBackend):
+        def __init__(self):
+            super().__init__(default=CLEAN)
+            self.calls = 0
+
+        async def _stream_raw(self, requests):
+            self.calls += 1
+            async for index, completion in super()._stream_raw(requests):
+                yield index, (Completion(text=None, error="HTTP 503") if self.calls == 1 and index == 0 else completion)
+
+    run = tmp_path / "run"
+    _generations(run / "eval" / "generations.jsonl")
+    recipe = load_recipe(None, {"run_dir": str(run), "backend.kind": "fake", "judge.pairwise": False,
+                                "judge.bigfive": False})
+    backend = Flaky()
+    with pytest.raises(UserError, match=r"1 judge or probe requests failed after retries \(first: rubric: HTTP 503\)"):
+        J.run(recipe, backend_factory=lambda c: backend, progress=False)
+    assert len(read_jsonl(run / "judge" / "judgements.jsonl")) == 5
+    result = J.run(recipe, backend_factory=lambda c: backend, progress=False)
+    assert len(backend.seen) == 7 and result["rubric"]["base"]["n"] + result["rubric"]["sft"]["n"] == 6

@@ -278,6 +278,7 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
 
     done = store.ids()
     generated = 0
+    failed: list[str] = []
     for model in models:
         todo = [e for e in examples if _gen_id(e, model) not in done]
         if not todo:
@@ -288,11 +289,19 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
             for start in range(0, len(todo), cfg.chunk):
                 chunk = todo[start:start + cfg.chunk]
                 for record in _chunk_records(chunk, model, generator, scorers, recipe):
+                    if record.error is not None:   # not written: a re-run asks again
+                        failed.append(f"{model.name}: {record.error}")
+                        continue
                     out.write(record)
                     generated += 1
                 advance(len(chunk))
         del generator
         gc.collect()
+    if failed:
+        stage.set_count("failed", len(failed))
+        stage.save()
+        raise UserError(f"{len(failed)} replies failed after retries (first: {failed[0]}); run the same command "
+                        f"again to retry only those")
 
     wanted = {_gen_id(e, m) for e in examples for m in models}
     records = [r for r in store.read() if r.id in wanted]

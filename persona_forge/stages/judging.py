@@ -276,19 +276,26 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
             stage.record_model("judge", json.dumps(judge.describe()))
         return judge
 
+    failed: list[str] = []
     result: dict[str, Any] = {"judge": {"backend": judge_cfg.kind, "model": judge_cfg.model},
                               "source": str(source), "examples": len(examples), "models": models}
     if cfg.rubric:
-        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend)
+        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend, failed)
     if cfg.pairwise:
-        result["pairwise"] = _pairwise(recipe, generations, folder, prompts, judge_backend)
+        result["pairwise"] = _pairwise(recipe, generations, folder, prompts, judge_backend, failed)
     if cfg.bigfive:
         result["bigfive"] = _bigfive(recipe, generations, items, folder, prompts, make,
-                                     probe_models(recipe, generations, source.parent / "metrics.json"), stage)
+                                     probe_models(recipe, generations, source.parent / "metrics.json"), stage,
+                                     failed)
     atomic_write_json(folder / "judge.json", result)
     save_chart(folder / "judge.png", result)
     atomic_write_text(folder / "report.md", report(result))
     stage.set_count("examples", len(examples))
+    if failed:
+        stage.set_count("failed", len(failed))
+        stage.save()
+        raise UserError(f"{len(failed)} judge or probe requests failed after retries (first: {failed[0]}); the "
+                        f"report covers the rest; run the same command again to retry only those")
     stage.finish()
     return result
 
@@ -314,7 +321,7 @@ def _provenance(backend, prompts, name: str, request) -> Provenance:
                       prompt_hash=prompts.ref(name).hash, params=request.params())
 
 
-def _rubric(recipe, generations, folder, prompts, judge_backend) -> dict[str, Any]:
+def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[str]) -> dict[str, Any]:
     cfg = recipe.judge
     store = JsonlStore(folder / "judgements.jsonl", RubricJudgement)
     digest = prompts.ref(RUBRIC).hash
@@ -327,8 +334,10 @@ def _rubric(recipe, generations, folder, prompts, judge_backend) -> dict[str, An
         requests = _requests(prompts, RUBRIC, variables, cfg)
         with store.appender() as out:
             for g, request, completion in zip(todo, requests, _ask(backend, requests, "judge: rubric")):
-                parsed = parse_rubric(completion.parsed, completion.text) if completion.ok else \
-                    RubricParse({c: None for c in CRITERIA}, {}, f"request failed: {completion.error}")
+                if not completion.ok:   # not written: a re-run asks again
+                    failed.append(f"rubric: {completion.error}")
+                    continue
+                parsed = parse_rubric(completion.parsed, completion.text)
                 out.write(RubricJudgement(id=ids[g.id], generation_id=g.id, example_id=g.example_id, model=g.model,
                                           scores=parsed.scores, reasons=parsed.reasons, raw=completion.text,
                                           parse_error=parsed.error,
@@ -353,7 +362,7 @@ def summarize_rubric(records: Sequence[RubricJudgement], resamples: int = 1000, 
     return out
 
 
-def _pairwise(recipe, generations, folder, prompts, judge_backend) -> dict[str, Any]:
+def _pairwise(recipe, generations, folder, prompts, judge_backend, failed: list[str]) -> dict[str, Any]:
     cfg = recipe.judge
     store = JsonlStore(folder / "pairwise.jsonl", PairwiseJudgement)
     digest = prompts.ref(PAIRWISE).hash
@@ -377,8 +386,10 @@ def _pairwise(recipe, generations, folder, prompts, judge_backend) -> dict[str, 
         with store.appender() as out:
             for (rid, example, a, b, order), request, completion in zip(
                     todo, requests, _ask(backend, requests, "judge: pairwise")):
-                winner, reason, error = parse_winner(completion.parsed, completion.text) if completion.ok else \
-                    (None, None, f"request failed: {completion.error}")
+                if not completion.ok:
+                    failed.append(f"pairwise: {completion.error}")
+                    continue
+                winner, reason, error = parse_winner(completion.parsed, completion.text)
                 winner_model = {"A": a.model, "B": b.model, "tie": "tie"}.get(winner) if winner else None
                 out.write(PairwiseJudgement(id=rid, example_id=example, model_a=a.model, model_b=b.model,
                                             order=order, winner=winner, winner_model=winner_model, reason=reason,
@@ -430,7 +441,8 @@ def summarize_pairwise(records: Sequence[PairwiseJudgement]) -> dict[str, Any]:
     return out
 
 
-def _bigfive(recipe, generations, items, folder, prompts, make, models, stage) -> dict[str, Any]:
+def _bigfive(recipe, generations, items, folder, prompts, make, models, stage,
+             failed: list[str]) -> dict[str, Any]:
     cfg = recipe.judge
     store = JsonlStore(folder / "bigfive.jsonl", BigFiveAnswer)
     digest = prompts.ref(BIGFIVE).hash
@@ -456,8 +468,10 @@ def _bigfive(recipe, generations, items, folder, prompts, make, models, stage) -
                                            max_tokens=cfg.probe_max_tokens, seed=cfg.seed))
         with store.appender() as out:
             for (rid, pid, persona, item), completion in zip(todo, _ask(backend, requests, f"bigfive: {model.name}")):
-                answer, error = parse_likert(completion.text) if completion.ok else \
-                    (None, f"request failed: {completion.error}")
+                if not completion.ok:
+                    failed.append(f"bigfive {model.name}: {completion.error}")
+                    continue
+                answer, error = parse_likert(completion.text)
                 out.write(BigFiveAnswer(id=rid, model=model.name, model_digest=model.digest, persona_id=pid,
                                         persona=persona, item_id=item.id, trait=item.trait, keyed=item.keyed,
                                         group=item.group, item=item.text, answer=answer, raw=completion.text,
