@@ -594,6 +594,10 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
                 vals = [data[name]["traits"][k]["mean"] or 0 for k in keys]
                 errs = None
             ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+        empty = all((data[n][k]["value"] if panel == "rubric" else data[n]["traits"][k]["mean"]) is None
+                    for n in names for k in keys)
+        if empty:   # say so, rather than show an empty frame
+            ax.text(0.5, 0.5, "no readable answers", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_xticks(x, [k.replace("_", " ") for k in keys], rotation=20, ha="right", fontsize=8)
         ax.set_ylim(0, 5.2)
         ax.set_title("judge rubric (1-5, 95% intervals)" if panel == "rubric" else "Big Five, in persona (1-5)",
