@@ -193,6 +193,68 @@ def _embedder(recipe: Recipe):
 
     model = sentence_transformer(recipe.personas.model)
     return lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+@forge.command("eval")
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Conversations JSONL(.gz) in the Synthetic-Persona-Chat shape (default: its test split).")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="A LoRA adapter from forge train to compare with the base model (repeatable; NAME defaults "
+                   "to the folder's parent name).")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N conversations (0: all).")
+@click.option("--sample/--greedy", default=None, help="Sample replies instead of greedy decoding (default: greedy).")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
+@click.pass_obj
+def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapters: tuple[str, ...],
+          limit: int | None, sample: bool | None, as_json: bool) -> None:
+    """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, perplexity, NLI contradiction.
+
+    Example: forge --run-dir runs/demo eval --limit 50 --adapter sft=runs/demo/train/sft/adapter
+    """
+    from .stages import evaluation as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "eval.data": str(data_path) if data_path else None, "eval.limit": limit, "eval.sample": sample})
+    result = stage.run(recipe, stage.parse_adapter_options(adapters), force=obj.force,
+                       progress=ui.verbosity() >= 0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    click.echo(stage.markdown_table(result))  # plain: a markdown table must not be wrapped
+    ui.summary("forge eval", {"examples": result["examples"], "models": ", ".join(result["models"]),
+                              "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+
+
+@forge.command("judge")
+@_stage_recipe_option
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Generations to judge (default: <run_dir>/eval/generations.jsonl).")
+@click.option("--limit", type=int, default=None, help="Judge the first N examples (0: all).")
+@click.option("--rubric/--no-rubric", default=None, help="Rubric scores for each reply (default: on).")
+@click.option("--pairwise/--no-pairwise", default=None, help="Base vs each adapter, both orders (default: on).")
+@click.option("--bigfive/--no-bigfive", default=None, help="Big Five probes of each model, in persona (default: on).")
+@click.option("--json", "as_json", is_flag=True, help="Print judge.json on stdout.")
+@click.pass_obj
+def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit: int | None, rubric: bool | None,
+          pairwise: bool | None, bigfive: bool | None, as_json: bool) -> None:
+    """LLM-as-judge on eval's replies (rubric, pairwise in both orders) and Big Five probes in persona.
+
+    Example: forge --run-dir runs/demo judge --set judge.backend.kind=openai --set judge.backend.model=gpt-4o-mini
+    """
+    from .stages import judging as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
+        "judge.pairwise": pairwise, "judge.bigfive": bigfive})
+    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, table in (("rubric", stage.rubric_table), ("pairwise", stage.pairwise_table),
+                       ("bigfive", stage.bigfive_table)):
+        if result.get(key):
+            click.echo(table(result[key]))
+    ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
+                               "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
 
 
 @forge.group()

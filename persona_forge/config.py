@@ -266,6 +266,63 @@ class GenerateConfig(Section):
     def identity(self) -> dict[str, Any]:
         """What decides the outputs: not the chunking (only how often results are written) or the limit."""
         return self.model_dump(mode="json", exclude={"chunk_pairs", "limit", "pairs", "profiles"})
+class EvalConfig(Section):
+    """`forge eval`: the study's next-reply protocol on held-out conversations, base model vs adapters."""
+
+    data: Path | None = Field(None, description="Conversations (Synthetic-Persona-Chat JSONL(.gz) shape: user1_persona, "
+                                                "user2_persona, turns); default corpora/spc/test.jsonl.gz.")
+    limit: int = Field(0, ge=0, description="Evaluate the first N usable conversations; 0: all (not in the config "
+                                            "hash: a larger limit continues the same run).")
+    position: int = Field(7, ge=1, description="0-based index of the reference reply (7: the 8th turn).")
+    context: int = Field(6, ge=0, description="Turns before the prompt turn given as context.")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="LoRA adapters to compare with the base "
+                                      "model, NAME: folder (forge eval --adapter NAME=DIR adds to these).")
+    sample: bool = Field(False, description="Sample replies (temperature, top_p) instead of greedy decoding "
+                                            "(greedy is deterministic and comparable across models).")
+    temperature: float = Field(0.7, gt=0.0, le=2.0, description="Sampling temperature when sample is on.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus mass when sample is on.")
+    max_new_tokens: int = Field(64, ge=1, description="Most new tokens per generated reply.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated (and references scored) together.")
+    chunk: int = Field(32, ge=1, description="Examples generated, scored and written per step (a killed run "
+                                             "loses at most one chunk).")
+    contradiction: float = Field(0.5, gt=0.0, lt=1.0, description="A reply contradicts its persona when its largest "
+                                 "contradiction probability against an attribute is above this.")
+    bertscore_layer: int = Field(6, ge=1, le=6, description="Layer of all-MiniLM-L6-v2 used by BERTScore (6: the "
+                                                            "last, the one trained for sentence similarity).")
+    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples for the 95% intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of the bootstrap intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap resamples and of sampled replies.")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides each record, for config hashes: not the data path (hashed apart), the limit, the
+        adapters (each generation record carries its model's digest), threads, batches or chunks."""
+        return self.model_dump(mode="json", exclude={"data", "limit", "adapters", "threads", "batch_size",
+                                                     "chunk"})
+
+
+class JudgeConfig(Section):
+    """`forge judge`: LLM-as-judge rubric and pairwise comparisons of eval's replies, and Big Five probes."""
+
+    input: Path | None = Field(None, description="Generations to judge (default <run_dir>/eval/generations.jsonl).")
+    backend: BackendConfig | None = Field(None, description="The judge's own backend; default: the recipe's backend "
+                                                            "(without its adapter).")
+    limit: int = Field(0, ge=0, description="Judge the first N examples; 0: all.")
+    rubric: bool = Field(True, description="Score each reply on the rubric (prompts/judge/rubric.j2).")
+    pairwise: bool = Field(True, description="Compare the base model with each adapter, in both orders.")
+    bigfive: bool = Field(True, description="Ask each model under test the Big Five items, in persona.")
+    items: Path | None = Field(None, description="Big Five items JSONL (default corpora/bigfive/ipip_items.jsonl).")
+    personas: int = Field(5, ge=1, description="Personas (the first examples' replying personas) answering the "
+                                               "Big Five items.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Judge sampling temperature (0: greedy).")
+    max_tokens: int = Field(320, ge=16, description="Most tokens of a judge reply.")
+    probe_max_tokens: int = Field(24, ge=4, description="Most tokens of a Big Five answer.")
+    seed: int = Field(0, description="Seed of the judge requests.")
+
+    def identity(self) -> dict[str, Any]:
+        ident = self.model_dump(mode="json", exclude={"input", "items", "limit", "backend"})
+        ident["backend"] = self.backend.identity() if self.backend else None
+        return ident
 
 
 class Recipe(Section):
@@ -278,6 +335,8 @@ class Recipe(Section):
     personas: PersonasConfig = Field(default_factory=PersonasConfig)
     pair: PairConfig = Field(default_factory=PairConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -147,3 +147,72 @@ class Preference(Record):
     rejected_turns: list[Turn]
     chosen_score: float
     rejected_score: float
+
+
+class EvalGeneration(Record):
+    """One model's reply to one held-out prompt in `forge eval`, with its per-example metrics.
+
+    `id` hashes the example, the model's name and its digest (base model spec, or adapter
+    weights), so a re-run skips what it has and a retrained adapter is generated anew.
+    """
+
+    example_id: str
+    source_id: str
+    model: str
+    model_digest: str
+    messages: list[ChatMessage]
+    persona: list[str]
+    reference: str
+    reply: str
+    finish_reason: str | None = None
+    error: str | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    bleu_stats: list[int] = Field(default_factory=list)
+    reference_nll: float | None = None
+    reference_tokens: int | None = None
+    provenance: Provenance | None = None
+
+
+class RubricJudgement(Record):
+    """The judge's rubric scores (1-5, with reasons) for one model's reply to one example."""
+
+    generation_id: str
+    example_id: str
+    model: str
+    scores: dict[str, int | None] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(default_factory=dict)
+    raw: str | None = None
+    parse_error: str | None = None
+    provenance: Provenance | None = None
+
+
+class PairwiseJudgement(Record):
+    """One pairwise question: which of two replies (A, B) is better, in one presentation order."""
+
+    example_id: str
+    model_a: str
+    model_b: str
+    order: Literal["base_first", "base_second"]
+    winner: Literal["A", "B", "tie"] | None = None
+    winner_model: str | None = None
+    reason: str | None = None
+    raw: str | None = None
+    parse_error: str | None = None
+    provenance: Provenance | None = None
+
+
+class BigFiveAnswer(Record):
+    """A model's answer, in persona, to one IPIP-style item (1 very inaccurate .. 5 very accurate)."""
+
+    model: str
+    model_digest: str
+    persona_id: str
+    persona: list[str]
+    item_id: str
+    trait: str
+    keyed: Literal["+", "-"]
+    group: str
+    item: str
+    answer: int | None = None
+    raw: str | None = None
+    parse_error: str | None = None

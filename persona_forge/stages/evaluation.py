@@ -1,0 +1,562 @@
+"""`forge eval`: the study's next-reply protocol on held-out conversations, base model vs adapters.
+
+In:  conversations in the Synthetic-Persona-Chat shape (user1_persona, user2_persona, turns; default
+     corpora/spc/test.jsonl.gz). Each gives one example: the replying user's persona as the system
+     prompt, turns 1-6 as context, turn 7 as the prompt and turn 8 as the reference
+     (`samples.next_reply`, the same shape curate trains on).
+Out: <run_dir>/eval/generations.jsonl (EvalGeneration: per model per example, the reply and its
+     metrics; appended as chunks finish, so a killed run resumes without regenerating),
+     metrics.json (every metric with a bootstrap interval, per model, and adapter - base deltas),
+     table.md, eval.png, report.md; <run_dir>/eval.manifest.json.
+
+Models: the recipe's backend model ("base") and each adapter (a LoRA folder from `forge train`),
+loaded by `lm.load_chat_model` with the adapter merged. Replies are greedy by default (comparable
+across models), batched with left padding, with the local backend's repetition penalty. The
+reference's perplexity is computed from the same loaded model (loss on the reference tokens only,
+conditioned on the chat-templated prompt); an `openai` backend has no logits to read, so its
+perplexity is reported as not available.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import html
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import metrics as M
+from .. import ui
+from ..config import EvalConfig, Recipe
+from ..errors import UserError
+from ..resources import data_dir
+from ..samples import next_reply
+from ..schema import ChatMessage, EvalGeneration, Provenance, Turn, record_id
+from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
+
+STAGE = "eval"
+FOLDER = "eval"
+BASE = "base"
+
+# (key in metrics.json, column title, scale for the table, decimals)
+COLUMNS = (
+    ("bleu_corpus", "BLEU (corpus)", 1.0, 2),
+    ("bleu_sentence", "BLEU (sent.)", 1.0, 2),
+    ("rouge1", "ROUGE-1", 100.0, 2),
+    ("rouge2", "ROUGE-2", 100.0, 2),
+    ("rougeL", "ROUGE-L", 100.0, 2),
+    ("bertscore_p", "BERTScore P", 100.0, 2),
+    ("bertscore_r", "BERTScore R", 100.0, 2),
+    ("bertscore_f1", "BERTScore F1", 100.0, 2),
+    ("perplexity", "PPL (ref.)", 1.0, 2),
+    ("contradiction_rate", "Contradiction %", 100.0, 1),
+)
+DELTA_KEYS = ("bleu_corpus", "rougeL", "bertscore_f1", "perplexity", "contradiction_rate")
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    source_id: str
+    messages: list[ChatMessage]
+    persona: list[str]
+    reference: str
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    name: str
+    adapter: Path | None
+    digest: str
+
+
+def default_data() -> Path:
+    return data_dir("corpora") / "spc" / "test.jsonl.gz"
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+def load_examples(path: Path, cfg: EvalConfig) -> tuple[list[Example], int]:
+    """The usable examples (up to cfg.limit) and how many conversations were skipped as too short."""
+    examples: list[Example] = []
+    skipped = 0
+    for line_no, row in iter_json_lines(path):
+        if not isinstance(row, dict) or not isinstance(row.get("turns"), list):
+            raise UserError(f"{path}:{line_no}: not a conversation; each line needs user1_persona, user2_persona "
+                            f"and turns [{{speaker: user1|user2, text}}] (the Synthetic-Persona-Chat shape)")
+        try:
+            turns = [Turn(speaker=t["speaker"], text=str(t["text"])) for t in row["turns"]]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}:{line_no}: a turn is not {{speaker: user1|user2, text}}; fix that line") from None
+        if len(turns) <= cfg.position:
+            skipped += 1
+            continue
+        key = f"{turns[cfg.position].speaker}_persona"
+        persona = row.get(key)
+        if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
+            raise UserError(f"{path}:{line_no}: {key} must be a list of persona sentences")
+        sample = next_reply(persona, turns, cfg.position, cfg.context)
+        if sample is None:
+            skipped += 1
+            continue
+        messages, reference = sample
+        source = str(row.get("id") or record_id(row["turns"]))
+        examples.append(Example(record_id(source, cfg.position, cfg.context), source, messages, list(persona),
+                                reference))
+        if cfg.limit and len(examples) >= cfg.limit:
+            break
+    if not examples:
+        raise UserError(f"{path}: no conversation has a reply at turn {cfg.position + 1} after the other "
+                        f"user's turn; give longer conversations or a smaller eval.position")
+    return examples, skipped
+
+
+def models_under_test(recipe: Recipe, adapters: dict[str, Path]) -> list[ModelUnderTest]:
+    from ..lm import check_adapter
+
+    models = [ModelUnderTest(BASE, None, _digest(recipe.backend.model))]
+    for name, folder in adapters.items():
+        if name == BASE:
+            raise UserError(f"--adapter {name}={folder}: '{BASE}' names the model without an adapter; "
+                            f"choose another name")
+        if recipe.backend.kind == "openai":
+            raise UserError(f"--adapter {name}: adapters need a local model (backend.kind: local); the openai "
+                            f"backend serves only its own model")
+        check_adapter(folder)
+        models.append(ModelUnderTest(name, Path(folder), adapter_digest(Path(folder))))
+    return models
+
+
+def parse_adapter_options(values: Sequence[str]) -> dict[str, Path]:
+    """`--adapter NAME=DIR` (or just DIR: NAME is the folder's parent's name, as forge train lays
+    them out: <run_dir>/train/<name>/adapter/)."""
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep:
+            folder = value
+            path = Path(folder).resolve()
+            name = path.parent.name if path.name == "adapter" else path.name
+        if not name or not folder:
+            raise UserError(f"--adapter {value!r}: expected NAME=DIR or DIR")
+        if name in out:
+            raise UserError(f"--adapter {value!r}: the name '{name}' is given twice; use NAME=DIR to tell them apart")
+        out[name] = Path(folder)
+    return out
+
+
+def adapter_digest(folder: Path) -> str:
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        weights = folder / "adapter_model.bin"
+    if not weights.is_file():
+        raise UserError(f"{folder}: no adapter_model.safetensors; give the `adapter` folder that forge train wrote")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+
+
+def _digest(spec: str) -> str:
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+# --- scorers ---------------------------------------------------------------------------------------
+
+@dataclass
+class Scorers:
+    """The heavy metric models, made on first use (tests pass light ones)."""
+
+    bertscore_factory: Callable[[], Callable[[Sequence[str], Sequence[str]], list[tuple[float, float, float]]]]
+    nli_factory: Callable[[], Any]
+    _bertscore: Any = None
+    _nli: Any = None
+
+    @property
+    def bertscore(self):
+        if self._bertscore is None:
+            self._bertscore = self.bertscore_factory()
+        return self._bertscore
+
+    @property
+    def nli(self):
+        if self._nli is None:
+            self._nli = self.nli_factory()
+        return self._nli
+
+
+def score_examples(examples: Sequence[Example], replies: Sequence[str], scorers: Scorers,
+                   threshold: float) -> list[tuple[dict[str, float | None], list[int]]]:
+    """Per-example metrics and BLEU statistics for these replies."""
+    refs = [e.reference for e in examples]
+    berts = scorers.bertscore(list(replies), refs)
+    contra = M.max_contradiction(scorers.nli, [e.persona for e in examples], replies)
+    out = []
+    for reply, ref, bert, c in zip(replies, refs, berts, contra):
+        row: dict[str, float | None] = {"bleu_sentence": M.sentence_bleu(reply, ref)}
+        row.update(M.rouge(reply, ref))
+        row.update(bertscore_p=bert[0], bertscore_r=bert[1], bertscore_f1=bert[2])
+        row["max_contradiction"] = c
+        row["contradicts"] = None if c is None else float(c > threshold)
+        row["empty"] = float(not reply.strip())
+        out.append((row, M.bleu_stats(reply, ref).as_list()))
+    return out
+
+
+# --- generation --------------------------------------------------------------------------------------
+
+class Generator:
+    """Replies (and reference NLLs, when the model is local) for one model under test."""
+
+    def __init__(self, backend, lm: tuple[Any, Any] | None, description: str):
+        self.backend = backend
+        self.lm = lm
+        self.description = description
+
+    @classmethod
+    def for_model(cls, recipe: Recipe, model: ModelUnderTest, progress: bool) -> "Generator":
+        from ..backends import build_backend
+
+        cfg = recipe.eval
+        update: dict[str, Any] = {"adapter": model.adapter, "batch_size": cfg.batch_size}
+        if cfg.threads:
+            update["threads"] = cfg.threads
+        backend = build_backend(recipe.backend.model_copy(update=update), progress=progress)
+        lm = backend.load() if recipe.backend.kind == "local" else None
+        return cls(backend, lm, json.dumps(backend.describe()))
+
+    def requests(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
+        from ..backends import ChatRequest
+
+        return [ChatRequest.of([m.model_dump() for m in e.messages], max_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature if cfg.sample else 0.0,
+                               top_p=cfg.top_p if cfg.sample else 1.0,
+                               seed=int(record_id(cfg.seed, e.id), 16) % 2**31)
+                for e in examples]
+
+    def generate(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
+        return self.backend.complete_sync(self.requests(examples, cfg))
+
+    def nll(self, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]] | None:
+        if self.lm is None:
+            return None
+        model, tokenizer = self.lm
+        return M.reference_nll(model, tokenizer, [[m.model_dump() for m in e.messages] for e in examples],
+                               [e.reference for e in examples], batch_size)
+
+
+GeneratorFactory = Callable[[Recipe, ModelUnderTest, bool], Generator]
+
+
+# --- the stage -----------------------------------------------------------------------------------------
+
+def stage_config(recipe: Recipe) -> dict[str, Any]:
+    backend = recipe.backend.identity()
+    backend.pop("adapter", None)
+    return {"eval": recipe.eval.identity(), "backend": backend, "nli": recipe.nli.kind,
+            "nli_model": recipe.nli.model}
+
+
+def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = False,
+        scorers: Scorers | None = None, generator_factory: GeneratorFactory | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Generate what is missing, score it, aggregate; returns metrics.json's content."""
+    cfg = recipe.eval
+    data = Path(cfg.data) if cfg.data else default_data()
+    examples, skipped = load_examples(data, cfg)
+    # An adapter set on the backend itself is one more model under test; the base stays the bare model.
+    from_backend = parse_adapter_options([str(recipe.backend.adapter)]) if recipe.backend.adapter else {}
+    models = models_under_test(recipe, {**from_backend, **cfg.adapters, **(adapters or {})})
+    run_dir = RunDir(recipe.run_dir)
+    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=[FOLDER], force=force)
+    folder = run_dir.file(FOLDER)
+    store = JsonlStore(folder / "generations.jsonl", EvalGeneration)
+    scorers = scorers or default_scorers(recipe, progress)
+    factory = generator_factory or Generator.for_model
+
+    done = store.ids()
+    generated = 0
+    failed: list[str] = []
+    for model in models:
+        todo = [e for e in examples if _gen_id(e, model) not in done]
+        if not todo:
+            continue
+        generator = factory(recipe, model, progress)
+        stage.record_model(model.name, generator.description)
+        with store.appender() as out, ui.progress(f"eval {model.name}", total=len(todo)) as advance:
+            for start in range(0, len(todo), cfg.chunk):
+                chunk = todo[start:start + cfg.chunk]
+                for record in _chunk_records(chunk, model, generator, scorers, recipe):
+                    if record.error is not None:   # not written: a re-run asks again
+                        failed.append(f"{model.name}: {record.error}")
+                        continue
+                    out.write(record)
+                    generated += 1
+                advance(len(chunk))
+        del generator
+        gc.collect()
+    if failed:
+        stage.set_count("failed", len(failed))
+        stage.save()
+        raise UserError(f"{len(failed)} replies failed after retries (first: {failed[0]}); run the same command "
+                        f"again to retry only those")
+
+    wanted = {_gen_id(e, m) for e in examples for m in models}
+    records = [r for r in store.read() if r.id in wanted]
+    result = aggregate(records, examples, models, recipe)
+    result.update(data=str(data), examples=len(examples), skipped_conversations=skipped)
+    atomic_write_json(folder / "metrics.json", result)
+    atomic_write_text(folder / "table.md", markdown_table(result))
+    save_chart(folder / "eval.png", result)
+    atomic_write_text(folder / "report.md", report(result, records, examples))
+    stage.set_count("examples", len(examples))
+    stage.set_count("generations", len(records))
+    stage.set_count("generated_this_run", generated)
+    stage.finish(**{f"{m}.{k}": v["value"] for m, row in result["models"].items()
+                    for k, v in row["metrics"].items() if k in DELTA_KEYS})
+    return result
+
+
+def default_scorers(recipe: Recipe, progress: bool) -> Scorers:
+    from ..backends import build_backend
+    from ..nli.base import load_nli
+
+    return Scorers(lambda: M.load_bertscore(recipe.eval.bertscore_layer),
+                   lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress))
+
+
+def _gen_id(example: Example, model: ModelUnderTest) -> str:
+    return record_id(example.id, model.name, model.digest)
+
+
+def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: Generator, scorers: Scorers,
+                   recipe: Recipe) -> list[EvalGeneration]:
+    cfg = recipe.eval
+    completions = generator.generate(chunk, cfg)
+    replies = [(c.text or "").strip() if c.ok else "" for c in completions]
+    nll = generator.nll(chunk, cfg.batch_size)
+    scored = score_examples(chunk, replies, scorers, cfg.contradiction)
+    params = {"sample": cfg.sample, "max_new_tokens": cfg.max_new_tokens,
+              "repetition_penalty": recipe.backend.repetition_penalty if recipe.backend.kind == "local" else None}
+    if cfg.sample:
+        params.update(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    records = []
+    for i, (example, completion, reply, (row, stats)) in enumerate(zip(chunk, completions, replies, scored)):
+        nll_sum, tokens = nll[i] if nll is not None else (None, None)
+        if tokens:
+            row["perplexity"] = M.perplexity(nll_sum, tokens)
+        records.append(EvalGeneration(
+            id=_gen_id(example, model), example_id=example.id, source_id=example.source_id, model=model.name,
+            model_digest=model.digest, messages=example.messages, persona=example.persona,
+            reference=example.reference, reply=reply, finish_reason=completion.finish_reason,
+            error=completion.error, metrics=row, bleu_stats=stats, reference_nll=nll_sum,
+            reference_tokens=tokens,
+            provenance=Provenance(backend=recipe.backend.kind, model=recipe.backend.model,
+                                  params={**params, "adapter": str(model.adapter) if model.adapter else None})))
+    return records
+
+
+# --- aggregation ---------------------------------------------------------------------------------------
+
+def aggregate(records: Sequence[EvalGeneration], examples: Sequence[Example], models: Sequence[ModelUnderTest],
+              recipe: Recipe) -> dict[str, Any]:
+    """Every metric per model with bootstrap intervals (resamples shared across models: paired), and
+    each adapter's difference from the base model."""
+    cfg = recipe.eval
+    by_key = {(r.model, r.example_id): r for r in records}
+    n = len(examples)
+    indices = M.bootstrap_indices(n, cfg.bootstrap, cfg.seed)
+    statistics: dict[str, dict[str, Callable[[np.ndarray], float]]] = {}
+    out_models: dict[str, Any] = {}
+    for model in models:
+        rows = [by_key.get((model.name, e.id)) for e in examples]
+        if any(r is None for r in rows):
+            missing = sum(r is None for r in rows)
+            raise UserError(f"{missing} generations of {model.name} are missing; run forge eval again to make them")
+        stats = _statistics(rows)
+        statistics[model.name] = stats
+        out_models[model.name] = {
+            "adapter": str(model.adapter) if model.adapter else None, "digest": model.digest, "n": n,
+            "empty_replies": int(sum(r.metrics.get("empty") or 0 for r in rows)),
+            "errors": int(sum(r.error is not None for r in rows)),
+            "metrics": {k: _clean(M.interval(f, indices, n, cfg.confidence)) for k, f in stats.items()},
+        }
+    for model in models[1:]:
+        deltas = {}
+        for key in DELTA_KEYS:
+            a, b = statistics[model.name][key], statistics[BASE][key]
+            deltas[key] = _clean(M.interval(lambda idx, a=a, b=b: a(idx) - b(idx), indices, n, cfg.confidence))
+        out_models[model.name]["delta_vs_base"] = deltas
+    settings = {
+        "bleu": M.bleu_description(),
+        "rouge": "rouge-score: ROUGE-1/2/L F-measure, Porter stemmer (table: x100)",
+        "bertscore": M.bertscore_description(cfg.bertscore_layer) + " (table: x100)",
+        "perplexity": "exp(mean NLL of the reference reply's tokens), conditioned on the chat-templated prompt; "
+                      "corpus-level (token-weighted)" if recipe.backend.kind == "local" else
+                      f"not available: the {recipe.backend.kind} backend gives no token log-probabilities",
+        "nli": f"{recipe.nli.kind} NLI; a reply contradicts its persona when max over attributes of "
+               f"P(contradiction | premise=attribute, hypothesis=reply) > {cfg.contradiction}; empty replies "
+               f"are left out of the rate",
+        "bootstrap": f"{cfg.bootstrap} resamples of the examples, seed {cfg.seed}, percentile "
+                     f"{cfg.confidence:.0%} intervals; the same resamples for every model (paired deltas)",
+        "generation": ("sampled (temperature {cfg.temperature}, top_p {cfg.top_p})".format(cfg=cfg) if cfg.sample
+                       else "greedy") + f", max {cfg.max_new_tokens} new tokens" +
+                      (f", repetition penalty {recipe.backend.repetition_penalty}"
+                       if recipe.backend.kind == "local" else ""),
+        "protocol": f"replying user's persona as system prompt, {cfg.context} context turns, turn {cfg.position} "
+                    f"as the prompt, turn {cfg.position + 1} as the reference (samples.next_reply)",
+        "backend": recipe.backend.kind, "base_model": recipe.backend.model,
+    }
+    return {"models": out_models, "settings": settings}
+
+
+def _statistics(rows: Sequence[EvalGeneration]) -> dict[str, Callable[[np.ndarray], float]]:
+    def values(key: str) -> list[float | None]:
+        return [r.metrics.get(key) for r in rows]
+
+    stats = {
+        "bleu_corpus": M.corpus_bleu_of([M.BleuStats.from_list(r.bleu_stats) for r in rows]),
+        "bleu_sentence": M.mean_of(values("bleu_sentence")),
+    }
+    for key in ("rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1"):
+        stats[key] = M.mean_of(values(key))
+    if all(r.reference_tokens for r in rows):
+        stats["perplexity"] = M.corpus_perplexity_of([r.reference_nll for r in rows],
+                                                     [r.reference_tokens for r in rows])
+    else:
+        stats["perplexity"] = lambda idx: float("nan")
+    stats["contradiction_rate"] = M.mean_of(values("contradicts"))
+    stats["max_contradiction"] = M.mean_of(values("max_contradiction"))
+    return stats
+
+
+def _clean(interval: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in interval.items()}
+
+
+# --- outputs -------------------------------------------------------------------------------------------
+
+def _cell(metric: dict[str, Any], scale: float, decimals: int) -> str:
+    if metric.get("value") is None:
+        return "n/a"
+    text = f"{metric['value'] * scale:.{decimals}f}"
+    if metric.get("low") is not None:
+        text += f" [{metric['low'] * scale:.{decimals}f}, {metric['high'] * scale:.{decimals}f}]"
+    return text
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """Rows: models; columns: the study's metrics, each with its 95% interval."""
+    lines = ["| Model | " + " | ".join(title for _, title, _, _ in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for name, row in result["models"].items():
+        cells = [_cell(row["metrics"][key], scale, dec) for key, _, scale, dec in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    n = next(iter(result["models"].values()))["n"]
+    lines.append("")
+    lines.append(f"n = {n} examples; values with {result['settings']['bootstrap']}. BLEU 0-100 "
+                 f"({result['settings']['bleu']}); ROUGE and BERTScore x100; perplexity of the reference reply "
+                 f"(lower is better; {result['settings']['perplexity']}); contradiction: % of non-empty replies "
+                 f"the NLI judges to contradict the replying persona (lower is better).")
+    return "\n".join(lines) + "\n"
+
+
+def delta_table(result: dict[str, Any]) -> str:
+    adapters = [(n, r) for n, r in result["models"].items() if "delta_vs_base" in r]
+    if not adapters:
+        return ""
+    titles = {key: title for key, title, _, _ in COLUMNS}
+    scales = {key: (scale, dec) for key, _, scale, dec in COLUMNS}
+    lines = ["| Adapter - base | " + " | ".join(titles[k] for k in DELTA_KEYS) + " |",
+             "|---|" + "---:|" * len(DELTA_KEYS)]
+    for name, row in adapters:
+        lines.append(f"| {name} | " + " | ".join(_cell(row["delta_vs_base"][k], *scales[k]) for k in DELTA_KEYS)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_chart(path: Path, result: dict[str, Any]) -> None:
+    """Grouped bars per metric (0-100 scale) with interval whiskers, and perplexity on its own axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [(k, t, s) for k, t, s, _ in COLUMNS if k != "perplexity"]
+    names = list(result["models"])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [5, 1]})
+    width = 0.8 / max(1, len(names))
+    x = np.arange(len(keys))
+    for j, name in enumerate(names):
+        metrics = result["models"][name]["metrics"]
+        vals, errs = _bars(metrics, [(k, s) for k, _, s in keys])
+        ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks(x, [t for _, t, _ in keys], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("score (0-100)")
+    ax.set_title(f"forge eval: n = {next(iter(result['models'].values()))['n']}, 95% bootstrap intervals")
+    ax.legend(fontsize=8)
+    vals, errs = _bars({n: result["models"][n]["metrics"]["perplexity"] for n in names},
+                       [(n, 1.0) for n in names])
+    ax2.bar(np.arange(len(names)), vals, 0.6, yerr=errs, capsize=3, color=[f"C{j}" for j in range(len(names))])
+    ax2.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax2.set_title("reference perplexity" if any(v for v in vals) else "perplexity: n/a", fontsize=9)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+
+
+def _bars(metrics: dict[str, Any], keys: Sequence[tuple[str, float]]) -> tuple[list[float], np.ndarray]:
+    vals, low, high = [], [], []
+    for key, scale in keys:
+        m = metrics[key]
+        v = (m["value"] or 0.0) * scale
+        vals.append(v)
+        low.append(max(0.0, v - m["low"] * scale) if m.get("low") is not None else 0.0)
+        high.append(max(0.0, m["high"] * scale - v) if m.get("high") is not None else 0.0)
+    return vals, np.array([low, high])
+
+
+def report(result: dict[str, Any], records: Sequence[EvalGeneration], examples: Sequence[Example],
+           shown: int = 5) -> str:
+    s = result["settings"]
+    parts = [
+        "# forge eval report", "",
+        f"Data: `{result['data']}`: {result['examples']} examples ({result['skipped_conversations']} conversations "
+        f"too short skipped). Base model: `{s['base_model']}` ({s['backend']} backend).", "",
+        "Models: " + ", ".join(f"**{n}**" + (f" (adapter `{r['adapter']}`)" if r["adapter"] else "")
+                               for n, r in result["models"].items()), "",
+        "## Results", "", markdown_table(result),
+        "![metrics with intervals](eval.png)", "",
+    ]
+    deltas = delta_table(result)
+    if deltas:
+        parts += ["## Adapters against the base model", "",
+                  "Paired differences (same bootstrap resamples); an interval that excludes 0 is a difference "
+                  "the sample supports.", "", deltas]
+    parts += ["## Replies", ""]
+    for name, row in result["models"].items():
+        if row["empty_replies"] or row["errors"]:
+            parts.append(f"- {name}: {row['empty_replies']} empty replies, {row['errors']} generation errors")
+    by_key = {(r.model, r.example_id): r for r in records}
+    for example in examples[:shown]:
+        parts.append(f"**{example.source_id}**, persona: {_quote(' '.join(example.persona))}")
+        parts.append("")
+        parts.append(f"> prompt: {_quote(example.messages[-1].content)}  ")
+        parts.append(f"> reference: {_quote(example.reference)}  ")
+        for name in result["models"]:
+            rec = by_key.get((name, example.id))
+            if rec is not None:
+                c = rec.metrics.get("max_contradiction")
+                flag = f" (contradiction {c:.2f})" if c is not None and rec.metrics.get("contradicts") else ""
+                parts.append(f"> {name}: {_quote(rec.reply) or '(empty)'}{flag}  ")
+        parts.append("")
+    parts += ["## How each number was made", ""]
+    parts += [f"- **{k}**: {v}" for k, v in s.items() if k not in ("backend", "base_model")]
+    return "\n".join(parts) + "\n"
+
+
+def _quote(text: str) -> str:
+    return html.escape(" ".join(text.split()), quote=False)

@@ -1,0 +1,398 @@
+"""forge eval: each metric on hand-checked examples, the protocol's examples, the stage with fakes
+(resume, aggregation, outputs), and an integration run on the packaged model with an adapter."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, forge_cmd
+from persona_forge import metrics as M
+from persona_forge.backends import ScriptedBackend
+from persona_forge.config import load_recipe
+from persona_forge.errors import UserError
+from persona_forge.samples import next_reply
+from persona_forge.schema import EvalGeneration, Turn
+from persona_forge.stages import evaluation as E
+from persona_forge.store import read_jsonl
+
+SPC_TEST = REPO / "corpora" / "spc" / "test.jsonl.gz"
+
+
+# --- metrics, hand-checked ---------------------------------------------------------------------------
+
+def test_sentence_bleu_hand_checked():
+    # 6 tokens each; matches 1-4-grams: 5/6, 3/5, 2/4, 1/3; no brevity penalty:
+    # (5/6 * 3/5 * 2/4 * 1/3) ** (1/4) = 0.53728...
+    assert M.sentence_bleu("the cat sat on a mat", "the cat sat on the mat") == pytest.approx(53.7285, abs=1e-3)
+    assert M.sentence_bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100.0)
+    assert M.sentence_bleu("", "the cat sat on the mat") == 0.0
+
+
+def test_sentence_bleu_is_smoothed():
+    # No 3- or 4-gram match: unsmoothed BLEU is 0; exp smoothing gives 1/2 and 1/4 counts instead.
+    # hypothesis "the dog ran" vs "the dog sat": 2/3, 1/2, smoothed 3-gram 1/(2*1)=0.5 of total 1,
+    # 4-gram: effective order 3 (hypothesis has no 4-grams) -> (2/3 * 1/2 * 1/2) ** (1/3) * BP(1)
+    assert M.sentence_bleu("the dog ran", "the dog sat") == pytest.approx(100 * (2 / 3 * 1 / 2 * 1 / 2) ** (1 / 3),
+                                                                          abs=1e-3)
+
+
+def test_corpus_bleu_sums_statistics_like_sacrebleu():
+    import sacrebleu
+
+    hyps = ["the cat sat on a mat", "hello there", ""]
+    refs = ["the cat sat on the mat", "hello there friend", "nothing at all"]
+    expected = sacrebleu.corpus_bleu(hyps, [refs]).score
+    assert M.corpus_bleu(hyps, refs) == pytest.approx(expected)
+    # summed: matches 7/8, 4/6, 2/4, 1/3; lengths 8 vs 12 -> brevity penalty exp(1 - 12/8)
+    assert expected == pytest.approx(100 * (7 / 8 * 4 / 6 * 2 / 4 * 1 / 3) ** 0.25 * math.exp(-0.5))
+    stats = [M.bleu_stats(h, r) for h, r in zip(hyps, refs)]
+    assert stats[0] == M.BleuStats(6, 6, (5, 3, 2, 1), (6, 5, 4, 3))
+    assert M.BleuStats.from_list(stats[0].as_list()) == stats[0]
+
+
+def test_rouge_hand_checked():
+    scores = M.rouge("the cat sat on a mat", "the cat sat on the mat")
+    assert scores["rouge1"] == pytest.approx(5 / 6)
+    assert scores["rouge2"] == pytest.approx(3 / 5)
+    assert scores["rougeL"] == pytest.approx(5 / 6)
+    # Porter stemming: "dogs" / "dog" and "running" / "run" count as matches
+    assert M.rouge("dogs running", "dog run")["rouge1"] == pytest.approx(1.0)
+    assert M.rouge("", "anything") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+
+
+def test_bertscore_on_packaged_minilm_survives_empty_strings():
+    scorer = M.load_bertscore(6)
+    out = scorer(["I love dogs.", "", "I love dogs.", "hello"], ["I love dogs.", "hi there", "I hate cats.", ""])
+    assert out[0] == pytest.approx((1.0, 1.0, 1.0), abs=1e-5)
+    assert out[1] == (0.0, 0.0, 0.0)
+    assert out[3] == (0.0, 0.0, 0.0)
+    p, r, f = out[2]
+    assert 0.3 < f < 0.95 and f == pytest.approx(2 * p * r / (p + r), abs=1e-5)
+    assert "layer 6" in scorer.describe() and "no baseline rescaling" in scorer.describe()
+
+
+class FakeNLI:
+    """Contradiction 0.9 when the reply says "hate", else 0.2."""
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, pairs, progress=None):
+        self.seen.extend(pairs)
+        return np.array([[0.05, 0.05, 0.9] if "hate" in h else [0.4, 0.4, 0.2] for _, h in pairs])
+
+
+def test_max_contradiction_over_attributes_and_empty_reply():
+    nli = FakeNLI()
+    out = M.max_contradiction(nli, [["I love dogs.", "I am tall."], ["I sing."]], ["I hate dogs", "   "])
+    assert out == [pytest.approx(0.9), None]
+    assert nli.seen == [("I love dogs.", "I hate dogs"), ("I am tall.", "I hate dogs")]
+
+
+class UniformLM:
+    """Uniform logits over V tokens: every token's NLL is log V, so perplexity is exactly V."""
+
+    def __init__(self, vocab: int):
+        import torch
+
+        self.vocab = vocab
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def parameters(self):
+        return iter([self.weight])
+
+    def __call__(self, input_ids, attention_mask):
+        import torch
+
+        self.calls.append(input_ids.shape)
+
+        class Out:
+            logits = torch.zeros((*input_ids.shape, self.vocab))
+        return Out()
+
+
+class CharTokenizer:
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize, return_dict):
+        text = "".join(m["content"] for m in messages) + ("|" if add_generation_prompt else "")
+        return [ord(c) % 50 + 1 for c in text]
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % 50 + 1 for c in text]}
+
+
+def test_reference_nll_counts_reference_tokens_only():
+    lm = UniformLM(vocab=64)
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a much longer prompt"}]]
+    out = M.reference_nll(lm, CharTokenizer(), prompts, ["abc", "de"], batch_size=2)
+    assert [t for _, t in out] == [3, 2]
+    for nll, tokens in out:
+        assert nll == pytest.approx(tokens * math.log(64), rel=1e-5)
+        assert M.perplexity(nll, tokens) == pytest.approx(64.0, rel=1e-5)
+    assert lm.calls == [(2, len("a much longer prompt|de"))]   # one batch, padded to the longest
+
+
+def test_bootstrap_is_seeded_percentile_and_paired():
+    values = [0.0, 1.0] * 50
+    idx = M.bootstrap_indices(100, 1000, seed=7)
+    assert np.array_equal(idx, M.bootstrap_indices(100, 1000, seed=7))
+    out = M.interval(M.mean_of(values), idx, 100)
+    assert out["value"] == 0.5
+    assert 0.38 < out["low"] < 0.45 and 0.55 < out["high"] < 0.62
+    constant = M.interval(M.mean_of([0.3] * 10), M.bootstrap_indices(10, 200, 0), 10)
+    assert constant == {"value": pytest.approx(0.3), "low": pytest.approx(0.3), "high": pytest.approx(0.3)}
+    assert M.interval(M.mean_of([None, 1.0]), M.bootstrap_indices(2, 50, 0), 2)["value"] == 1.0
+
+
+def test_corpus_perplexity_weights_tokens():
+    stat = M.corpus_perplexity_of([2.0, 8.0], [1, 4])
+    assert stat(np.array([0, 1])) == pytest.approx(math.exp(10 / 5))
+
+
+# --- protocol ----------------------------------------------------------------------------------------
+
+def _recipe(tmp_path: Path, **eval_cfg):
+    return load_recipe(None, {"run_dir": str(tmp_path / "run"), "backend.kind": "fake",
+                              **{f"eval.{k}": v for k, v in eval_cfg.items()}})
+
+
+def test_examples_follow_the_study_protocol(tmp_path):
+    recipe = _recipe(tmp_path, limit=3)
+    examples, skipped = E.load_examples(SPC_TEST, recipe.eval)
+    assert len(examples) == 3 and skipped == 0
+    first = json.loads(__import__("gzip").open(SPC_TEST, "rt").readline())
+    turns = [Turn(**t) for t in first["turns"]]
+    assert turns[7].speaker == "user2"
+    messages, reference = next_reply(first["user2_persona"], turns, 7, 6)
+    assert examples[0].messages == messages and examples[0].reference == reference == turns[7].text
+    assert examples[0].persona == first["user2_persona"]
+    assert examples[0].source_id == "spc-test-00001"
+    # system + turns 1..7 (6 context turns + the prompt); the last one is the other user's turn 7
+    assert [m.role for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert messages[-1].content == turns[6].text
+
+
+def test_examples_bad_input_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user1_persona": [], "user2_persona": [], "turns": "no"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: not a conversation"):
+        E.load_examples(bad, _recipe(tmp_path).eval)
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"user1_persona": ["a"], "user2_persona": ["b"],
+                                 "turns": [{"speaker": "user1", "text": "hi"}]}) + "\n")
+    with pytest.raises(UserError, match="no conversation has a reply at turn 8"):
+        E.load_examples(short, _recipe(tmp_path).eval)
+
+
+def test_adapter_options():
+    assert E.parse_adapter_options(["sft=runs/x/train/sft/adapter"]) == {"sft": Path("runs/x/train/sft/adapter")}
+    assert E.parse_adapter_options(["runs/x/train/dpo/adapter"]) == {"dpo": Path("runs/x/train/dpo/adapter")}
+    with pytest.raises(UserError, match="given twice"):
+        E.parse_adapter_options(["a=x", "a=y"])
+
+
+# --- the stage with fakes ----------------------------------------------------------------------------
+
+def _fake_adapter(folder: Path, content: bytes = b"weights") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(content)
+    return folder
+
+
+class FakeGenerators:
+    """base repeats the reference's words exactly for the first example, else says "ok";
+    the adapter always says it hates things (contradiction under FakeNLI)."""
+
+    def __init__(self, examples):
+        self.by_prompt = {e.messages[-1].content: e.reference for e in examples}
+        self.backends = {}
+
+    def __call__(self, recipe, model, progress):
+        if model.name == "base":
+            first = next(iter(self.by_prompt))
+            reply = lambda r: self.by_prompt[first] if r.messages[-1]["content"] == first else "ok"  # noqa: E731
+        else:
+            reply = "I hate everything"
+        backend = self.backends.setdefault(model.name, ScriptedBackend(default=reply))
+        return E.Generator(backend, None, f"fake {model.name}")
+
+
+def _fake_scorers():
+    def bert(c, r):
+        return [(0.0, 0.0, 0.0) if not x.strip() else ((1.0,) * 3 if x == y else (0.5,) * 3) for x, y in zip(c, r)]
+
+    return E.Scorers(lambda: bert, FakeNLI)
+
+
+def test_stage_generates_scores_aggregates_and_resumes(tmp_path):
+    recipe = _recipe(tmp_path, limit=4, bootstrap=200)
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    adapter = _fake_adapter(tmp_path / "train" / "sft" / "adapter")
+    fakes = FakeGenerators(examples)
+    result = E.run(recipe, {"sft": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+
+    folder = tmp_path / "run" / "eval"
+    records = read_jsonl(folder / "generations.jsonl", EvalGeneration)
+    assert len(records) == 8 and {r.model for r in records} == {"base", "sft"}
+    assert len(fakes.backends["base"].seen) == 4 and len(fakes.backends["sft"].seen) == 4
+    request = fakes.backends["base"].seen[0]
+    assert request.temperature == 0.0 and request.max_tokens == 64      # greedy, ~64 new tokens
+    base = result["models"]["base"]["metrics"]
+    # one exact reply (sentence BLEU 100, ROUGE 1, BERTScore 1) and three "ok" (0, 0, 0.5)
+    assert base["bleu_sentence"]["value"] == pytest.approx(25.0)
+    assert base["rouge1"]["value"] == pytest.approx(0.25)
+    assert base["bertscore_f1"]["value"] == pytest.approx((1 + 0.5 * 3) / 4)
+    assert base["contradiction_rate"]["value"] == 0.0
+    assert base["perplexity"]["value"] is None                          # no logits from this backend
+    sft = result["models"]["sft"]
+    assert sft["metrics"]["contradiction_rate"]["value"] == 1.0
+    assert sft["delta_vs_base"]["contradiction_rate"]["value"] == 1.0
+    assert sft["delta_vs_base"]["contradiction_rate"]["low"] == 1.0
+    assert sft["adapter"] == str(adapter)
+    for name in ("metrics.json", "table.md", "eval.png", "report.md"):
+        assert (folder / name).stat().st_size > 0
+    table = (folder / "table.md").read_text()
+    assert table.splitlines()[2].startswith("| base | ") and "| sft | " in table
+    assert "n/a" in table.splitlines()[2]
+    assert "![metrics with intervals](eval.png)" in (folder / "report.md").read_text()
+    assert json.loads((folder / "metrics.json").read_text())["examples"] == 4
+
+    # A re-run, even with a larger limit, generates only what is missing.
+    again = _recipe(tmp_path, limit=5, bootstrap=200)
+    E.run(again, {"sft": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    assert len(fakes.backends["base"].seen) == 5 and len(fakes.backends["sft"].seen) == 5
+    assert len(read_jsonl(folder / "generations.jsonl")) == 10
+
+
+def test_stage_refuses_a_changed_config(tmp_path):
+    recipe = _recipe(tmp_path, limit=2, bootstrap=50)
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    E.run(recipe, scorers=_fake_scorers(), generator_factory=FakeGenerators(examples), progress=False)
+    changed = _recipe(tmp_path, limit=2, bootstrap=50, max_new_tokens=32)
+    with pytest.raises(UserError, match="pass --force"):
+        E.run(changed, scorers=_fake_scorers(), generator_factory=FakeGenerators(examples), progress=False)
+
+
+def test_retrained_adapter_is_generated_anew(tmp_path):
+    recipe = _recipe(tmp_path, limit=2, bootstrap=50)
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    adapter = _fake_adapter(tmp_path / "a" / "adapter")
+    fakes = FakeGenerators(examples)
+    E.run(recipe, {"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
+    E.run(recipe, {"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    assert len(fakes.backends["a"].seen) == 4 and len(fakes.backends["base"].seen) == 2
+
+
+def test_cli_rejects_a_folder_that_is_not_an_adapter(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([*forge_cmd(), "--run-dir", str(tmp_path / "run"), "eval", "--limit", "2",
+                           "--adapter", f"x={tmp_path}"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"forge: error: {tmp_path}: not a LoRA adapter folder (no adapter_config.json); give the `adapter` "
+        "folder that `forge train` wrote"]
+
+
+# --- integration: the packaged model, with and without an adapter ---------------------------------------
+
+@pytest.mark.integration
+def test_forge_eval_limit_5_with_and_without_adapter(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from persona_forge.lm import load_chat_model
+
+    torch.manual_seed(0)
+    model, _ = load_chat_model("packaged:smollm2-135m-instruct", progress=False)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    adapter = tmp_path / "train" / "rand" / "adapter"
+    lora.save_pretrained(str(adapter))
+    del lora, model
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run_dir = tmp_path / "run"
+    cmd = [*forge_cmd(), "--run-dir", str(run_dir), "--set", "backend.threads=2", "--set", "eval.bootstrap=200",
+           "eval", "--limit", "5", "--json"]
+    base = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    assert base.returncode == 0, base.stderr
+    base_only = json.loads(base.stdout)
+    assert list(base_only["models"]) == ["base"]
+    ppl = base_only["models"]["base"]["metrics"]["perplexity"]
+    assert 1.0 < ppl["low"] <= ppl["value"] <= ppl["high"] < 1000
+
+    both = subprocess.run([*cmd, "--adapter", str(adapter)], capture_output=True, text=True, env=env, cwd=REPO)
+    assert both.returncode == 0, both.stderr
+    result = json.loads(both.stdout)
+    assert list(result["models"]) == ["base", "rand"]
+    records = read_jsonl(run_dir / "eval" / "generations.jsonl", EvalGeneration)
+    assert len(records) == 10
+    by = {(r.model, r.example_id): r for r in records}
+    ids = sorted({r.example_id for r in records})
+    assert all(by["base", i].reference_tokens == by["rand", i].reference_tokens > 0 for i in ids)
+    assert any(by["base", i].reference_nll != pytest.approx(by["rand", i].reference_nll) for i in ids)
+    assert result["models"]["base"]["metrics"]["perplexity"] == base_only["models"]["base"]["metrics"]["perplexity"]
+    assert all(isinstance(r.metrics["bertscore_f1"], float) for r in records)
+    assert all(r.metrics["max_contradiction"] is not None or not r.reply for r in records)
+    manifest = json.loads((run_dir / "eval.manifest.json").read_text())
+    assert manifest["counts"]["generated_this_run"] == 5   # the base's five were not made again
+
+
+def test_openai_backend_generates_through_the_endpoint_and_skips_perplexity(tmp_path, monkeypatch):
+    from standin_server import standin
+
+    monkeypatch.setenv("PF_TEST_OPENAI_KEY", "sk-test")
+    with standin() as server:
+        recipe = load_recipe(None, {"run_dir": str(tmp_path / "run"), "backend.kind": "openai",
+                                    "backend.base_url": server.url, "backend.model": "standin-model",
+                                    "backend.api_key_env": "PF_TEST_OPENAI_KEY", "eval.limit": 3,
+                                    "eval.bootstrap": 50})
+        result = E.run(recipe, scorers=_fake_scorers(), progress=False)
+        assert server.stats()["by_model"] == {"standin-model": 3}
+        with pytest.raises(UserError, match="adapters need a local model"):
+            E.run(recipe, {"sft": _fake_adapter(tmp_path / "sft" / "adapter")}, scorers=_fake_scorers(),
+                  progress=False)
+    records = read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    assert [r.reply for r in records] == [f"echo: {e.messages[-1].content}" for e in examples]
+    assert all(r.reference_nll is None and "perplexity" not in r.metrics for r in records)
+    assert result["models"]["base"]["metrics"]["perplexity"] == {"value": None, "low": None, "high": None}
+    assert result["settings"]["perplexity"].startswith("not available: the openai backend")
+
+
+def test_failed_replies_are_not_written_and_are_retried(tmp_path):
+    from persona_forge.backends.base import Completion
+
+    class Flaky(ScriptedBackend):
+        """The first request of the first call fails."""
+
+        def __init__(self):
+            super().__init__(default="fine")
+            self.calls = 0
+
+        async def _stream_raw(self, requests):
+            self.calls += 1
+            async for index, completion in super()._stream_raw(requests):
+                if self.calls == 1 and index == 0:
+                    completion = Completion(text=None, error="HTTP 500 after 6 retries")
+                yield index, completion
+
+    backend = Flaky()
+    factory = lambda recipe, model, progress: E.Generator(backend, None, "flaky")  # noqa: E731
+    recipe = _recipe(tmp_path, limit=3, bootstrap=50)
+    with pytest.raises(UserError, match=r"1 replies failed after retries \(first: base: HTTP 500 after 6 retries\)"):
+        E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    assert len(read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl")) == 2
+    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    assert len(backend.seen) == 4 and result["models"]["base"]["n"] == 3
