@@ -30,16 +30,48 @@ def quality_weights(quality: np.ndarray | None, n: int, weight: float) -> np.nda
     return (1.0 - weight) + weight * q
 
 
+def density(vectors: np.ndarray, k: int = 10, reference: int = 2048, seed: int = 0,
+            block: int = 4096) -> np.ndarray:
+    """How typical each sample is, in [0, 1]: its mean cosine similarity to its k nearest samples of
+    a seeded reference sample of the pool (itself left out), min-max scaled. The reference sample
+    keeps this at one (n x reference) product instead of a full kNN graph."""
+    total = len(vectors)
+    if total < 2:
+        return np.ones(total)
+    rng = np.random.default_rng(seed)
+    ref = np.arange(total) if total <= reference else np.sort(rng.choice(total, size=reference, replace=False))
+    k = max(1, min(k, len(ref) - 1))
+    position = np.full(total, -1)
+    position[ref] = np.arange(len(ref))
+    out = np.empty(total, dtype=np.float64)
+    for start in range(0, total, block):
+        sims = vectors[start:start + block] @ vectors[ref].T
+        rows = np.arange(start, min(start + block, total))
+        own = position[rows]
+        sims[(own >= 0).nonzero()[0], own[own >= 0]] = -np.inf  # a sample is not its own neighbour
+        out[start:start + block] = np.partition(sims, -k, axis=1)[:, -k:].mean(axis=1)
+    low, high = out.min(), out.max()
+    return (out - low) / (high - low) if high > low else np.ones(total)
+
+
 def kcenter(vectors: np.ndarray, n: int, quality: np.ndarray | None = None, weight: float = 0.0,
-            exclude: np.ndarray | None = None) -> list[int]:
+            exclude: np.ndarray | None = None, density_weight: float = 0.0, seed: int = 0) -> list[int]:
     """Greedy farthest-first: start at the sample nearest the pool's centroid (the most typical),
     then repeatedly take the sample whose distance to its nearest chosen one, times its quality
-    weight, is largest. O(n * chosen * dim): 200 of 100,000 in 384 dims takes about a second."""
+    weight (and density weight), is largest. O(n * chosen * dim): 200 of 100,000 in 384 dims
+    takes a few seconds on 2 cores.
+
+    Plain farthest-first chases outliers: on real sentence embeddings its mean coverage was worse
+    than random's (while it covered more clusters and bounded the worst distance far better).
+    `density_weight` d multiplies each candidate's distance by (1 - d) + d * density (see
+    `density`), so an isolated sample must be much farther away to be taken than a typical one."""
     total = len(vectors)
     n = min(n, total - (0 if exclude is None else int(exclude.sum())))
     if n <= 0:
         return []
     w = quality_weights(quality, total, weight)
+    if density_weight > 0:
+        w = w * ((1.0 - density_weight) + density_weight * density(vectors, seed=seed))
     available = np.ones(total, dtype=bool) if exclude is None else ~exclude
     centroid = vectors[available].mean(axis=0)
     closeness = vectors @ centroid
@@ -112,9 +144,10 @@ def random_choice(total: int, n: int, seed: int = 0, exclude: np.ndarray | None 
 
 
 def select(strategy: str, vectors: np.ndarray, n: int, quality: np.ndarray | None, weight: float,
-           seed: int = 0, ground: int = 2048, exclude: np.ndarray | None = None) -> list[int]:
+           seed: int = 0, ground: int = 2048, exclude: np.ndarray | None = None,
+           density_weight: float = 0.0) -> list[int]:
     if strategy == "kcenter":
-        return kcenter(vectors, n, quality, weight, exclude)
+        return kcenter(vectors, n, quality, weight, exclude, density_weight, seed)
     if strategy == "facility":
         return facility_location(vectors, n, quality, weight, ground, seed, exclude)
     if strategy == "random":

@@ -190,6 +190,20 @@ def test_kcenter_picks_distinct_rows_and_respects_exclusions():
     assert len(selection.facility_location(vectors, 50, ground=256, exclude=exclude)) == 50
 
 
+def test_density_weight_keeps_kcenter_off_isolated_outliers():
+    vectors, _ = clustered()
+    outliers = np.random.default_rng(5).standard_normal((100, 64)).astype(np.float32)
+    vectors = np.concatenate([vectors, outliers / np.linalg.norm(outliers, axis=1, keepdims=True)])
+    isolated = set(range(len(vectors) - 100, len(vectors)))
+    labels, personas = selection.cluster_labels(vectors, 40), [str(i) for i in range(len(vectors))]
+    plain, weighted = selection.kcenter(vectors, 40), selection.kcenter(vectors, 40, density_weight=0.5)
+    assert len(isolated & set(weighted)) < len(isolated & set(plain))
+    assert selection.measure(vectors, weighted, labels, None, personas).coverage < \
+        selection.measure(vectors, plain, labels, None, personas).coverage
+    dens = selection.density(vectors)
+    assert dens.min() == 0.0 and dens.max() == 1.0 and dens[sorted(isolated)].max() < np.median(dens)
+
+
 def test_quality_weight_steers_the_choice_towards_better_samples():
     vectors, _ = clustered()
     quality = np.random.default_rng(3).random(len(vectors))

@@ -425,7 +425,7 @@ def choose(cfg: CurateConfig, pool: list[Sample], vectors: np.ndarray,
     for _ in range(RENDER_ROUNDS):
         t = time.time()
         chosen = selection.select(cfg.strategy, vectors, cfg.n, quality, cfg.quality_weight, cfg.seed,
-                                  cfg.facility_ground, exclude)
+                                  cfg.facility_ground, exclude, cfg.density_weight)
         seconds += time.time() - t
         bad = [i for i in chosen if not render_ok(pool[i], check, cfg.max_tokens, tokens, drops)]
         if not bad:
@@ -468,11 +468,12 @@ def selection_report(cfg: CurateConfig, pool: list[Sample], vectors: np.ndarray,
     other = "kcenter" if cfg.strategy == "random" else "random"
     t = time.time()
     baseline = selection.select(other, vectors, len(chosen), quality, cfg.quality_weight, cfg.seed,
-                                cfg.facility_ground)
+                                cfg.facility_ground, density_weight=cfg.density_weight)
     other_s = time.time() - t
     mine = selection.measure(vectors, chosen, labels, quality, personas).as_dict()
     theirs = selection.measure(vectors, baseline, labels, quality, personas).as_dict()
     return {"pool": len(pool), "n": cfg.n, "strategy": cfg.strategy, "quality_weight": cfg.quality_weight,
+            "density_weight": cfg.density_weight if "kcenter" in (cfg.strategy, other) else None,
             "clusters": int(labels.max()) + 1, "distinct_personas_in_pool": len(set(personas)),
             "measures": {cfg.strategy: mine, other: theirs},
             "notes": {"coverage_mean_distance": "mean cosine distance from every pool sample to its nearest chosen "
@@ -695,7 +696,8 @@ template rejects or longer than {cfg.max_tokens} tokens. Dropped:
 ## Selection
 
 Strategy `{cfg.strategy}`, quality weight {cfg.quality_weight} (a candidate's gain times
-(1 - w) + w * quality; unscored counts 0.5), seed {cfg.seed}. Compared on the same pool:
+(1 - w) + w * quality; unscored counts 0.5){f", density weight {cfg.density_weight} (k-center: distance times (1 - d) + d * density)" if cfg.strategy == "kcenter" else ""}, seed {cfg.seed}.
+Compared on the same pool:
 
 {header}{body}"""
 
