@@ -357,9 +357,9 @@ def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: Templat
     pool, dropped = exact_duplicates(pool)
     rejections += dropped
     if not pool:
-        raise UserError(f"{data}: no sample is left to choose from ({len(built):,} built, "
-                        f"{len(rejections):,} dropped; see the reasons with --set curate.min_quality=null or "
-                        f"a lower floor)")
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(Counter(r.reason for r in rejections).items()))
+        raise UserError(f"{data}: no sample is left to choose from ({len(built):,} built; dropped: {reasons or 'none'}); "
+                        f"lower the floor (--set curate.min_quality=0.3, or null for none) or give longer conversations")
 
     t = time.time()
     encoder = encoder or Encoder(cfg.model, cfg.batch_size)
