@@ -422,3 +422,16 @@ def test_real_curate_on_spc_renders_through_smollm2_and_trl(tmp_path):
     rendered = apply_chat_template(dpo_row(pref), tokenizer)
     assert rendered["prompt"].endswith("Write their conversation.<|im_end|>\n<|im_start|>assistant\n")
     assert rendered["chosen"].startswith("User 1: ") and rendered["rejected"].startswith("User 1: ")
+
+
+def test_random_strategy_is_compared_with_kcenter_and_conversations_export_too(tmp_path):
+    write_run(tmp_path)
+    rows = curate.run(recipe(tmp_path, n=8, strategy="random", kind="conversation"), encoder=FakeEncoder(),
+                      check=TemplateCheck())
+    out = tmp_path / "curated"
+    report = json.loads((out / "selection.json").read_text())
+    assert report["strategy"] == "random" and set(report["measures"]) == {"random", "kcenter"}
+    selected = read_jsonl(out / "selected.jsonl")
+    assert len(selected) == 8 and {s["kind"] for s in selected} == {"conversation"}
+    assert all(openai_row_errors(r) == [] for r in read_jsonl(out / "openai.jsonl"))
+    assert rows["samples built"].startswith("82 ")  # 41 conversations, one sample per persona
