@@ -223,10 +223,10 @@ class CurateConfig(Section):
     quality_weight: float = Field(0.3, ge=0.0, le=1.0, description="How much the critic's score counts in "
                                                                    "selection: each candidate's gain is multiplied by "
                                                                    "(1 - w) + w * quality (unscored: 0.5).")
-    density_weight: float = Field(0.5, ge=0.0, le=1.0, description="kcenter: multiply each candidate's distance "
+    density_weight: float = Field(0.7, ge=0.0, le=1.0, description="kcenter: multiply each candidate's distance "
                                                                    "by (1 - d) + d * density (how typical it is): plain "
                                                                    "farthest-first (0) chases outliers and covered the "
-                                                                   "average SPC sample worse than random.")
+                                                                   "average SPC sample worse than random (docs/curate.md).")
     min_quality: float | None = Field(0.5, ge=0.0, le=1.0, description="Drop samples whose critic score is below "
                                                                        "this (unscored samples are kept); null: no floor.")
     dedup_threshold: float = Field(0.95, ge=0.0, le=1.0, description="Near-duplicates: cosine similarity of the "
