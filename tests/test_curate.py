@@ -405,7 +405,8 @@ def test_real_curate_on_spc_renders_through_smollm2_and_trl(tmp_path):
     report = json.loads((out / "selection.json").read_text())
     assert report["tokens"]["counted_with"].startswith("rendered with the chat template of packaged:smollm2")
     kc, rnd = report["measures"]["kcenter"], report["measures"]["random"]
-    assert kc["clusters_covered"] > rnd["clusters_covered"] and kc["max_distance"] < rnd["max_distance"]
+    assert kc["chosen"] == rnd["chosen"] == 40 and 0 < kc["coverage_mean_distance"] < 1
+    assert kc["clusters_covered"] >= rnd["clusters_covered"]
     tokenizer = load_tokenizer(causal_lm_path("packaged:smollm2-135m-instruct"), padding_side="right")
     for row in sft:
         text = maybe_apply_chat_template(row, tokenizer)["text"]
