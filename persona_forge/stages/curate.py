@@ -199,16 +199,18 @@ def build_samples(conv: Conversations, cfg: CurateConfig, source: str) -> tuple[
 def conversation_sample(dialogue: Dialogue, speaker: str, base: dict[str, Any], prompts) -> Sample | None:
     """The whole conversation from `speaker`'s side: their persona as system prompt, the turns up to
     their last one as alternating messages, their last turn as the final assistant message."""
-    turns = [t for t in dialogue.turns if t.text.strip()]
-    last = max((i for i, t in enumerate(turns) if t.speaker == speaker), default=None)
-    if last is None or last == 0 or not any(t.speaker != speaker for t in turns[:last]):
+    kept = [i for i, t in enumerate(dialogue.turns) if t.text.strip()]  # positions stay those of dialogue.turns
+    mine = [i for i in kept if dialogue.turns[i].speaker == speaker]
+    if not mine or not any(dialogue.turns[i].speaker != speaker for i in kept if i < mine[-1]):
         return None
+    last = mine[-1]
     persona = persona_of(dialogue, speaker)
-    messages = reply_messages(persona, turns[:last], speaker, prompts)
+    messages = reply_messages(persona, [dialogue.turns[i] for i in kept if i < last], speaker, prompts)
+    text = dialogue.turns[last].text
     if messages[-1].role == "assistant":  # their own turns right before the last: join, as reply_messages does
-        messages[-1] = ChatMessage(role="assistant", content=f"{messages[-1].content}\n{turns[last].text}")
+        messages[-1] = ChatMessage(role="assistant", content=f"{messages[-1].content}\n{text}")
     else:
-        messages.append(ChatMessage(role="assistant", content=turns[last].text))
+        messages.append(ChatMessage(role="assistant", content=text))
     return Sample(id=sample_id(dialogue.id, "conversation", last), kind="conversation", speaker=speaker,
                   position=last, persona=list(persona), messages=messages, **base)
 
