@@ -255,6 +255,31 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
             click.echo(table(result[key]))
     ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
                                "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+@click.option("--n", "n", type=int, default=None, help="Samples to choose (default 200).")
+@click.option("--strategy", type=click.Choice(["kcenter", "facility", "random"]), default=None,
+              help="kcenter: farthest first (default); facility: facility location; random: the baseline.")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="A Synthetic-Persona-Chat-shaped .jsonl(.gz) instead of <run_dir>/best.jsonl.")
+@click.option("--kind", type=click.Choice(["next_reply", "conversation"]), default=None,
+              help="next_reply: the study's sample (default); conversation: whole conversations, one persona's side.")
+@click.option("--quality-weight", type=float, default=None, help="0..1: how much the critic's score counts in selection.")
+@click.option("--dedup-threshold", type=float, default=None, help="Cosine similarity at which samples are near-duplicates.")
+@click.option("--heldout", type=int, default=None, help="Also export this many held-out samples.")
+@click.pass_obj
+def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str | None, data_path: Path | None,
+           kind: str | None, quality_weight: float | None, dedup_threshold: float | None, heldout: int | None) -> None:
+    """Choose n training samples for quality and diversity; export SFT, DPO, OpenAI, ShareGPT, datasets.
+
+    Example: forge --run-dir runs/spc curate --n 200 --data corpora/spc/train.jsonl.gz
+    """
+    from .stages import curate as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "curate.n": n, "curate.strategy": strategy, "curate.data": str(data_path) if data_path else None,
+        "curate.kind": kind, "curate.quality_weight": quality_weight, "curate.dedup_threshold": dedup_threshold,
+        "curate.heldout": heldout})
+    rows = stage.run(recipe, force=obj.force)
+    ui.summary("forge curate", rows)
 
 
 @forge.group()

@@ -323,6 +323,61 @@ class JudgeConfig(Section):
         ident = self.model_dump(mode="json", exclude={"input", "items", "limit", "backend"})
         ident["backend"] = self.backend.identity() if self.backend else None
         return ident
+class CurateConfig(Section):
+    """`forge curate`: training samples from conversations, cleaned, n chosen for quality and diversity."""
+
+    data: Path | None = Field(None, description="A Synthetic-Persona-Chat-shaped JSONL(.gz) (user1_persona, "
+                                                "user2_persona, turns) instead of <run_dir>/best.jsonl; it has no "
+                                                "critic scores, so no quality floor applies.")
+    preferences: Path | None = Field(None, description="Preference JSONL for the DPO export (default "
+                                                       "<run_dir>/preferences.jsonl when it exists).")
+    n: int = Field(200, ge=1, description="Samples to choose.")
+    kind: Literal["next_reply", "conversation"] = Field(
+        "next_reply", description="next_reply: persona system prompt, earlier turns, the other user's turn, the "
+                                  "reply as target (the study's format); conversation: a whole conversation "
+                                  "played from one persona's side.")
+    positions: Literal["study", "all"] = Field(
+        "study", description="next_reply: study: one sample per conversation, the reply at `position`; all: "
+                             "every reply of both speakers (more, correlated samples).")
+    position: int = Field(7, ge=1, description="next_reply, study: the 0-based turn to predict (7: the 8th turn, "
+                                              "after 6 turns of context and the other user's turn).")
+    context: int = Field(6, ge=0, description="next_reply: earlier turns kept before the other user's turn.")
+    strategy: Literal["kcenter", "facility", "random"] = Field(
+        "kcenter", description="kcenter: greedy farthest-first; facility: greedy facility location (lazy, on a "
+                               "sampled ground set); random: the baseline.")
+    quality_weight: float = Field(0.3, ge=0.0, le=1.0, description="How much the critic's score counts in "
+                                                                   "selection: each candidate's gain is multiplied by "
+                                                                   "(1 - w) + w * quality (unscored: 0.5).")
+    density_weight: float = Field(0.7, ge=0.0, le=1.0, description="kcenter: multiply each candidate's distance "
+                                                                   "by (1 - d) + d * density (how typical it is): plain "
+                                                                   "farthest-first (0) chases outliers and covered the "
+                                                                   "average SPC sample worse than random (docs/curate.md).")
+    min_quality: float | None = Field(0.5, ge=0.0, le=1.0, description="Drop samples whose critic score is below "
+                                                                       "this (unscored samples are kept); null: no floor.")
+    dedup_threshold: float = Field(0.95, ge=0.0, le=1.0, description="Near-duplicates: cosine similarity of the "
+                                                                     "sample embeddings at or above this (FAISS range "
+                                                                     "search); the better-scored one is kept.")
+    model: str = Field("packaged:minilm-l6", description="Sentence-embedding model for duplicates and selection.")
+    clusters: int = Field(0, ge=0, description="k-means clusters of the pool for the 'clusters covered' figure; "
+                                               "0: as many as samples chosen.")
+    facility_ground: int = Field(2048, ge=16, description="facility: pool samples (seeded) whose nearest chosen "
+                                                          "sample the objective sums over.")
+    heldout: int = Field(0, ge=0, description="Also export this many held-out samples (random, from conversations "
+                                              "none of the chosen samples come from) as the `heldout` split.")
+    dpo_min_margin: float = Field(0.05, ge=0.0, le=1.0, description="DPO: keep a preference only if the chosen "
+                                                                    "conversation's score beats the rejected one's by "
+                                                                    "at least this.")
+    max_tokens: int = Field(2048, ge=16, description="Drop rows longer than this in the target model's tokens "
+                                                     "(after its chat template).")
+    licence: str = Field("cc-by-4.0", description="The dataset card's licence (personas derive from "
+                                                  "Synthetic-Persona-Chat, CC-BY 4.0).")
+    seed: int = Field(0, description="Seed for random selection, the ground set, k-means and the held-out split.")
+    batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    threads: int | None = Field(None, ge=1, description="torch and FAISS threads; default: the usable cores.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the outputs, for config hashes: not the input paths (hashed apart), threads or batches."""
+        return self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size"})
 
 
 class Recipe(Section):
@@ -337,6 +392,7 @@ class Recipe(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -216,3 +216,22 @@ class BigFiveAnswer(Record):
     answer: int | None = None
     raw: str | None = None
     parse_error: str | None = None
+class Sample(Record):
+    """One training sample built by `forge curate` from a conversation, in chat messages.
+
+    kind "next_reply": the replier's persona as system prompt, earlier turns as context, the other
+    user's turn as the last user message, the reply as the final assistant message (the study's
+    format); kind "conversation": a whole conversation played from one persona's side, ending on
+    that persona's last turn. `messages` always ends with the assistant target.
+    """
+
+    kind: Literal["next_reply", "conversation"]
+    dialogue_id: str
+    pair_id: str | None = None
+    speaker: Literal["user1", "user2"]
+    position: int  # index in the conversation's turns of the target (the last assistant turn)
+    persona: list[str]
+    messages: list[ChatMessage]
+    quality: float | None = None  # the critic's combined score of the conversation; None: unscored
+    scores: dict[str, float | None] = Field(default_factory=dict)
+    source: str

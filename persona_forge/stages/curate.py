@@ -1,0 +1,762 @@
+"""`forge curate`: a small training set chosen by method (quality- and diversity-aware), exported
+in the formats trainers accept.
+
+In:  <run_dir>/best.jsonl (Dialogue records from `forge generate`, the critic's figures in `scores`,
+     `scores["critic"]` the combined score in [0, 1]) and <run_dir>/preferences.jsonl (Preference
+     records), or --data FILE: any Synthetic-Persona-Chat-shaped JSONL(.gz) (user1_persona,
+     user2_persona, turns[{speaker, text}]; unscored).
+Out: <run_dir>/curated/: samples.jsonl (every Sample built), selected.jsonl (the chosen Samples),
+     curate_rejections.jsonl (a Rejection for every sample or preference dropped, with its reason),
+     sft.jsonl, dpo.jsonl, openai.jsonl, openai_dpo.jsonl, sharegpt.jsonl, dataset/ (a DatasetDict,
+     splits train [and heldout]), parquet/, README.md (the dataset card), selection.json (the chosen
+     strategy and random side by side); <run_dir>/curate.manifest.json; and an embedding cache
+     <run_dir>/curate_embeddings.npy + .json that survives a changed config.
+
+Steps: build samples (persona_forge.samples: the same messages eval and chat use) -> critic-score
+floor -> exact duplicates -> near-duplicates (FAISS range search on sentence embeddings) -> choose n
+(k-center greedy by default, facility location, or random; quality-weighted) -> render every chosen
+row through the target model's chat template (a row it rejects is dropped and replaced) -> write.
+The stage needs its whole input, so every file is written whole (atomically) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import selection, ui
+from ..config import CurateConfig, Recipe
+from ..errors import UserError
+from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dpo_row, openai_dpo_row, openai_file_errors,
+                       sft_row, sharegpt_row, template_check)
+from ..prompts import library
+from ..samples import SYSTEM_PROMPT, next_reply, persona_system, reply_messages
+from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, Turn, record_id
+from ..store import (RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash,
+                     file_sha256, iter_json_lines, validate_record)
+from .pairing import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
+
+STAGE = "curate"
+FOLDER = "curated"
+OUTPUTS = (FOLDER,)
+EMBEDDINGS = "curate_embeddings"
+DONE_FILES = ("samples.jsonl", "selected.jsonl", "curate_rejections.jsonl", "sft.jsonl", "dpo.jsonl",
+              "openai.jsonl", "sharegpt.jsonl", "README.md", "selection.json")
+RENDER_ROUNDS = 5  # re-selections after the chat template rejects chosen rows
+
+
+# --- reading conversations -----------------------------------------------------------------------
+
+@dataclass
+class Conversations:
+    dialogues: list[Dialogue]
+    description: str
+    scored: bool
+    models: list[str] = field(default_factory=list)  # the generators' models, from provenance
+
+
+_DIALOGUE_KEYS = set(Dialogue.model_fields)
+
+
+def load_conversations(path: Path) -> Conversations:
+    """Dialogue records (from forge generate) or Synthetic-Persona-Chat-shaped records, told apart
+    by their keys: anything beyond a Dialogue's fields (e.g. SPC's `split`), or no `scores`, is read
+    as SPC-shaped (personas normalised like the seed attributes: "I m" -> "I'm")."""
+    from ..nli.data import normalize
+
+    dialogues: list[Dialogue] = []
+    seen: set[str] = set()
+    scored = False
+    models: set[str] = set()
+    skipped = 0
+    for line_no, row in iter_json_lines(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: not a JSON object; expected a conversation with "
+                            f"user1_persona, user2_persona and turns")
+        if set(row) <= _DIALOGUE_KEYS and "scores" in row:
+            dialogue = validate_record(row, Dialogue, path, line_no)
+            scored = scored or bool(dialogue.scores)
+            if dialogue.provenance is not None:
+                models.add(dialogue.provenance.model)
+        else:
+            dialogue = _spc_dialogue(row, path, line_no, normalize)
+        if dialogue.id in seen:
+            skipped += 1
+            continue
+        seen.add(dialogue.id)
+        dialogues.append(dialogue)
+    if not dialogues:
+        raise UserError(f"{path}: no conversations in it")
+    kind = "Dialogue records" if scored else "unscored conversations"
+    note = f" ({skipped:,} repeated ids skipped)" if skipped else ""
+    return Conversations(dialogues, f"{kind}: {len(dialogues):,} conversations{note}", scored, sorted(models))
+
+
+def _spc_dialogue(row: dict[str, Any], path: Path, line_no: int, normalize) -> Dialogue:
+    personas = {}
+    for key in ("user1_persona", "user2_persona"):
+        persona = row.get(key)
+        if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
+            raise UserError(f"{path}:{line_no}: {key} must be a list of sentences (a Synthetic-Persona-Chat "
+                            f"record has user1_persona, user2_persona and turns)")
+        personas[key] = [s for s in (normalize(x) for x in persona) if s]
+    turns = row.get("turns")
+    if not isinstance(turns, list):
+        raise UserError(f"{path}:{line_no}: turns must be a list of {{speaker, text}}")
+    parsed = []
+    for i, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and turn.get("speaker") in ("user1", "user2")
+                and isinstance(turn.get("text"), str)):
+            raise UserError(f"{path}:{line_no}: turns[{i}] must be {{\"speaker\": \"user1\"|\"user2\", "
+                            f"\"text\": \"...\"}}")
+        parsed.append(Turn(speaker=turn["speaker"], text=turn["text"].strip()))
+    did = row.get("id") if isinstance(row.get("id"), str) and row.get("id") else \
+        record_id(personas["user1_persona"], personas["user2_persona"], [t.model_dump() for t in parsed])
+    return Dialogue(id=did, user1_persona=personas["user1_persona"], user2_persona=personas["user2_persona"],
+                    turns=parsed, pair_id=row.get("pair_id") if isinstance(row.get("pair_id"), str) else None)
+
+
+def load_preferences(path: Path) -> list[Preference]:
+    return [validate_record(row, Preference, path, line_no) for line_no, row in iter_json_lines(path)]
+
+
+# --- building samples ----------------------------------------------------------------------------
+
+def sample_id(dialogue_id: str, kind: str, position: int) -> str:
+    """Stable: the dialogue, the kind and the target's position determine a sample (and its speaker)."""
+    return record_id("sample", dialogue_id, kind, position)
+
+
+def persona_of(dialogue: Dialogue, speaker: str) -> list[str]:
+    return dialogue.user1_persona if speaker == "user1" else dialogue.user2_persona
+
+
+def next_reply_positions(dialogue: Dialogue, cfg: CurateConfig) -> list[int]:
+    """Which replies become samples.
+
+    study (the default): one per conversation, the reply at `position` (7: six turns of context,
+    the other user's 7th turn as the prompt, the 8th turn as the target), as the study did, whose
+    best result came from 200 such samples. One per conversation keeps the chosen n spread over n
+    conversations: replies of one conversation share personas, topic and context, so several of
+    them are near-duplicates in everything but the last line. A conversation too short for that
+    position gives its last possible reply instead, so short conversations still count.
+    all: every reply of both speakers (more samples, strongly correlated within a conversation;
+    useful when conversations are few).
+    """
+    turns = dialogue.turns
+    valid = [p for p in range(1, len(turns)) if turns[p].speaker != turns[p - 1].speaker and turns[p].text.strip()]
+    if cfg.positions == "all":
+        return valid
+    upto = [p for p in valid if p <= cfg.position]
+    return [upto[-1]] if upto else []
+
+
+def build_samples(conv: Conversations, cfg: CurateConfig, source: str) -> tuple[list[Sample], list[Rejection]]:
+    prompts = library()
+    samples: list[Sample] = []
+    rejected: list[Rejection] = []
+    for dialogue in conv.dialogues:
+        quality = dialogue.scores.get("critic")
+        base = {"dialogue_id": dialogue.id, "pair_id": dialogue.pair_id, "quality": quality,
+                "scores": dict(dialogue.scores), "source": source}
+        if dialogue.parse_error:
+            rejected.append(_reject("unparsed", dialogue.id, f"the conversation did not parse: {dialogue.parse_error}"))
+            continue
+        made = 0
+        if cfg.kind == "next_reply":
+            for position in next_reply_positions(dialogue, cfg):
+                speaker = dialogue.turns[position].speaker
+                persona = persona_of(dialogue, speaker)
+                built = next_reply(persona, dialogue.turns, position, cfg.context, prompts)
+                if built is None:
+                    continue
+                messages, target = built
+                samples.append(Sample(id=sample_id(dialogue.id, cfg.kind, position), kind=cfg.kind, speaker=speaker,
+                                      position=position, persona=list(persona),
+                                      messages=[*messages, ChatMessage(role="assistant", content=target)], **base))
+                made += 1
+        else:
+            for speaker in ("user1", "user2"):
+                sample = conversation_sample(dialogue, speaker, base, prompts)
+                if sample is not None:
+                    samples.append(sample)
+                    made += 1
+        if not made and not dialogue.turns:
+            rejected.append(_reject("empty", dialogue.id, "the conversation has no turns"))
+        elif not made:
+            rejected.append(_reject("too_short", dialogue.id, f"no {cfg.kind} sample: the conversation has "
+                                    f"{len(dialogue.turns)} turn(s) and no reply to a turn by the other user"))
+    return samples, rejected
+
+
+def conversation_sample(dialogue: Dialogue, speaker: str, base: dict[str, Any], prompts) -> Sample | None:
+    """The whole conversation from `speaker`'s side: their persona as system prompt, the turns up to
+    their last one as alternating messages, their last turn as the final assistant message."""
+    kept = [i for i, t in enumerate(dialogue.turns) if t.text.strip()]  # positions stay those of dialogue.turns
+    mine = [i for i in kept if dialogue.turns[i].speaker == speaker]
+    if not mine or not any(dialogue.turns[i].speaker != speaker for i in kept if i < mine[-1]):
+        return None
+    last = mine[-1]
+    persona = persona_of(dialogue, speaker)
+    messages = reply_messages(persona, [dialogue.turns[i] for i in kept if i < last], speaker, prompts)
+    text = dialogue.turns[last].text
+    if messages[-1].role == "assistant":  # their own turns right before the last: join, as reply_messages does
+        messages[-1] = ChatMessage(role="assistant", content=f"{messages[-1].content}\n{text}")
+    else:
+        messages.append(ChatMessage(role="assistant", content=text))
+    return Sample(id=sample_id(dialogue.id, "conversation", last), kind="conversation", speaker=speaker,
+                  position=last, persona=list(persona), messages=messages, **base)
+
+
+def _reject(reason: str, subject: str, detail: str, **extra: Any) -> Rejection:
+    return Rejection(id=record_id(STAGE, reason, subject), stage=STAGE, subject_id=subject, reason=reason,
+                     detail={"why": detail, **extra})
+
+
+def embed_text(sample: Sample) -> str:
+    """What a sample is about, for duplicates and diversity: the persona, and the exchange it trains
+    (the other user's turn and the reply; for a conversation, the persona's own turns)."""
+    persona = " ".join(sample.persona)
+    if sample.kind == "next_reply":
+        said = [m.content for m in sample.messages[-2:]]
+    else:
+        said = [m.content for m in sample.messages if m.role == "assistant"]
+    return "\n".join([persona, *said])
+
+
+def persona_key(sample: Sample) -> str:
+    return record_id(sorted(a.strip().lower() for a in sample.persona))
+
+
+# --- cleaning ------------------------------------------------------------------------------------
+
+def priority(samples: list[Sample]) -> list[int]:
+    """Best first: by quality (unscored as neutral), then by id, so every run keeps the same one."""
+    def key(i: int) -> tuple[float, str]:
+        q = samples[i].quality
+        return (-(selection.NEUTRAL_QUALITY if q is None else q), samples[i].id)
+    return sorted(range(len(samples)), key=key)
+
+
+def quality_floor(samples: list[Sample], floor: float | None) -> tuple[list[Sample], list[Rejection]]:
+    if floor is None:
+        return samples, []
+    kept, dropped = [], []
+    for s in samples:
+        if s.quality is not None and s.quality < floor:
+            dropped.append(_reject("low_quality", s.id, f"critic score {s.quality:.3f} below the floor {floor}",
+                                   quality=s.quality))
+        else:
+            kept.append(s)
+    return kept, dropped
+
+
+def exact_duplicates(samples: list[Sample]) -> tuple[list[Sample], list[Rejection]]:
+    """Same messages (case and spacing aside): the better-scored one is kept."""
+    seen: dict[str, str] = {}
+    drop: dict[int, Rejection] = {}
+    for i in priority(samples):
+        key = record_id([(m.role, " ".join(m.content.lower().split())) for m in samples[i].messages])
+        if key in seen:
+            drop[i] = _reject("duplicate", samples[i].id, "the same messages as a kept sample", kept=seen[key])
+        else:
+            seen[key] = samples[i].id
+    return [s for i, s in enumerate(samples) if i not in drop], [drop[i] for i in sorted(drop)]
+
+
+def near_duplicates(vectors: np.ndarray, samples: list[Sample], threshold: float,
+                    block: int = 8192) -> tuple[np.ndarray, list[Rejection]]:
+    """Drop samples within `threshold` cosine similarity of a better-scored kept one. FAISS range
+    search (exact inner product) finds every pair at or above the threshold; then, best first,
+    a sample still standing keeps its place and removes its neighbours. Returns (keep mask, rejections)."""
+    import faiss
+
+    n = len(samples)
+    keep = np.ones(n, dtype=bool)
+    if n < 2 or threshold >= 1.0 + 1e-9:
+        return keep, []
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    neighbours: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, n, block):
+        lims, sims, rows = index.range_search(vectors[start:start + block], float(threshold))
+        for q in range(len(lims) - 1):
+            neighbours.append((rows[lims[q]:lims[q + 1]], sims[lims[q]:lims[q + 1]]))
+    decided = np.zeros(n, dtype=bool)
+    rejections = []
+    for i in priority(samples):
+        if decided[i]:
+            continue
+        decided[i] = True
+        rows, sims = neighbours[i]
+        for j, s in zip(rows.tolist(), sims.tolist()):
+            if j != i and not decided[j]:
+                decided[j] = True
+                keep[j] = False
+                rejections.append(_reject("near_duplicate", samples[j].id,
+                                          f"cosine similarity {s:.3f} to a kept sample (threshold {threshold})",
+                                          kept=samples[i].id, similarity=round(s, 4)))
+    return keep, rejections
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def stage_config(recipe: Recipe, check: str) -> dict[str, Any]:
+    return {"curate": recipe.curate.identity(), "template": check}
+
+
+def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
+    cfg = recipe.curate
+    data = Path(cfg.data) if cfg.data else run_dir.file("best.jsonl")
+    if not data.is_file():
+        what = "no such file" if cfg.data else "no conversations here yet (forge generate writes best.jsonl)"
+        raise UserError(f"{data}: {what}; run forge generate first, or pass --data FILE (a Synthetic-Persona-Chat "
+                        f"-shaped .jsonl/.jsonl.gz such as corpora/spc/train.jsonl.gz)")
+    if cfg.preferences:
+        prefs = Path(cfg.preferences)
+        if not prefs.is_file():
+            raise UserError(f"{prefs}: no such file; give the Preference JSONL forge generate wrote")
+    else:
+        prefs = run_dir.file("preferences.jsonl") if not cfg.data else None
+        prefs = prefs if prefs is not None and prefs.is_file() else None
+    if not cfg.data:
+        generate = run_dir.manifest("generate")
+        if generate is not None and generate.status != "done":
+            raise UserError(f"{data}: the generate stage has not finished there; run it to the end first (the same "
+                            f"command resumes it), or pass --data to curate that file as it is")
+    return data, prefs
+
+
+def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: TemplateCheck | None = None) -> dict[str, Any]:
+    """Curate; `encoder` (with .spec and .encode(texts, label)) and `check` may be given (tests)."""
+    cfg = recipe.curate
+    run_dir = RunDir(recipe.run_dir)
+    data, prefs_path = inputs_of(recipe, run_dir)
+    inputs = [data] + ([prefs_path] if prefs_path else [])
+    check_spec = "injected" if check is not None else f"{recipe.backend.kind}:{recipe.backend.model}"
+    config = stage_config(recipe, check_spec)
+    done = already_done(run_dir, config, inputs)
+    if done is not None:
+        return done
+    run_dir.check(STAGE, config, inputs=inputs, force=force)
+    started = time.time()
+    timings: dict[str, float] = {}
+    threads = set_threads(cfg.threads)
+
+    conv = load_conversations(data)
+    preferences = load_preferences(prefs_path) if prefs_path else []
+    samples, rejections = build_samples(conv, cfg, str(data))
+    built = list(samples)
+    pool, dropped = quality_floor(samples, cfg.min_quality)
+    rejections += dropped
+    pool, dropped = exact_duplicates(pool)
+    rejections += dropped
+    if not pool:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(Counter(r.reason for r in rejections).items()))
+        raise UserError(f"{data}: no sample is left to choose from ({len(built):,} built; dropped: {reasons or 'none'}); "
+                        f"lower the floor (--set curate.min_quality=0.3, or null for none) or give longer conversations")
+
+    t = time.time()
+    encoder = encoder or Encoder(cfg.model, cfg.batch_size)
+    vectors, embedded = cached_embeddings([embed_text(s) for s in pool], [s.id for s in pool], encoder,
+                                          VectorCache(run_dir.path, EMBEDDINGS, "ids").load(), "samples")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    timings["embed_s"] = time.time() - t
+    t = time.time()
+    keep, dropped = near_duplicates(vectors, pool, cfg.dedup_threshold)
+    rejections += dropped
+    pool = [s for s, k in zip(pool, keep) if k]
+    vectors = vectors[keep]
+    timings["dedup_s"] = time.time() - t
+
+    check = check or template_check(recipe.backend.model, recipe.backend.kind, progress=ui.verbosity() >= 0)
+    t = time.time()
+    chosen, tokens, render_drops, selection_s = choose(cfg, pool, vectors, check)
+    rejections += render_drops
+    timings["select_s"] = selection_s
+    timings["render_s"] = time.time() - t - selection_s
+    if not chosen:
+        raise UserError(f"{data}: the chat template of {check.source} rejected every sample; see "
+                        f"{run_dir.file(FOLDER)}/curate_rejections.jsonl after fixing, or check backend.model")
+    t = time.time()
+    report = selection_report(cfg, pool, vectors, chosen)
+    timings["report_s"] = time.time() - t
+    heldout = held_out(cfg, pool, chosen, check, tokens, rejections)
+
+    dpo_rows, dpo_tokens, dropped = preference_rows(preferences, cfg, check)
+    rejections += dropped
+
+    stage = run_dir.begin(STAGE, config, inputs=inputs, outputs=OUTPUTS, force=force)
+    stage.record_model("embedding", describe_model(cfg.model))
+    stage.record_model("chat_template", check.describe())
+    for model in conv.models:
+        stage.record_model(f"generator:{model}", model)
+    prompts = library()
+    for name in (SYSTEM_PROMPT, DPO_PROMPT):
+        stage.record_prompt(name, prompts.ref(name).hash)
+    selected = [pool[i] for i in chosen]
+    t = time.time()
+    counts = write_outputs(run_dir, cfg, conv, data, prefs_path, built, selected, heldout, dpo_rows, rejections,
+                           report, check, tokens, dpo_tokens, prompts)
+    timings["write_s"] = time.time() - t
+    counts.update(conversations=len(conv.dialogues), pool=len(pool), embedded=embedded, preferences=len(preferences))
+    for key, value in counts.items():
+        stage.set_count(key, value)
+    rows = summary_rows(cfg, conv, data, run_dir, counts, report, check, timings, threads, time.time() - started)
+    stage.finish(selection=report, seconds={k: round(v, 2) for k, v in timings.items()}, summary=rows)
+    return rows
+
+
+def choose(cfg: CurateConfig, pool: list[Sample], vectors: np.ndarray,
+           check: TemplateCheck) -> tuple[list[int], dict[str, int], list[Rejection], float]:
+    """Select n, render each chosen row through the chat template; rows it rejects (or that are
+    too long) are excluded and the selection is made again without them (at most RENDER_ROUNDS times)."""
+    quality = quality_array(pool)
+    exclude = np.zeros(len(pool), dtype=bool)
+    tokens: dict[str, int] = {}
+    drops: list[Rejection] = []
+    seconds = 0.0
+    chosen: list[int] = []
+    for _ in range(RENDER_ROUNDS):
+        t = time.time()
+        chosen = selection.select(cfg.strategy, vectors, cfg.n, quality, cfg.quality_weight, cfg.seed,
+                                  cfg.facility_ground, exclude, cfg.density_weight)
+        seconds += time.time() - t
+        bad = [i for i in chosen if not render_ok(pool[i], check, cfg.max_tokens, tokens, drops)]
+        if not bad:
+            break
+        exclude[bad] = True
+    chosen = [i for i in chosen if not exclude[i]]
+    return chosen, tokens, drops, seconds
+
+
+def render_ok(sample: Sample, check: TemplateCheck, max_tokens: int, tokens: dict[str, int],
+              drops: list[Rejection]) -> bool:
+    if sample.id in tokens:
+        return True
+    try:
+        n = check.tokens(sft_row(sample))
+    except RenderError as exc:
+        drops.append(_reject("template_rejected", sample.id, f"{check.kind}: {exc}"))
+        return False
+    if n > max_tokens:
+        drops.append(_reject("too_long", sample.id, f"{n} tokens after the chat template, above {max_tokens}",
+                             tokens=n))
+        return False
+    tokens[sample.id] = n
+    return True
+
+
+def quality_array(samples: list[Sample]) -> np.ndarray | None:
+    q = np.array([np.nan if s.quality is None else s.quality for s in samples], dtype=np.float64)
+    return None if np.isnan(q).all() else q
+
+
+def selection_report(cfg: CurateConfig, pool: list[Sample], vectors: np.ndarray, chosen: list[int]) -> dict[str, Any]:
+    """The chosen strategy and its comparison (random; or k-center when random was chosen), side by side."""
+    quality = quality_array(pool)
+    k = cfg.clusters or cfg.n
+    t = time.time()
+    labels = selection.cluster_labels(vectors, k, cfg.seed)
+    cluster_s = time.time() - t
+    personas = [persona_key(s) for s in pool]
+    other = "kcenter" if cfg.strategy == "random" else "random"
+    t = time.time()
+    baseline = selection.select(other, vectors, len(chosen), quality, cfg.quality_weight, cfg.seed,
+                                cfg.facility_ground, density_weight=cfg.density_weight)
+    other_s = time.time() - t
+    mine = selection.measure(vectors, chosen, labels, quality, personas).as_dict()
+    theirs = selection.measure(vectors, baseline, labels, quality, personas).as_dict()
+    return {"pool": len(pool), "n": cfg.n, "strategy": cfg.strategy, "quality_weight": cfg.quality_weight,
+            "density_weight": cfg.density_weight if "kcenter" in (cfg.strategy, other) else None,
+            "clusters": int(labels.max()) + 1, "distinct_personas_in_pool": len(set(personas)),
+            "measures": {cfg.strategy: mine, other: theirs},
+            "notes": {"coverage_mean_distance": "mean cosine distance from every pool sample to its nearest chosen "
+                                                "one (lower covers better)",
+                      "max_distance": "the worst-covered pool sample's distance (what k-center minimises)",
+                      "clusters_covered": f"of {int(labels.max()) + 1} k-means clusters of the pool, how many hold "
+                                          f"a chosen sample"},
+            "seconds": {"kmeans": round(cluster_s, 2), other: round(other_s, 2)}}
+
+
+def held_out(cfg: CurateConfig, pool: list[Sample], chosen: list[int], check: TemplateCheck,
+             tokens: dict[str, int], rejections: list[Rejection]) -> list[Sample]:
+    """`heldout` samples at random (seeded) from conversations no chosen sample comes from."""
+    if not cfg.heldout:
+        return []
+    used = {pool[i].dialogue_id for i in chosen}
+    candidates = [i for i, s in enumerate(pool) if s.dialogue_id not in used]
+    order = np.random.default_rng(cfg.seed + 1).permutation(len(candidates)).tolist()
+    out: list[Sample] = []
+    taken: set[str] = set()
+    for j in order:
+        sample = pool[candidates[j]]
+        if sample.dialogue_id in taken:  # one per conversation, like the study's test set
+            continue
+        if render_ok(sample, check, cfg.max_tokens, tokens, rejections):
+            out.append(sample)
+            taken.add(sample.dialogue_id)
+        if len(out) == cfg.heldout:
+            break
+    return out
+
+
+def preference_rows(preferences: list[Preference], cfg: CurateConfig,
+                    check: TemplateCheck) -> tuple[list[dict[str, Any]], list[int], list[Rejection]]:
+    """DPO rows from the critic's preferences: a clear margin, two different conversations, each pair
+    once (the widest margin kept), and a render the chat template accepts."""
+    rows, tokens, dropped = [], [], []
+    best: dict[str, Preference] = {}
+    for p in sorted(preferences, key=lambda p: (-(p.chosen_score - p.rejected_score), p.id)):
+        margin = p.chosen_score - p.rejected_score
+        if margin < cfg.dpo_min_margin or margin <= 0:
+            dropped.append(_reject("small_margin", p.id, f"chosen beats rejected by {margin:.3f}, less than "
+                                   f"{cfg.dpo_min_margin}", margin=round(margin, 4)))
+        elif [t.text for t in p.chosen_turns] == [t.text for t in p.rejected_turns]:
+            dropped.append(_reject("same_conversation", p.id, "chosen and rejected are the same conversation"))
+        elif p.pair_id in best:
+            dropped.append(_reject("duplicate", p.id, "another preference of this pair has a wider margin",
+                                   kept=best[p.pair_id].id))
+        else:
+            best[p.pair_id] = p
+    prompts = library()
+    for p in best.values():
+        row = dpo_row(p, prompts)
+        try:
+            n = check.tokens(row)
+        except RenderError as exc:
+            dropped.append(_reject("template_rejected", p.id, f"{check.kind}: {exc}"))
+            continue
+        if n > cfg.max_tokens:
+            dropped.append(_reject("too_long", p.id, f"{n} tokens after the chat template, above {cfg.max_tokens}",
+                                   tokens=n))
+            continue
+        rows.append(row)
+        tokens.append(n)
+    return rows, tokens, dropped
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def write_outputs(run_dir: RunDir, cfg: CurateConfig, conv: Conversations, data: Path, prefs: Path | None,
+                  built: list[Sample], selected: list[Sample], heldout: list[Sample], dpo_rows: list[dict[str, Any]],
+                  rejections: list[Rejection], report: dict[str, Any], check: TemplateCheck, tokens: dict[str, int],
+                  dpo_tokens: list[int], prompts) -> dict[str, int]:
+    out = run_dir.file(FOLDER)
+    out.mkdir(parents=True, exist_ok=True)
+    sft = [sft_row(s) for s in selected]
+    openai_rows = [sft_row(s) for s in selected]
+    errors = openai_file_errors(openai_rows)
+    dpo_openai = [openai_dpo_row(r) for r in dpo_rows]
+    dpo_errors = openai_file_errors(dpo_openai, dpo=True) if dpo_openai else {}
+    # The minimum-size rule is the one OpenAI rule a correct small file can break: report it, write anyway.
+    fatal = {k: v for k, v in {**errors, **dpo_errors}.items() if not k.startswith("fewer than")}
+    if fatal:
+        raise UserError(f"internal check failed: the OpenAI export would be invalid ({fatal})")
+    atomic_write_jsonl(out / "samples.jsonl", built)
+    atomic_write_jsonl(out / "selected.jsonl", selected)
+    atomic_write_jsonl(out / "curate_rejections.jsonl", rejections)
+    atomic_write_jsonl(out / "sft.jsonl", sft)
+    atomic_write_jsonl(out / "dpo.jsonl", dpo_rows)
+    atomic_write_jsonl(out / "openai.jsonl", openai_rows)
+    atomic_write_jsonl(out / "openai_dpo.jsonl", dpo_openai)
+    atomic_write_jsonl(out / "sharegpt.jsonl", [sharegpt_row(s) for s in selected])
+    if heldout:
+        atomic_write_jsonl(out / "heldout_sft.jsonl", [sft_row(s) for s in heldout])
+    write_datasets(out, sft, [sft_row(s) for s in heldout], dpo_rows)
+    token_counts = [tokens[s.id] for s in selected]
+    report["tokens"] = _token_stats(token_counts, check)
+    report["openai_check"] = {"sft": errors or "valid", "dpo": dpo_errors or ("valid" if dpo_openai else "no rows")}
+    atomic_write_json(out / "selection.json", report)
+    reasons = Counter(r.reason for r in rejections)
+    counts = {"samples": len(built), "selected": len(selected), "heldout": len(heldout), "dpo_rows": len(dpo_rows),
+              "rejections": len(rejections), **{f"dropped_{k}": v for k, v in sorted(reasons.items())}}
+    atomic_write_text(out / "README.md", dataset_card(cfg, conv, data, prefs, counts, report, check, prompts,
+                                                      reasons, dpo_tokens))
+    return counts
+
+
+def write_datasets(out: Path, train: list[dict], heldout: list[dict], dpo: list[dict]) -> None:
+    """dataset/ (DatasetDict.save_to_disk) and parquet/, each replaced whole: built beside, then swapped in."""
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    datasets.disable_progress_bars()
+    splits = {"train": Dataset.from_list(train)}
+    if heldout:
+        splits["heldout"] = Dataset.from_list(heldout)
+    for name, write in (("dataset", lambda tmp: DatasetDict(splits).save_to_disk(str(tmp))),
+                        ("parquet", lambda tmp: _write_parquet(tmp, splits, dpo))):
+        tmp = out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        final = out / name
+        old = out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_parquet(folder: Path, splits: dict[str, Any], dpo: list[dict]) -> None:
+    from datasets import Dataset
+
+    folder.mkdir(parents=True)
+    for name, ds in splits.items():
+        ds.to_parquet(str(folder / f"{name}.parquet"))
+    if dpo:
+        Dataset.from_list(dpo).to_parquet(str(folder / "dpo.parquet"))
+
+
+def _token_stats(values: list[int], check: TemplateCheck) -> dict[str, Any]:
+    if not values:
+        return {"rows": 0}
+    arr = np.array(values)
+    return {"counted_with": check.describe(), "rows": len(values), "total": int(arr.sum()),
+            "mean": round(float(arr.mean()), 1), "max": int(arr.max())}
+
+
+def dataset_card(cfg: CurateConfig, conv: Conversations, data: Path, prefs: Path | None, counts: dict[str, int],
+                 report: dict[str, Any], check: TemplateCheck, prompts, reasons: Counter, dpo_tokens: list[int]) -> str:
+    measures = report["measures"]
+    names = list(measures)
+    header = "| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    body = ""
+    for key, label in (("coverage_mean_distance", "coverage: mean distance to the nearest chosen (lower is better)"),
+                       ("max_distance", "worst-covered sample's distance"),
+                       ("clusters_covered", f"clusters covered (of {report['clusters']})"),
+                       ("mean_quality", "mean critic score"), ("distinct_personas", "distinct personas")):
+        body += f"| {label} | " + " | ".join(_cell(measures[n][key]) for n in names) + " |\n"
+    drops = "\n".join(f"| {reason} | {n:,} |" for reason, n in sorted(reasons.items())) or "| (none) | 0 |"
+    models = ", ".join(conv.models) if conv.models else "none recorded (conversations read from a file)"
+    tokens = report.get("tokens", {})
+    sample_form = ("next reply: the replying user's persona as the system prompt, up to "
+                   f"{cfg.context} earlier turns, the other user's turn as the last user message, the reply as "
+                   f"the assistant target ({'one per conversation, the reply at turn index ' + str(cfg.position) if cfg.positions == 'study' else 'every reply of both speakers'})"
+                   if cfg.kind == "next_reply" else
+                   "whole conversation played from one persona's side: that persona as the system prompt, the other "
+                   "user's turns as user messages, the persona's own turns as assistant messages")
+    heldout_line = f"- `dataset/` split `heldout`, `heldout_sft.jsonl`: {counts['heldout']:,} held-out samples " \
+                   f"from conversations the chosen samples do not come from\n" if counts["heldout"] else ""
+    return f"""---
+license: {cfg.licence}
+language: [en]
+task_categories: [text-generation]
+tags: [persona, dialogue, synthetic, persona_forge]
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: parquet/train.parquet
+---
+
+# Persona chat samples curated by persona_forge
+
+{counts['selected']:,} samples chosen from {report['pool']:,} (after cleaning) built from {conv.description}.
+Sample form: {sample_form}.
+
+## Files
+
+- `sft.jsonl`, `dataset/` (a `datasets.DatasetDict`, `load_from_disk`), `parquet/train.parquet`: {counts['selected']:,} rows of `{{"messages": [...]}}` (TRL conversational SFT)
+{heldout_line}- `dpo.jsonl` (and `parquet/dpo.parquet`): {counts['dpo_rows']:,} rows of `{{"prompt", "chosen", "rejected"}}` (TRL conversational preference): the request to write a conversation between two personas, and two conversations the critic ranked
+- `openai.jsonl`, `openai_dpo.jsonl`: OpenAI chat and preference fine-tuning format (checked: {_plain(report['openai_check'])})
+- `sharegpt.jsonl`: `{{"conversations": [{{"from", "value"}}]}}`
+- `samples.jsonl` (every sample built), `selected.jsonl` (the chosen, with ids, personas and scores), `curate_rejections.jsonl` (everything dropped, and why), `selection.json` (the figures below)
+
+## Sources and licences
+
+- Conversations: `{data}`{f'; preferences: `{prefs}`' if prefs else ''}.
+- Personas and, for `--data` corpora, conversations derive from Synthetic-Persona-Chat (Jandaghi et al. 2023,
+  Google Research), CC-BY 4.0: attribution required. This dataset: `{cfg.licence}`.
+- Conversation models: {models}.
+- Embeddings for duplicates and selection: {cfg.model}.
+- Render check: {check.describe()}; tokens per row: {_plain({k: v for k, v in tokens.items() if k != "counted_with"})}.
+
+## Prompts
+
+- `{SYSTEM_PROMPT}` (hash {prompts.ref(SYSTEM_PROMPT).hash}): the persona system prompt, shared with evaluation and chat.
+- `{DPO_PROMPT}` (hash {prompts.ref(DPO_PROMPT).hash}): the DPO request.
+
+## Cleaning
+
+Critic-score floor {cfg.min_quality} (unscored samples kept), exact duplicates, near-duplicates at cosine
+similarity >= {cfg.dedup_threshold} (FAISS range search; the better-scored sample kept), rows the chat
+template rejects or longer than {cfg.max_tokens} tokens. Dropped:
+
+| reason | samples |
+|---|---|
+{drops}
+
+## Selection
+
+Strategy `{cfg.strategy}`, quality weight {cfg.quality_weight} (a candidate's gain times
+(1 - w) + w * quality; unscored counts 0.5){f", density weight {cfg.density_weight} (k-center: distance times (1 - d) + d * density)" if cfg.strategy == "kcenter" else ""}, seed {cfg.seed}.
+Compared on the same pool:
+
+{header}{body}"""
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _plain(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def summary_rows(cfg: CurateConfig, conv: Conversations, data: Path, run_dir: RunDir, counts: dict[str, int],
+                 report: dict[str, Any], check: TemplateCheck, timings: dict[str, float], threads: int,
+                 seconds: float) -> dict[str, Any]:
+    measures = report["measures"]
+    names = list(measures)
+
+    def side(key: str) -> str:
+        return " | ".join(f"{n} {_cell(measures[n][key])}" for n in names)
+
+    dropped = ", ".join(f"{k.removeprefix('dropped_')} {v:,}" for k, v in counts.items() if k.startswith("dropped_"))
+    return {
+        "read": f"{data}: {conv.description}",
+        "samples built": f"{counts['samples']:,} ({cfg.kind}, positions {cfg.positions})",
+        "dropped": dropped or "none",
+        "pool after cleaning": counts["pool"],
+        "chosen": f"{counts['selected']:,} by {cfg.strategy} (quality weight {cfg.quality_weight})",
+        "coverage (mean distance, lower is better)": side("coverage_mean_distance"),
+        f"clusters covered (of {report['clusters']})": side("clusters_covered"),
+        "mean quality": side("mean_quality"),
+        "distinct personas": side("distinct_personas"),
+        "held-out": counts["heldout"],
+        "DPO rows": f"{counts['dpo_rows']:,} of {counts['preferences']:,} preferences",
+        "render check": check.describe(),
+        "seconds (embed / dedup / select / render)": f"{timings['embed_s']:.1f} / {timings['dedup_s']:.1f} / "
+                                                     f"{timings['select_s']:.2f} / {timings['render_s']:.1f} "
+                                                     f"on {threads} thread(s)",
+        "output": str(run_dir.file(FOLDER)),
+        "seconds": round(seconds, 1),
+    }
+
+
+# --- resumability --------------------------------------------------------------------------------
+
+def already_done(run_dir: RunDir, config: dict[str, Any], inputs: list[Path]) -> dict[str, Any] | None:
+    """The last summary, if this stage already finished with this config and these inputs."""
+    previous = run_dir.manifest(STAGE)
+    if previous is None or previous.status != "done" or previous.config_hash != config_hash(config):
+        return None
+    if set(previous.inputs) != {str(p) for p in inputs}:
+        return None
+    if any(previous.inputs[str(p)] != file_sha256(p) for p in inputs):
+        return None
+    if not all((run_dir.file(FOLDER) / name).is_file() for name in DONE_FILES):
+        return None
+    return {"status": "already done with this config and input: nothing to do",
+            **dict(previous.figures.get("summary", {}))}
