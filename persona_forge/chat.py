@@ -48,6 +48,17 @@ def read_persona(path: Path) -> list[str]:
     return attributes
 
 
+def trained_base(adapter: Path | None) -> str | None:
+    """The base model `forge train` recorded for this adapter (adapter/../train.manifest.json), if any."""
+    if adapter is None:
+        return None
+    manifest = Path(adapter).parent / "train.manifest.json"
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))["models"]["base"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class ChatModel:
     """The chat model with an optional adapter that can be switched off for the base model's reply."""
 

@@ -197,7 +197,8 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
               help="A LoRA adapter folder from forge train (default: the base model alone).")
 @click.option("--base", "compare_base", is_flag=True, help="Also show the base model's reply to each message.")
-@click.option("--model", default=None, help="Base model (default: backend.model).")
+@click.option("--model", default=None, help="Base model (default: the one the adapter was trained on, as its "
+                                            "train.manifest.json says; else train.model or backend.model).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.pass_obj
 def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path: Path | None,
@@ -214,9 +215,9 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
 
     recipe = _context(obj, sub_recipe).recipe()
     persona = chat_mod.read_persona(persona_path)
-    spec = model or recipe.train.model or recipe.backend.model
-    if recipe.backend.kind != "local" and model is None:
-        spec = recipe.train.model or "packaged:smollm2-135m-instruct"
+    # The model an adapter was trained on: train.model, else the local backend's model.
+    local_default = recipe.backend.model if recipe.backend.kind == "local" else "packaged:smollm2-135m-instruct"
+    spec = model or chat_mod.trained_base(adapter_path) or recipe.train.model or local_default
     interactive = sys.stdin.isatty()
     chat_model = chat_mod.ChatModel(spec, adapter_path, recipe.backend, progress=ui.verbosity() >= 0)
     torch.manual_seed(seed)

@@ -255,7 +255,7 @@ def test_forge_chat_through_a_pipe(tiny, tmp_path):
     persona.write_text("I have two dogs.\nI live in Ohio.\n")
     adapter = tmp_path / "run" / "train" / "sft" / "adapter"
     cmd = forge_cmd() + ["--set", "backend.sampling.max_tokens=5", "--set", "backend.threads=1", "chat",
-                         "--model", str(tiny), "--adapter", str(adapter), "--persona", str(persona), "--base"]
+                         "--adapter", str(adapter), "--persona", str(persona), "--base"]  # base: from the manifest
     result = subprocess.run(cmd, input="hello\nwhat do you do?\n/quit\n", capture_output=True, text=True,
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
