@@ -266,3 +266,12 @@ def test_forge_chat_through_a_pipe(tiny, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().endswith("nope.txt: persona file not found; give a text file with one "
                                            "attribute a line")
+
+
+def test_forge_train_without_data_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(forge_cmd() + ["--run-dir", str(tmp_path / "run"), "train", "--dpo"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"forge: error: {tmp_path / 'run' / 'curated' / 'dpo.jsonl'}: no training data; run forge curate first, "
+        f"or give --data FILE"]

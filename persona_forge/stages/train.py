@@ -327,8 +327,10 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
             rows["merged"] = str(folder / "merged")
         return rows
 
-    stage = rundir.begin(STAGE, config, [data], OUTPUTS, force)
     started = time.time()
+    reader = read_dpo if cfg.method == "dpo" else read_sft
+    raw_rows = reader(data)  # a malformed file fails here, before a model is loaded or a manifest written
+    stage = rundir.begin(STAGE, config, [data], OUTPUTS, force)
     from ..backends.local import set_torch_threads
 
     threads = set_torch_threads(cfg.threads)
@@ -346,9 +348,8 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
     transformers.set_seed(cfg.seed)
     loaded = load_for_training(spec, cfg, progress)
     ui.info(f"forge train: {cfg.method} on {data} — {loaded.note}")
-    reader = read_dpo if cfg.method == "dpo" else read_sft
     answers = ("chosen", "rejected") if cfg.method == "dpo" else ("completion",)
-    rows, shortened = fit_rows(reader(data), loaded.tokenizer, cfg.max_length, answers)
+    rows, shortened = fit_rows(raw_rows, loaded.tokenizer, cfg.max_length, answers)
     stage.record_model("base", spec)
     if cfg.adapter is not None:
         stage.record_model("start_adapter", str(cfg.adapter))
