@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/personas.py
 	$(PY) bench/pairing.py
 	$(PY) bench/curate.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

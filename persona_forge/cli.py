@@ -255,6 +255,10 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
             click.echo(table(result[key]))
     ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
                                "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+
+
+@forge.command()
+@_stage_recipe_option
 @click.option("--n", "n", type=int, default=None, help="Samples to choose (default 200).")
 @click.option("--strategy", type=click.Choice(["kcenter", "facility", "random"]), default=None,
               help="kcenter: farthest first (default); facility: facility location; random: the baseline.")
@@ -280,6 +284,84 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
         "curate.heldout": heldout})
     rows = stage.run(recipe, force=obj.force)
     ui.summary("forge curate", rows)
+
+
+@forge.command()
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Training JSONL (default: <run_dir>/curated/sft.jsonl, dpo.jsonl with --dpo, openai.jsonl "
+                   "with --backend openai).")
+@click.option("--dpo", is_flag=True, default=None, help="DPO on preference pairs instead of SFT.")
+@click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
+              help="Start from this LoRA adapter (e.g. DPO after SFT).")
+@click.option("--name", default=None, help="Output folder <run_dir>/train/NAME (default: sft, dpo or openai).")
+@click.option("--model", default=None, help="Base model (default: backend.model, the packaged SmolLM2).")
+@click.option("--epochs", type=float, default=None, help="Passes over the data (default 3).")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--merge", is_flag=True, help="Also write merged/: the base model with the adapter folded in.")
+@click.option("--backend", "backend_kind", type=click.Choice(["local", "openai"]), default="local",
+              help="local: LoRA with trl + peft here; openai: a fine-tuning job at the recipe's OpenAI endpoint.")
+@click.pass_obj
+def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bool | None,
+          adapter_path: Path | None, name: str | None, model: str | None, epochs: float | None,
+          max_steps: int | None, merge: bool, backend_kind: str) -> None:
+    """Fine-tune the chat model on curated samples: LoRA SFT or DPO (resumable), or a hosted job.
+
+    Example: forge --run-dir runs/quickstart train --epochs 3 --merge
+    """
+    overrides = {"train.data": str(data_path) if data_path else None, "train.method": "dpo" if dpo else None,
+                 "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
+                 "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
+    if backend_kind == "openai":
+        from .stages import train_openai as stage
+
+        overrides["backend.kind"] = "openai"
+        recipe = _context(obj, sub_recipe).recipe(**overrides)
+        rows = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+        ui.summary("forge train (openai)", rows)
+        return
+    from .stages import train as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**overrides)
+    rows = stage.run(recipe, force=obj.force, merge=merge, progress=ui.verbosity() >= 0)
+    ui.summary(f"forge train ({recipe.train.method})", rows)
+
+
+@forge.command()
+@_stage_recipe_option
+@click.option("--persona", "persona_path", type=click.Path(path_type=Path), required=True,
+              help="The persona: a text file (one attribute a line) or a JSON list of sentences.")
+@click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
+              help="A LoRA adapter folder from forge train (default: the base model alone).")
+@click.option("--base", "compare_base", is_flag=True, help="Also show the base model's reply to each message.")
+@click.option("--model", default=None, help="Base model (default: the one the adapter was trained on, as its "
+                                            "train.manifest.json says; else train.model or backend.model).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.pass_obj
+def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path: Path | None,
+         compare_base: bool, model: str | None, seed: int) -> None:
+    """Chat with the trained persona model in the terminal; /reset starts over, /quit stops.
+
+    Reads stdin when it is not a terminal, one message a line. Sampling follows backend.sampling.
+
+    Example: forge chat --adapter runs/quickstart/train/sft/adapter --persona me.txt --base
+    """
+    import torch
+
+    from . import chat as chat_mod
+
+    recipe = _context(obj, sub_recipe).recipe()
+    persona = chat_mod.read_persona(persona_path)
+    # The model an adapter was trained on: train.model, else the local backend's model.
+    local_default = recipe.backend.model if recipe.backend.kind == "local" else "packaged:smollm2-135m-instruct"
+    spec = model or chat_mod.trained_base(adapter_path) or recipe.train.model or local_default
+    interactive = sys.stdin.isatty()
+    chat_model = chat_mod.ChatModel(spec, adapter_path, recipe.backend, progress=ui.verbosity() >= 0)
+    torch.manual_seed(seed)
+    if interactive:
+        ui.info(f"persona: {' '.join(persona)}\n/reset starts over, /quit stops")
+    chat_mod.converse(persona, chat_model.reply, compare_base, chat_mod.stdin_lines(interactive), sys.stdout,
+                      interactive, chat_model.has_adapter)
 
 
 @forge.group()

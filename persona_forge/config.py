@@ -378,6 +378,65 @@ class CurateConfig(Section):
     def identity(self) -> dict[str, Any]:
         """What decides the outputs, for config hashes: not the input paths (hashed apart), threads or batches."""
         return self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size"})
+class LoraSettings(Section):
+    """The LoRA adapter `forge train` fits (peft.LoraConfig)."""
+
+    r: int = Field(8, ge=1, description="Rank of the low-rank update.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"],
+                                      description="Module names the adapter wraps (llama: q_proj, k_proj, v_proj, "
+                                                  "o_proj, gate_proj, up_proj, down_proj).")
+
+
+class OpenAITrainSettings(Section):
+    """`forge train --backend openai`: a hosted fine-tuning job."""
+
+    poll_s: float = Field(15.0, gt=0, description="Seconds between status polls of the job.")
+    suffix: str | None = Field(None, max_length=64, description="Suffix of the fine-tuned model's name.")
+    n_epochs: int | None = Field(None, ge=1, description="Epochs; null lets the service choose (it usually picks 3).")
+    timeout_s: float = Field(86_400.0, gt=0, description="Stop polling after this many seconds (re-run to poll on).")
+
+
+class TrainConfig(Section):
+    """`forge train`: LoRA SFT or DPO of the chat model on curated samples (trl + peft)."""
+
+    method: Literal["sft", "dpo"] = Field("sft", description="sft: supervised next replies; dpo: preference pairs.")
+    data: Path | None = Field(None, description="Training JSONL; default <run_dir>/curated/sft.jsonl (sft), "
+                                                "dpo.jsonl (dpo) or openai.jsonl (--backend openai).")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                             description="Output folder <run_dir>/train/<name>; default the method's name.")
+    model: str | None = Field(None, description="Base model (packaged:NAME, a folder, a hub name); default "
+                                                "backend.model.")
+    adapter: Path | None = Field(None, description="Start from this LoRA adapter (e.g. DPO after SFT) instead of "
+                                                   "a fresh one.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all the epochs).")
+    batch_size: int = Field(2, ge=1, description="Samples per device step.")
+    grad_accum: int = Field(1, ge=1, description="Device steps per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA wants about 10x a full fine-tune's).")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
+    max_length: int = Field(384, ge=16, description="Most tokens per sample; the oldest context turns are dropped "
+                                                    "to fit, never the persona or the target.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    beta: float = Field(0.1, gt=0, description="DPO: how far the policy may move from the reference.")
+    quantize: Literal["auto", "4bit", "none"] = Field(
+        "auto", description="auto: 4-bit QLoRA (bitsandbytes) where CUDA is present, else a plain LoRA; "
+                            "4bit: ask for it (without CUDA: a message, then a plain LoRA); none: never.")
+    seed: int = Field(0, description="Seed for the adapter's initialisation and the data order.")
+    logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (a killed run resumes there).")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+    openai: OpenAITrainSettings = Field(default_factory=OpenAITrainSettings)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the adapter, for config hashes: not logging, checkpoint spacing or threads
+        (the data's and a start adapter's contents are hashed apart)."""
+        ident = self.model_dump(mode="json", exclude={"logging_steps", "save_steps", "threads", "openai",
+                                                      "adapter"})
+        if self.adapter is not None:
+            ident["adapter"] = _adapter_digest(self.adapter)
+        return ident
 
 
 class Recipe(Section):
@@ -393,6 +452,7 @@ class Recipe(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -34,6 +34,11 @@ Behaviours (`name` or `name:arg`):
     persona          a conversation in "User 1: / User 2:" lines that restates the personas listed in
                      the prompt (JSON requests get a judge's rubric instead): a generator and judge
 
+Fine-tuning (as OpenAI's API): POST /v1/files (multipart, purpose fine-tune) stores a JSONL file;
+POST /v1/fine_tuning/jobs starts a job on a stored file; each GET /v1/fine_tuning/jobs/{id} moves the
+job one step along validating_files -> queued -> running -> succeeded (fine_tuned_model
+"ft:MODEL:standin:SUFFIX:ID"); a base model whose name contains "fail" ends "failed" instead.
+
 --latency-ms delays every chat answer; GET /stats returns counters (by path, by behaviour,
 arrival times per prompt, the most requests in flight at once, every Authorization header
 seen); POST /control resets them and sets `script`, `latency_ms`, `default`, `api_key`, `models`
@@ -125,6 +130,8 @@ class StandinServer:
         self.settings = Settings(**options)
         self.stats = Stats()
         self.seen_faults: Counter[str] = Counter()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
 
     # --- HTTP plumbing: as little work per request as possible -----------------------------
 
@@ -176,7 +183,12 @@ class StandinServer:
         stats.requests += 1
         stats.by_path[f"{method} {path}"] += 1
         if path == "/stats":
-            await self.send(writer, 200, json.dumps(stats.as_dict()).encode())
+            fine_tuning = {"files": {k: {x: v[x] for x in ("filename", "bytes", "lines", "purpose")}
+                                     for k, v in self.files.items()},
+                           "jobs": {k: {x: v[x] for x in ("status", "model", "training_file", "retrieved",
+                                                          "suffix", "seed", "method")}
+                                    for k, v in self.jobs.items()}}
+            await self.send(writer, 200, json.dumps({**stats.as_dict(), "fine_tuning": fine_tuning}).encode())
             return True
         if path == "/control" and method == "POST":
             self.control(json.loads(body or b"{}"))
@@ -204,10 +216,76 @@ class StandinServer:
                 return await self.chat(json.loads(body), auth, writer)
             finally:
                 stats.in_flight -= 1
+        if path == "/v1/files" and method == "POST":
+            status, answer = self.upload(headers, body)
+            await self.send(writer, status, json.dumps(answer).encode())
+            return True
+        if path == "/v1/fine_tuning/jobs" and method == "POST":
+            status, answer = self.create_job(json.loads(body or b"{}"))
+            await self.send(writer, status, json.dumps(answer).encode())
+            return True
+        if path.startswith("/v1/fine_tuning/jobs/") and method == "GET":
+            status, answer = self.retrieve_job(path.rsplit("/", 1)[1])
+            await self.send(writer, status, json.dumps(answer).encode())
+            return True
         await self.send(writer, 404, _error_body(404, f"no route {method} {path}"))
         return True
 
+    # --- fine-tuning: files and jobs ------------------------------------------------------------
+
+    def upload(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        fields = _multipart(headers.get("content-type", ""), body)
+        if "file" not in fields:
+            return 400, json.loads(_error_body(400, "no file in the multipart body"))
+        filename, content = fields["file"]
+        purpose = fields.get("purpose", ("", b""))[1].decode()
+        try:
+            lines = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return 400, json.loads(_error_body(400, "the training file is not valid JSONL"))
+        file_id = f"file-standin{len(self.files) + 1}"
+        self.files[file_id] = {"filename": filename, "bytes": len(content), "lines": len(lines), "purpose": purpose}
+        return 200, {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                     "filename": filename, "purpose": purpose, "status": "processed"}
+
+    def create_job(self, request: dict[str, Any]) -> tuple[int, Any]:
+        training_file = request.get("training_file")
+        if training_file not in self.files:
+            return 400, json.loads(_error_body(400, f"invalid training_file: {training_file}"))
+        job_id = f"ftjob-standin{len(self.jobs) + 1}"
+        self.jobs[job_id] = {"status": "validating_files", "model": request.get("model", ""),
+                             "training_file": training_file, "retrieved": 0, "suffix": request.get("suffix"),
+                             "seed": request.get("seed"), "method": request.get("method"),
+                             "created_at": int(time.time())}
+        return 200, self._job(job_id)
+
+    def retrieve_job(self, job_id: str) -> tuple[int, Any]:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return 404, json.loads(_error_body(404, f"no fine-tuning job {job_id}"))
+        job["retrieved"] += 1
+        steps = ["validating_files", "queued", "running", "failed" if "fail" in job["model"] else "succeeded"]
+        if job["status"] in steps[:-1]:
+            job["status"] = steps[steps.index(job["status"]) + 1]
+        return 200, self._job(job_id)
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs[job_id]
+        done = job["status"] == "succeeded"
+        failed = job["status"] == "failed"
+        lines = self.files[job["training_file"]]["lines"]
+        return {"id": job_id, "object": "fine_tuning.job", "created_at": job["created_at"], "model": job["model"],
+                "fine_tuned_model": f"ft:{job['model']}:standin:{job['suffix'] or 'model'}:{job_id}" if done else None,
+                "organization_id": "org-standin", "status": job["status"], "training_file": job["training_file"],
+                "validation_file": None, "hyperparameters": {"n_epochs": 3}, "result_files": [],
+                "trained_tokens": lines * 100 if done else None, "seed": job["seed"] or 0,
+                "finished_at": int(time.time()) if done or failed else None,
+                "error": {"code": "invalid_training_file", "message": "The base model cannot be fine-tuned.",
+                          "param": None} if failed else None}
+
     def control(self, options: dict[str, Any]) -> None:
+        self.files.clear()
+        self.jobs.clear()
         self.stats = Stats()
         self.seen_faults.clear()
         self.settings = Settings(**{**self.options, **options})
@@ -307,6 +385,24 @@ class StandinServer:
             return False
         await self.send(writer, 200, body)
         return True
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str, bytes]]:
+    """name -> (filename, content) for each part of a multipart/form-data body."""
+    boundary = content_type.partition("boundary=")[2].strip().strip('"').encode()
+    fields: dict[str, tuple[str, bytes]] = {}
+    if not boundary:
+        return fields
+    for part in body.split(b"--" + boundary):
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        disposition = head.decode("latin-1")
+        name = disposition.partition('name="')[2].partition('"')[0]
+        filename = disposition.partition('filename="')[2].partition('"')[0]
+        if name:
+            fields[name] = (filename, content.removesuffix(b"\r\n"))
+    return fields
 
 
 def _nth_behaviour(spec: str, arrival: int) -> str:

@@ -1,0 +1,137 @@
+"""`forge chat`: talk to the trained persona model in the terminal (or through a pipe).
+
+The model sees exactly its training form (persona_forge.samples.reply_messages): the persona as the
+system prompt, you as `user`, its own earlier replies as `assistant`. With --base the base model
+answers every message too (the adapter switched off), so the two can be compared side by side; the
+conversation goes on with the trained model's reply.
+
+Commands: /reset starts over, /quit (or end of input) stops.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import BackendConfig
+from .errors import UserError
+from .schema import Turn
+
+YOU, BOT = "user1", "user2"
+
+
+def read_persona(path: Path) -> list[str]:
+    """Attributes from a text file (one a line; blank lines and #comments skipped), a JSON list of
+    strings, or a JSON object with `attributes` (a Profile record)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: persona file not found; give a text file with one attribute a line")
+    text = path.read_text(encoding="utf-8-sig").strip()
+    if text.startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: looks like JSON but is not valid ({exc.msg}, line {exc.lineno})") from None
+        if isinstance(data, dict):
+            data = data.get("attributes")
+        if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
+            raise UserError(f"{path}: a JSON persona is a list of sentences (or an object with `attributes`)")
+        attributes = [a.strip() for a in data if a.strip()]
+    else:
+        attributes = [line.strip() for line in text.splitlines()
+                      if line.strip() and not line.strip().startswith("#")]
+    if not attributes:
+        raise UserError(f"{path}: no persona attributes in it; write one sentence a line, e.g. 'I have two dogs.'")
+    return attributes
+
+
+def trained_base(adapter: Path | None) -> str | None:
+    """The base model `forge train` recorded for this adapter (adapter/../train.manifest.json), if any."""
+    if adapter is None:
+        return None
+    manifest = Path(adapter).parent / "train.manifest.json"
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))["models"]["base"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class ChatModel:
+    """The chat model with an optional adapter that can be switched off for the base model's reply."""
+
+    def __init__(self, spec: str, adapter: Path | None, config: BackendConfig, progress: bool = True):
+        from .backends.local import set_torch_threads
+        from .lm import load_chat_model
+
+        set_torch_threads(config.threads)
+        # Unmerged, so that `disable_adapter()` gives the base model without a second copy.
+        self.model, self.tokenizer = load_chat_model(spec, adapter=adapter, progress=progress, merge=False)
+        self.has_adapter = adapter is not None
+        self.config = config
+
+    def reply(self, messages: list[dict[str, str]], base: bool = False) -> str:
+        import contextlib
+
+        import torch
+
+        sampling = self.config.sampling
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True).to(self.model.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "do_sample": sampling.temperature > 0,
+                                  "repetition_penalty": self.config.repetition_penalty,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if sampling.temperature > 0:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        switch = self.model.disable_adapter() if (base and self.has_adapter) else contextlib.nullcontext()
+        with torch.inference_mode(), switch:
+            output = self.model.generate(**inputs, **kwargs)
+        ids = output[0, inputs["input_ids"].shape[1]:].tolist()
+        if self.tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def converse(persona: list[str], reply: Callable[[list[dict[str, str]], bool], str], compare_base: bool,
+             lines: Iterable[str], out: TextIO, interactive: bool, has_adapter: bool) -> int:
+    """The loop: each input line is your message; returns how many messages were answered."""
+    from .samples import reply_messages
+
+    history: list[Turn] = []
+    answered = 0
+    label = "tuned" if has_adapter else "base"
+    for raw in lines:
+        text = raw.strip()
+        if not text:
+            continue
+        if text == "/quit":
+            break
+        if text == "/reset":
+            history = []
+            print("(conversation reset)", file=out, flush=True)
+            continue
+        if text.startswith("/"):
+            print(f"(unknown command {text}; /reset starts over, /quit stops)", file=out, flush=True)
+            continue
+        history.append(Turn(speaker=YOU, text=text))
+        messages = [m.model_dump() for m in reply_messages(persona, history, BOT)]
+        answer = reply(messages, False)
+        print(f"{label}> {answer}", file=out, flush=True)
+        if compare_base and has_adapter:
+            print(f"base> {reply(messages, True)}", file=out, flush=True)
+        history.append(Turn(speaker=BOT, text=answer))
+        answered += 1
+    return answered
+
+
+def stdin_lines(interactive: bool) -> Iterable[str]:
+    if not interactive:
+        yield from sys.stdin
+        return
+    while True:
+        try:
+            yield input("you> ")
+        except EOFError:
+            return
