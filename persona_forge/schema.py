@@ -216,6 +216,8 @@ class BigFiveAnswer(Record):
     answer: int | None = None
     raw: str | None = None
     parse_error: str | None = None
+
+
 class Sample(Record):
     """One training sample built by `forge curate` from a conversation, in chat messages.
 
