@@ -423,6 +423,9 @@ class TrainConfig(Section):
     quantize: Literal["auto", "4bit", "none"] = Field(
         "auto", description="auto: 4-bit QLoRA (bitsandbytes) where CUDA is present, else a plain LoRA; "
                             "4bit: ask for it (without CUDA: a message, then a plain LoRA); none: never.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: bfloat16 autocast (float32 master weights); auto: bf16 on CUDA, fp32 on CPU "
+                            "(on a 2-core AMX CPU bf16 was 4% faster but took 2.3x the memory).")
     seed: int = Field(0, description="Seed for the adapter's initialisation and the data order.")
     logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (a killed run resumes there).")

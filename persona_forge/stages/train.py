@@ -347,6 +347,8 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
 
     transformers.set_seed(cfg.seed)
     loaded = load_for_training(spec, cfg, progress)
+    if uses_bf16(cfg) and not loaded.quantized:
+        loaded.note += ", bfloat16 autocast"
     ui.info(f"forge train: {cfg.method} on {data} — {loaded.note}")
     answers = ("chosen", "rejected") if cfg.method == "dpo" else ("completion",)
     rows, shortened = fit_rows(raw_rows, loaded.tokenizer, cfg.max_length, answers)
@@ -426,15 +428,25 @@ def _common_args(cfg: TrainConfig, output: Path) -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
+    bf16 = uses_bf16(cfg)
     return dict(
         output_dir=str(output), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="linear",
         logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=2, report_to="none", disable_tqdm=True, seed=cfg.seed,
-        data_seed=cfg.seed, bf16=cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
+        data_seed=cfg.seed, bf16=bf16, use_cpu=not cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
         max_length=cfg.max_length,
     )
+
+
+def uses_bf16(cfg: TrainConfig) -> bool:
+    """bfloat16 autocast: asked for, or (auto) on CUDA. Not by default on CPU: on this machine's AMX CPU
+    a 16-step probe ran 20% faster, but the full 300-step bench ran at 2.78 s/step against 2.89 in
+    float32, with peak RSS 5.0 GB against 2.2 GB (see docs/train.md)."""
+    import torch
+
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
 
 
 def _trainer(cfg: TrainConfig, loaded: Loaded, rows: list[dict], checkpoints: Path):
@@ -450,7 +462,9 @@ def _trainer(cfg: TrainConfig, loaded: Loaded, rows: list[dict], checkpoints: Pa
                           processing_class=loaded.tokenizer, peft_config=peft_config)
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_common_args(cfg, checkpoints), completion_only_loss=True, packing=False)
+    # Batches of like lengths waste less compute on padding.
+    args = SFTConfig(**_common_args(cfg, checkpoints), completion_only_loss=True, packing=False,
+                     train_sampling_strategy="group_by_length")
     return SFTTrainer(model=loaded.model, args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
                       peft_config=peft_config)
 
