@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/nli.py
 	$(PY) bench/personas.py
 	$(PY) bench/pairing.py
+	$(PY) bench/generate.py
 	$(PY) bench/curate.py
 	$(PY) bench/train.py
 
