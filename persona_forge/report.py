@@ -152,6 +152,7 @@ def _judge(runs: RunDir) -> list[str] | None:
         return None
     body = report.read_text(encoding="utf-8").strip().splitlines()
     body = [("#" + line) if line.startswith("#") else line for line in body]  # one level down
+    body = [line.replace("](judge.png)", "](judge/judge.png)") for line in body]
     return ["## 7. Judge", "", *body]
 
 
