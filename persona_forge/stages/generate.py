@@ -47,6 +47,10 @@ STAGE = "generate"
 FILES = {"dialogues": "dialogues.jsonl", "best": "best.jsonl", "preferences": "preferences.jsonl",
          "rejections": "generate_rejections.jsonl"}
 WHOLE_PROMPT, TURN_PROMPT = "generate/whole", "generate/turn"
+
+
+def generator_prompt(mode: str) -> str:
+    return WHOLE_PROMPT if mode == "whole" else TURN_PROMPT
 SPC_EXAMPLES = 200  # corpus conversations the first round draws its examples from
 
 
@@ -124,7 +128,7 @@ def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
 
     cfg = recipe.generate
     names = [critic.JUDGE_PROMPT] if cfg.critic.judge else []
-    names.append(WHOLE_PROMPT if mode == "whole" else TURN_PROMPT)
+    names.append(generator_prompt(mode))
     return {"generate": cfg.identity(), "mode": mode, "backend": recipe.backend.identity(),
             "nli": nli_identity(recipe.nli), "prompts": {n: prompts.ref(n).hash for n in names}}
 
@@ -178,6 +182,9 @@ class Loop:
         self.nli_counts = {"nli_pairs": 0, "nli_pairs_skipped": 0}
         self.nli_description = "not loaded (nothing to score)"
         self._blocklist = critic.blocklist(self.cfg.critic.blocklist)
+        # Hashed once: every candidate's provenance names the same template (reading and hashing
+        # it per candidate was a file read per record).
+        self.prompt_ref = prompts.ref(generator_prompt(mode))
 
     @property
     def nli(self):
@@ -333,10 +340,8 @@ class Loop:
 
     def _dialogue(self, work: Work, candidate: Candidate | None) -> Dialogue:
         params = {"mode": self.mode, "examples": len(work.examples), "seed": self.cfg.seed}
-        provenance = Provenance(backend=self.backend.name, model=self.backend.model,
-                                prompt=WHOLE_PROMPT if self.mode == "whole" else TURN_PROMPT,
-                                prompt_hash=self.prompts.ref(WHOLE_PROMPT if self.mode == "whole" else TURN_PROMPT).hash,
-                                params=params)
+        provenance = Provenance(backend=self.backend.name, model=self.backend.model, prompt=self.prompt_ref.name,
+                                prompt_hash=self.prompt_ref.hash, params=params)
         scores = dict(candidate.scores) if candidate else {"critic": 0.0}
         reasons = dict(candidate.reasons) if candidate else {}
         if work.parse_error and work.raw:
