@@ -95,6 +95,9 @@ class NLIConfig(Section):
                                               "the embedded model 3 points of accuracy; off by default.")
     trace: bool = Field(True, description="TorchScript-trace the model on CPU: about 1.3x faster, same outputs "
                                           "(a model that does not trace runs eagerly).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on a CPU that multiplies bf16 in hardware (AMX / AVX512-BF16), where the "
+                            "embedded NLI runs about 2.7x faster with the same accuracy; float32 elsewhere.")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
 
 

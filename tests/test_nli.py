@@ -242,3 +242,29 @@ def test_traced_model_gives_the_eager_models_numbers_at_any_batch_shape(tmp_path
              ("", "x"), ("I live in Chicago.", "the weather in chicago is awful today, how is yours?"),
              ("word " * 40, "short")]
     np.testing.assert_allclose(traced.predict(pairs), eager.predict(pairs), atol=1e-4)
+
+
+@pytest.mark.parametrize("precision,device,native,expected", [
+    ("auto", "cpu", True, "bf16"),      # AMX / AVX512-BF16: bf16 is the fast path
+    ("auto", "cpu", False, "fp32"),     # emulated bf16 would be slower than float32
+    ("auto", "cuda", True, "fp32"),
+    ("bf16", "cpu", False, "bf16"),     # an explicit choice is kept
+    ("fp32", "cpu", True, "fp32"),
+])
+def test_precision_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch, precision, device, native, expected):
+    from persona_forge.nli import base
+
+    monkeypatch.setattr(base, "native_bf16", lambda: native)
+    assert base.resolve_precision(precision, device) == expected
+
+
+def test_bf16_model_agrees_with_float32_and_returns_float32_probabilities(tmp_path):
+    path = tiny_checkpoint(tmp_path, {0: "entailment", 1: "neutral", 2: "contradiction"})
+    pairs = [("I have two dogs.", "I have no pets."), ("I am a nurse.", "I work at a hospital lol"),
+             ("I live in Ohio.", "what a nice day"), ("", "x")]
+    full = CrossEncoderNLI(path, precision="fp32").predict(pairs)
+    half = CrossEncoderNLI(path, precision="bf16", trace=True)
+    assert half.precision == "bf16"
+    probs = half.predict(pairs)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, full, atol=0.05)

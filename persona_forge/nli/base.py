@@ -64,7 +64,8 @@ class CrossEncoderNLI(NLIModel):
     name = "cross-encoder"
 
     def __init__(self, path: str, batch_size: int = 64, max_length: int = 128, quantize: bool = False,
-                 threads: int | None = None, description: str | None = None, trace: bool = False):
+                 threads: int | None = None, description: str | None = None, trace: bool = False,
+                 precision: str = "fp32"):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -79,12 +80,15 @@ class CrossEncoderNLI(NLIModel):
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         self.order = label_order(model.config.id2label)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if quantize and self.device == "cpu":
+        self.precision = "int8" if quantize and self.device == "cpu" else resolve_precision(precision, self.device)
+        if self.precision == "int8":
             model = _quantize(model)
+        elif self.precision == "bf16":
+            model = model.to(torch.bfloat16)
         self.model = model.to(self.device)
         self.truncated = 0
         self.traced = False
-        if trace and self.device == "cpu" and not quantize:
+        if trace and self.device == "cpu" and self.precision != "int8":
             self._trace()
 
     def describe(self) -> str:
@@ -117,7 +121,7 @@ class CrossEncoderNLI(NLIModel):
                 expected = eager(**encoded).logits
                 graph = torch.jit.freeze(torch.jit.trace(Logits(eager).eval(), tuple(encoded[n] for n in names),
                                                          strict=False))
-                if not torch.allclose(graph(*(encoded[n] for n in names)), expected, atol=1e-4):
+                if not torch.allclose(graph(*(encoded[n] for n in names)), expected, atol=1e-4, rtol=1e-3):
                     return
         except Exception as exc:  # noqa: BLE001 - any tracing failure just means eager mode
             ui.debug(f"NLI model not traced ({type(exc).__name__}: {exc}); running it eagerly")
@@ -171,6 +175,27 @@ class _Output:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16). Without it, bf16
+    is emulated and slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # an older torch without the probes: assume not
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` is bf16 where the hardware has it: on a CPU with AMX the embedded NLI runs 2.7x
+    faster in bf16 and agrees with float32 on 99.97% of labels (bench/nli.py)."""
+    if precision != "auto":
+        return precision
+    if device == "cpu":
+        return "bf16" if native_bf16() else "fp32"
+    return "fp32"
 
 
 def _quantize(model):
@@ -243,9 +268,11 @@ def load_nli(config, backend_factory: Callable[[], Any] | None = None, progress:
             raise UserError(f"{config.model} is not an NLI checkpoint; use nli.kind: embedded for the built-in one")
         path = hub_model_path(source.name) if source.kind == "hub" else source.name
         return CrossEncoderNLI(path, config.batch_size, config.max_length, config.quantize, config.threads,
-                               description=f"hf:{config.model}", trace=config.trace)
+                               description=f"hf:{config.model}", trace=config.trace,
+                               precision=config.precision)
     from .train import ensure_embedded
 
     path = ensure_embedded(progress=progress)
     return CrossEncoderNLI(str(path), config.batch_size, config.max_length, config.quantize, config.threads,
-                           description=f"embedded ({path.name})", trace=config.trace)
+                           description=f"embedded ({path.name})", trace=config.trace,
+                           precision=config.precision)
