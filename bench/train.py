@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--checkpointing", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--dpo", action="store_true", help="DPO on as many pairs (rejected: an off-persona reply).")
     parser.add_argument("--keep", type=Path, default=None, help="Run directory to keep (default: a temporary one).")
     args = parser.parse_args()
@@ -44,7 +46,8 @@ def main() -> None:
         (write_dpo if args.dpo else write_sft)(run_dir / "curated" / f"{method}.jsonl", args.samples)
         recipe = load_recipe(None, {"run_dir": str(run_dir), "train.method": method, "train.epochs": args.epochs,
                                     "train.batch_size": args.batch_size, "train.threads": args.threads,
-                                    "train.logging_steps": 10})
+                                    "train.logging_steps": 10, "train.precision": args.precision,
+                                    "train.checkpointing": args.checkpointing})
         started = time.time()
         train.run(recipe, progress=True)
         wall = time.time() - started

@@ -203,8 +203,39 @@ def test_4bit_without_cuda_says_so_and_trains_plain_lora(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert train.wants_4bit(TrainConfig(quantize="4bit")) == (
-        False, "no CUDA here: 4-bit QLoRA needs a GPU, so this is a plain float32 LoRA run")
+        False, "no CUDA here: 4-bit QLoRA needs a GPU, so this is a plain LoRA run")
     assert train.wants_4bit(TrainConfig())[0] is False
+
+
+@pytest.mark.parametrize("precision,cuda,native,bf16", [
+    ("auto", False, True, True),    # AMX / AVX512-BF16 CPU: the frozen base in bf16
+    ("auto", False, False, False),  # emulated bf16 would be slower
+    ("auto", True, False, True),
+    ("fp32", True, True, False),
+    ("bf16", False, False, True),
+])
+def test_precision_auto_holds_the_base_in_bf16_where_the_hardware_has_it(monkeypatch, precision, cuda, native, bf16):
+    import torch
+
+    from persona_forge.backends import local
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(local, "native_bf16", lambda: native)
+    cfg = TrainConfig(precision=precision)
+    assert train.uses_bf16(cfg) is bf16
+    args = train._common_args(cfg, Path("out"))
+    assert args["bf16"] is (bf16 and cuda)  # autocast only on CUDA; on CPU the weights are bf16 instead
+
+
+@pytest.mark.parametrize("setting,cuda,expected", [("auto", False, False), ("auto", True, True),
+                                                   ("on", False, True), ("off", True, False)])
+def test_activation_checkpointing_is_off_on_cpu_unless_asked(monkeypatch, setting, cuda, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = TrainConfig(checkpointing=setting)
+    assert train.uses_checkpointing(cfg) is expected
+    assert train._common_args(cfg, Path("out"))["activation_checkpointing"] is expected
 
 
 # --- forge chat --------------------------------------------------------------------------------

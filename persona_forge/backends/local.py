@@ -35,6 +35,17 @@ def set_torch_threads(threads: int | None) -> int:
     return n
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16). Without it, bf16
+    is emulated and slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # an older torch without the probes: assume not
+        return False
+
+
 class LocalBackend(ChatBackend):
     name = "local"
 
