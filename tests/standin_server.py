@@ -32,7 +32,8 @@ Behaviours (`name` or `name:arg`):
     leaky            500 whose error message quotes the Authorization header
     slow[:s]         answer normally after s more seconds (default 5): beyond a client timeout
     persona          a conversation in "User 1: / User 2:" lines that restates the personas listed in
-                     the prompt (JSON requests get a judge's rubric instead): a generator and judge
+                     the prompt, worded differently for each request seed (JSON requests get a
+                     judge's rubric instead): a generator and judge
 
 Fine-tuning (as OpenAI's API): POST /v1/files (multipart, purpose fine-tune) stores a JSONL file;
 POST /v1/fine_tuning/jobs starts a job on a stored file; each GET /v1/fine_tuning/jobs/{id} moves the
@@ -54,6 +55,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import select
 import subprocess
 import sys
@@ -366,7 +368,7 @@ class StandinServer:
             name = "ok"
 
         last_user = users[-1] if users else ""
-        content, finish = _content(name, last_user, wants_json)
+        content, finish = _content(name, last_user, wants_json, request.get("seed"))
         prompt_tokens = sum(_tokens(m.get("content") or "") + 4 for m in messages) + 3
         body = json.dumps({
             "id": f"chatcmpl-standin{stats.requests}",
@@ -417,9 +419,9 @@ def _nth_behaviour(spec: str, arrival: int) -> str:
     return "ok"
 
 
-def _content(name: str, last_user: str, wants_json: bool) -> tuple[str, str]:
+def _content(name: str, last_user: str, wants_json: bool, seed: int | None = None) -> tuple[str, str]:
     if name == "persona":
-        return _persona_content(last_user, wants_json), "stop"
+        return _persona_content(last_user, wants_json, seed), "stop"
     echo = last_user.split(_FAULT_OPEN, 1)[0].strip()
     payload = json.dumps({"echo": echo, "words": len(echo.split())})
     if name == "truncated":
@@ -433,8 +435,22 @@ def _content(name: str, last_user: str, wants_json: bool) -> tuple[str, str]:
     return f"echo: {echo}", "stop"
 
 
-def _persona_content(prompt: str, wants_json: bool) -> str:
-    """What a competent generator or judge would answer to forge generate's prompts."""
+_OPENERS = [("Hi! Nice to meet you.", "Hello, nice to meet you too. Tell me about yourself."),
+            ("Hey there, how is your day going?", "Pretty good, thanks! What about you?"),
+            ("Hello! I'm glad we got matched.", "Me too. So, what keeps you busy?"),
+            ("Hi, how are you doing today?", "I'm great, just relaxing. How about you?")]
+_SHARES = ["Well, {a}", "Honestly, {a}", "Funny you ask, {a}", "{A} That's a big part of my life.",
+           "{A} What about you?", "Let me think... {a}"]
+_REPLIES = ["Oh nice. {B}", "That's cool! {B}", "Interesting. {B}", "No way! {B}", "{B} How about that?",
+            "I see. {B}"]
+_CLOSERS = [("It was great talking to you.", "You too, bye!"), ("I should get going, talk soon!", "Sure, take care!"),
+            ("Thanks for the chat.", "Anytime, have a good one!")]
+
+
+def _persona_content(prompt: str, wants_json: bool, seed: int | None = None) -> str:
+    """What a competent generator or judge would answer to forge generate's prompts. Like a model
+    sampling at a temperature, each seed words the conversation differently (openers, phrasing,
+    attribute order), so a pair's candidates are not copies of each other."""
     if wants_json:
         return json.dumps({k: {"score": 4, "reason": "reads well"} for k in
                            ("coherence", "engagingness", "naturalness", "consistency")} | {"unsafe": False})
@@ -449,10 +465,18 @@ def _persona_content(prompt: str, wants_json: bool) -> str:
             personas[current].append(line[2:].strip())
         elif current and line.strip() and not line.startswith("- "):
             current = None
-    turns = ["User 1: Hi! Nice to meet you.", "User 2: Hello, nice to meet you too. Tell me about yourself."]
-    for a, b in zip(personas["User 1"], personas["User 2"]):
-        turns += [f"User 1: Well, {a[0].lower() + a[1:]}", f"User 2: Oh nice. {b}"]
-    return "\n".join(turns + ["User 1: It was great talking to you.", "User 2: You too, bye!"])
+    rng = random.Random(seed or 0)
+    first, second = (list(personas[k]) for k in ("User 1", "User 2"))
+    rng.shuffle(first)
+    rng.shuffle(second)
+    opener = rng.choice(_OPENERS)
+    turns = [f"User 1: {opener[0]}", f"User 2: {opener[1]}"]
+    for a, b in zip(first, second):
+        lowered = a if a.startswith(("I ", "I'")) else a[0].lower() + a[1:]
+        share = rng.choice(_SHARES).format(a=lowered, A=a)
+        turns += [f"User 1: {share}", f"User 2: {rng.choice(_REPLIES).format(B=b)}"]
+    closer = rng.choice(_CLOSERS)
+    return "\n".join(turns + [f"User 1: {closer[0]}", f"User 2: {closer[1]}"])
 
 
 def _tokens(text: str) -> int:

@@ -85,7 +85,7 @@ def test_faithfulness_checks_each_utterance_against_its_own_speaker_only():
                    ("user1", "Ohio is home."), ("user2", "Jazz!")])
     nli = KeywordNLI()
     counts = critic.score_faithfulness([c], nli, CriticConfig())
-    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0}
+    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0, "nli_pairs_judged": 8}
     # user2's "no dogs" is not checked against Alice's dogs: only user1's first line contradicts
     assert c.scores["contradiction"] == 0.9 and c.scores["contradicted"] == 1.0
     # Alice: Ohio covered, dogs not (1/2); Bob: nurse and jazz covered (2/2)
@@ -100,8 +100,26 @@ def test_prefilter_skips_unrelated_pairs_as_neutral():
         return np.array([[1.0, 0.0] if "dog" in t else [0.0, 1.0] for t in texts], dtype=np.float32)
 
     counts = critic.score_faithfulness([c], KeywordNLI(), CriticConfig(prefilter=0.5), embed)
-    assert counts == {"nli_pairs": 3, "nli_pairs_skipped": 1}  # only user1's line vs "I live in Ohio." skipped
+    assert counts == {"nli_pairs": 3, "nli_pairs_skipped": 1, "nli_pairs_judged": 3}  # only user1's line vs
+    # "I live in Ohio." skipped
     assert c.scores["contradicted"] == 1.0
+
+
+def test_each_distinct_pair_is_judged_once_and_its_scores_reach_every_candidate():
+    class Recording(KeywordNLI):
+        def predict(self, pairs):
+            self.seen = list(pairs)
+            return super().predict(pairs)
+
+    first = candidate([("user1", "Hi there."), ("user2", "Hello."), ("user1", "I have no dogs at all.")])
+    second = candidate([("user1", "Hi there."), ("user2", "Hello."), ("user1", "Ohio is home.")])
+    nli = Recording()
+    counts = critic.score_faithfulness([first, second], nli, CriticConfig())
+    # 2 attributes x (2 user1 lines) + 2 x 1 user2 line per candidate; the greetings repeat
+    assert counts == {"nli_pairs": 12, "nli_pairs_skipped": 0, "nli_pairs_judged": 8}
+    assert len(nli.seen) == len(set(nli.seen)) == 8
+    assert first.scores["contradicted"] == 1.0 and second.scores["contradicted"] == 0.0
+    assert first.scores["coverage"] == 0.0 and second.scores["coverage"] == 0.25  # Ohio: half of Alice
 
 
 @pytest.mark.parametrize("reply, quality, unsafe", [

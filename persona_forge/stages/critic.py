@@ -68,7 +68,8 @@ def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
 
     With `cfg.prefilter` > 0, pairs whose sentence and utterance embed further apart than that are
     not sent to the NLI and count as neutral (a retrieve-then-check speed-up; its cost in missed
-    contradictions is measured in bench/generate.py). Returns how many pairs were checked/skipped.
+    contradictions is measured in bench/generate.py). Returns how many pairs were checked/skipped,
+    and how many distinct pairs the NLI judged.
     """
     per_candidate = [nli_pairs(c) for c in candidates]
     flat = [(i, t, a, premise, hypothesis) for i, pairs in enumerate(per_candidate)
@@ -79,14 +80,19 @@ def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
     probs = np.zeros((len(flat), 3), dtype=np.float32)
     probs[:, 1] = 1.0  # skipped pairs: neutral
     chosen = np.flatnonzero(keep)
-    if len(chosen):
-        probs[chosen] = nli.predict([(flat[j][3], flat[j][4]) for j in chosen])
+    # Each distinct (attribute, utterance) pair is judged once: a pair's candidates share their
+    # personas, and greetings and stock replies recur across them.
+    distinct = {(flat[j][3], flat[j][4]): None for j in chosen}
+    if distinct:
+        judged = dict(zip(distinct, nli.predict(list(distinct))))
+        for j in chosen:
+            probs[j] = judged[(flat[j][3], flat[j][4])]
     start = 0
     for candidate, pairs in zip(candidates, per_candidate):
         block = probs[start:start + len(pairs)]
         start += len(pairs)
         _fill_faithfulness(candidate, pairs, block, cfg)
-    return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum())}
+    return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum()), "nli_pairs_judged": len(distinct)}
 
 
 def _related(flat: list[tuple], embed: Callable[[list[str]], np.ndarray], floor: float) -> np.ndarray:
