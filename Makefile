@@ -45,6 +45,7 @@ test-integration: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/backends.py
 	$(PY) bench/nli.py
+	$(PY) bench/nli_chat.py
 	$(PY) bench/personas.py
 	$(PY) bench/pairing.py
 	$(PY) bench/generate.py

@@ -188,6 +188,24 @@ def test_training_pairs_never_repeat_an_evaluation_pair():
     assert not [p for p in handwritten_pairs() if norm(p.hypothesis) in hypotheses]
 
 
+def test_reaction_pairs_restate_contrast_and_negate_one_persona():
+    import random
+
+    from persona_forge.nli.data import _REACTIONS, reaction_pairs
+
+    persona = ("I have two dogs.", "I am a nurse.", "I live in Ohio.")
+    pairs = reaction_pairs([persona], 30, random.Random(0))
+    assert [p.label for p in pairs[:3]] == ["entailment", "neutral", "contradiction"]
+    assert {p.label for p in pairs} == {"entailment", "neutral", "contradiction"}
+    for p in pairs:
+        assert p.premise in persona
+        assert any(p.hypothesis.lower().startswith(r.strip().lower()) for r in _REACTIONS), p.hypothesis
+        if p.label == "entailment":
+            assert p.premise.rstrip(".").lower().split()[-1] in p.hypothesis.lower()
+    # bench/nli_chat.py measures the stand-in server's fillers as unseen: training must not use them
+    assert not [r for r in _REACTIONS if r.strip().lower() in ("no way!", "funny you ask,", "let me think...")]
+
+
 def forge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(forge_cmd() + list(args), cwd=REPO, capture_output=True, text=True, timeout=120)
 

@@ -345,6 +345,48 @@ def ungrounded_pairs(conversations: list[dict], n: int, rng: random.Random) -> l
     return pairs
 
 
+# Interjections a speaker opens a reply with, reacting to the other person. Some sound negative
+# ("oh no", "no kidding") but negate nothing. The stand-in server's fillers ("No way!", "Funny you
+# ask,", "Let me think...") are deliberately absent: bench/nli_chat.py measures them as unseen.
+_REACTIONS = ["oh no, ", "no kidding! ", "no joke, ", "not gonna lie, ", "wow! ", "oh wow, ", "cool! ", "nice! ",
+              "oh cool. ", "really? ", "that's awesome! ", "ha! ", "hah, ", "hmm, ", "good question. ",
+              "okay so ", "oh really? ", "that's funny, ", "aw, ", "hey, ", "sounds fun! ", "ooh, ",
+              "oh, that's nice. ", "wait, really? ", "lucky you! ", "i hear you. ", "fair enough. ", "omg, "]
+_CODAS = ["", "", " what about you?", " and you?", " it's a big deal to me.", " that's just who i am.",
+          " anyway, enough about me.", " how about yourself?", " you know?", " it keeps me going."]
+
+
+def reaction_pairs(personas: list[tuple[str, ...]], n: int, rng: random.Random) -> list[NLIPair]:
+    """A reply that opens with an interjection and states one of the speaker's attributes, against
+    that attribute (entailment), another attribute of the same persona (neutral: a persona is
+    consistent by construction) or the attribute negated (contradiction), a third each. Without
+    these the model read "No way! I love to ride horses." as contradicting "I love to ride horses."
+    (0.98), and "I just had surgery." as contradicting "I never finished high school." (0.99)."""
+    favorites = _favorites(personas)
+    pairs: list[NLIPair] = []
+    while len(pairs) < n:
+        persona = rng.choice(personas)
+        if len(persona) < 2:
+            continue
+        attribute, other = rng.sample(persona, 2)
+
+        def reply(text: str) -> str:
+            said = chatify(text, rng) if rng.random() < 0.5 else text.rstrip(".").lower()
+            said = said if said.startswith(("I ", "I'", "i ", "i'")) else said[:1].lower() + said[1:]
+            return (rng.choice(_REACTIONS) + said + rng.choice(_CODAS)).capitalize()
+
+        kind = len(pairs) % 3
+        if kind == 0:
+            pairs.append(NLIPair(attribute, reply(attribute), "entailment", "spc:reaction_restate"))
+        elif kind == 1:
+            pairs.append(NLIPair(attribute, reply(other), "neutral", "spc:reaction_other"))
+        else:
+            negations = [t for r, t in contradictions_of(attribute, rng, favorites)]
+            if negations:
+                pairs.append(NLIPair(attribute, reply(rng.choice(negations)), "contradiction", "spc:reaction_negated"))
+    return pairs
+
+
 def _take(pairs: list[NLIPair], n: int, rng: random.Random) -> list[NLIPair]:
     """n pairs, spreading the budget over sources so no one rule dominates."""
     by_source: dict[str, list[NLIPair]] = defaultdict(list)
@@ -381,13 +423,15 @@ def handwritten_pairs() -> list[NLIPair]:
 
 def build_training_pairs(seed: int = 0, frame_per_label: int = 1500, corpus_per_label: int = 1500,
                          sick: bool = True, handwritten_repeats: int = 2, unrelated: int = 0,
-                         ungrounded: int = 0) -> list[NLIPair]:
+                         ungrounded: int = 0, reactions: int = 0) -> list[NLIPair]:
     """The embedded NLI's whole training set, deterministic for a seed."""
     rng = random.Random(seed)
     pairs = frame_pairs(frame_per_label, rng)
     conversations = load_spc("train")
     pairs += corpus_pairs(conversations, corpus_per_label, rng, unrelated=unrelated)
     pairs += ungrounded_pairs(conversations, ungrounded, random.Random(seed + 1))  # own rng: the rest unchanged
+    personas = sorted({tuple(normalize(a) for a in c[k]) for c in conversations for k in ("user1_persona", "user2_persona")})
+    pairs += reaction_pairs(personas, reactions, random.Random(seed + 2))
     pairs += handwritten_pairs() * handwritten_repeats
     if sick:
         pairs += load_sick()

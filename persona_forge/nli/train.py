@@ -40,6 +40,7 @@ class TrainSettings:
     handwritten_repeats: int = 3
     unrelated: int = 2000
     ungrounded: int = 3000
+    reactions: int = 4500
     threads: int | None = None
 
 
@@ -97,7 +98,7 @@ def build(target: Path, settings: TrainSettings = DEFAULT_SETTINGS, progress: bo
     base = sentence_model_path("packaged:minilm-l6")
     pairs = build_training_pairs(settings.seed, settings.frame_per_label, settings.corpus_per_label,
                                  handwritten_repeats=settings.handwritten_repeats, unrelated=settings.unrelated,
-                                 ungrounded=settings.ungrounded)
+                                 ungrounded=settings.ungrounded, reactions=settings.reactions)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
