@@ -5,7 +5,9 @@
 its speaker's persona, the judge, safety and form). Pairs are Synthetic-Persona-Chat test personas.
 
 Two runs in the same process: every (sentence, utterance) pair through the cross-encoder (the
-baseline), then with the embedding prefilter (critic.prefilter) that sends only related pairs.
+baseline; each distinct pair judged once), then with the embedding prefilter (critic.prefilter)
+that sends only related pairs. The stand-in words each candidate differently (its `persona`
+behaviour varies with the request seed), so a pair's candidates are not copies.
 The target: under a minute. Prints seconds, where they go, and the ratio.
 
     .venv/bin/python bench/generate.py [--pairs 500] [--prefilter 0.2]
@@ -102,7 +104,8 @@ def main() -> None:
     for name, r in results.items():
         nli_pairs = r["nli"]
         print(f"  {name:16s} {r['seconds']:6.1f} s  requests {r['usage']['requests']}  "
-              f"NLI pairs {nli_pairs['nli_pairs']} (skipped {nli_pairs['nli_pairs_skipped']})  "
+              f"NLI pairs {nli_pairs['nli_pairs']} (distinct, judged {nli_pairs['nli_pairs_judged']}; "
+              f"skipped {nli_pairs['nli_pairs_skipped']})  "
               f"kept {r['rows']['pairs kept (best.jsonl)']}  contradiction rate all "
               f"{r['overall']['contradiction_rate_all']}")
     base, fast = results.values()

@@ -214,9 +214,11 @@ class CriticConfig(Section):
     judge: bool = Field(True, description="Ask the chat backend's LLM judge for the quality rubric and the safety "
                                           "question (one request per candidate); off: quality is left out.")
     judge_max_tokens: int = Field(256, ge=16, description="Most tokens of the judge's JSON answer.")
-    # 0.8, measured with the embedded NLI: on the first 8 turns of 200 Synthetic-Persona-Chat test
-    # conversations (faithful by construction, bar a few), 21% are flagged at 0.5, 13.5% at 0.8, 10%
-    # at 0.9; contradiction recall on the hand-written persona test set is 0.900, 0.875, 0.812.
+    # 0.8, measured with the embedded NLI (session 2's build): on the first 8 turns of 200
+    # Synthetic-Persona-Chat test conversations (faithful by construction, bar a few), 21% are
+    # flagged at 0.5, 13.5% at 0.8, 10% at 0.9; contradiction recall on the hand-written persona
+    # test set is 0.900, 0.875, 0.812. With the current build: 13.5% flagged at 0.8, 11.5% rejected
+    # once alarms the persona explains are set aside (bench/nli_chat.py).
     contradiction: float = Field(0.8, gt=0, lt=1, description="An utterance contradicts its speaker's persona when "
                                  "its contradiction probability against one of their sentences is above this.")
     max_contradicted: int = Field(0, ge=0, description="Hard filter: reject a candidate with more contradicting "

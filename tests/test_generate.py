@@ -85,7 +85,7 @@ def test_faithfulness_checks_each_utterance_against_its_own_speaker_only():
                    ("user1", "Ohio is home."), ("user2", "Jazz!")])
     nli = KeywordNLI()
     counts = critic.score_faithfulness([c], nli, CriticConfig())
-    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0, "nli_pairs_judged": 8}
+    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0, "nli_pairs_judged": 8, "persona_pairs_judged": 0}
     # user2's "no dogs" is not checked against Alice's dogs: only user1's first line contradicts
     assert c.scores["contradiction"] == 0.9 and c.scores["contradicted"] == 1.0
     # Alice: Ohio covered, dogs not (1/2); Bob: nurse and jazz covered (2/2)
@@ -100,7 +100,8 @@ def test_prefilter_skips_unrelated_pairs_as_neutral():
         return np.array([[1.0, 0.0] if "dog" in t else [0.0, 1.0] for t in texts], dtype=np.float32)
 
     counts = critic.score_faithfulness([c], KeywordNLI(), CriticConfig(prefilter=0.5), embed)
-    assert counts == {"nli_pairs": 3, "nli_pairs_skipped": 1, "nli_pairs_judged": 3}  # only user1's line vs
+    assert counts == {"nli_pairs": 3, "nli_pairs_skipped": 1, "nli_pairs_judged": 3,
+                      "persona_pairs_judged": 0}  # only user1's line vs
     # "I live in Ohio." skipped
     assert c.scores["contradicted"] == 1.0
 
@@ -116,10 +117,53 @@ def test_each_distinct_pair_is_judged_once_and_its_scores_reach_every_candidate(
     nli = Recording()
     counts = critic.score_faithfulness([first, second], nli, CriticConfig())
     # 2 attributes x (2 user1 lines) + 2 x 1 user2 line per candidate; the greetings repeat
-    assert counts == {"nli_pairs": 12, "nli_pairs_skipped": 0, "nli_pairs_judged": 8}
+    assert counts == {"nli_pairs": 12, "nli_pairs_skipped": 0, "nli_pairs_judged": 8, "persona_pairs_judged": 0}
     assert len(nli.seen) == len(set(nli.seen)) == 8
     assert first.scores["contradicted"] == 1.0 and second.scores["contradicted"] == 0.0
     assert first.scores["coverage"] == 0.0 and second.scores["coverage"] == 0.25  # Ohio: half of Alice
+
+
+class TableNLI:
+    """Probabilities looked up by (premise, hypothesis); neutral for anything not in the table."""
+
+    def __init__(self, table):
+        self.table = table
+        self.seen = []
+
+    def predict(self, pairs):
+        self.seen.append(list(pairs))
+        rows = {"E": [0.9, 0.08, 0.02], "C": [0.02, 0.08, 0.9], "N": [0.1, 0.85, 0.05]}
+        return np.array([rows[self.table.get(pair, "N")] for pair in pairs], dtype=np.float32)
+
+
+@pytest.mark.parametrize("persona_at_odds, contradicted", [(True, 0.0), (False, 1.0)])
+def test_an_alarm_the_persona_itself_explains_is_not_held_against_the_conversation(persona_at_odds, contradicted):
+    """Alice's line restates "I live in Ohio."; the NLI also calls it a contradiction of "I have two
+    dogs.". If the NLI finds those two sentences of her own persona at odds, the alarm is the
+    persona's (excused); if not, the line says something new and the alarm stands."""
+    line = "Honestly, I live in Ohio."
+    table = {("I live in Ohio.", line): "E", ("I have two dogs.", line): "C"}
+    if persona_at_odds:
+        table[("I have two dogs.", "I live in Ohio.")] = "C"
+    nli = TableNLI(table)
+    c = candidate([("user1", line), ("user2", "Hi.")])
+    counts = critic.score_faithfulness([c], nli, CriticConfig())
+    assert nli.seen[1] == [("I have two dogs.", "I live in Ohio.")]  # only the sentences in question
+    assert counts["persona_pairs_judged"] == 1
+    assert c.scores["contradicted"] == contradicted
+    if persona_at_odds:
+        assert c.scores["persona_conflicts"] == 1.0 and c.scores["contradiction"] < 0.8
+        assert "not counted" in c.reasons["persona_conflict"] and "contradiction" not in c.reasons
+    else:
+        assert "persona_conflicts" not in c.scores and line in c.reasons["contradiction"]
+
+
+def test_an_alarm_on_a_line_that_restates_nothing_needs_no_second_look():
+    nli = TableNLI({("I have two dogs.", "I hate dogs."): "C"})
+    c = candidate([("user1", "I hate dogs.")])
+    counts = critic.score_faithfulness([c], nli, CriticConfig())
+    assert len(nli.seen) == 1 and counts["persona_pairs_judged"] == 0
+    assert c.scores["contradicted"] == 1.0
 
 
 @pytest.mark.parametrize("reply, quality, unsafe", [

@@ -6,7 +6,9 @@ Experts, each score stored on the candidate:
   (premise = persona sentence, hypothesis = utterance, the direction the embedded NLI was trained
   in). `contradiction` is the worst utterance's contradiction probability, `contradicted` how many
   utterances exceed the threshold; `coverage` the share of each speaker's sentences entailed by
-  something that speaker says, averaged over the two speakers.
+  something that speaker says, averaged over the two speakers. An alarm on an utterance that
+  restates another of the speaker's sentences is not counted when the NLI finds those two
+  sentences at odds as well (`persona_conflicts`: the persona's conflict, not the conversation's).
 - quality (LLM judge): the rubric in prompts/generate/judge.j2, four 1-5 scores.
 - safety: the judge's "unsafe" answer, and an offline word-list backstop that works without it.
 - form: turn count, alternation, distinct bigrams, repeated turns, and the bigram overlap with the
@@ -87,12 +89,65 @@ def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
         judged = dict(zip(distinct, nli.predict(list(distinct))))
         for j in chosen:
             probs[j] = judged[(flat[j][3], flat[j][4])]
-    start = 0
-    for candidate, pairs in zip(candidates, per_candidate):
-        block = probs[start:start + len(pairs)]
+    blocks, start = [], 0
+    for pairs in per_candidate:
+        blocks.append(probs[start:start + len(pairs)])
         start += len(pairs)
-        _fill_faithfulness(candidate, pairs, block, cfg)
-    return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum()), "nli_pairs_judged": len(distinct)}
+    inherited = _inherited_alarms(per_candidate, blocks, nli, cfg)
+    for candidate, pairs, block in zip(candidates, per_candidate, blocks):
+        _fill_faithfulness(candidate, pairs, block, cfg, inherited)
+    return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum()), "nli_pairs_judged": len(distinct),
+            "persona_pairs_judged": len(inherited)}
+
+
+def _inherited_alarms(per_candidate: list[list[tuple]], blocks: list[np.ndarray], nli,
+                      cfg: CriticConfig) -> dict[tuple[str, str], float]:
+    """Contradiction between two sentences of one persona, for the alarms it could explain.
+
+    An utterance that restates one of its speaker's own sentences (entails it) says nothing the
+    persona does not: if it "contradicts" another of their sentences, the NLI finds the persona at
+    odds with itself (a profile is checked consistent when it is built, so that is usually an NLI
+    false alarm: "I am a homebody." vs "I do not like exercise."), not the conversation unfaithful.
+    Only those (sentence, restated sentence) pairs are sent to the NLI, in one small batch.
+    """
+    wanted: dict[tuple[str, str], None] = {}
+    for pairs, block in zip(per_candidate, blocks):
+        for _, suspect, restated in _restating_alarms(pairs, block, cfg):
+            wanted[(suspect, restated)] = None
+    if not wanted:
+        return {}
+    return {key: float(row[CONTRADICTION]) for key, row in zip(wanted, nli.predict(list(wanted)))}
+
+
+def _restated_by_turn(pairs: list[tuple[int, int, str, str]], probs: np.ndarray,
+                      cfg: CriticConfig) -> dict[int, list[str]]:
+    """Turn index -> the speaker's own sentences that turn entails (restates)."""
+    restates: dict[int, list[str]] = {}
+    for (t, _, attribute, _), row in zip(pairs, probs):
+        if row[ENTAILMENT] > cfg.entailment:
+            restates.setdefault(t, []).append(attribute)
+    return restates
+
+
+def _restating_alarms(pairs: list[tuple[int, int, str, str]], probs: np.ndarray, cfg: CriticConfig):
+    """(k, contradicted sentence, a sentence the same utterance restates) for every alarm k whose
+    utterance entails another sentence of its speaker."""
+    restates = _restated_by_turn(pairs, probs, cfg)
+    for k, ((t, _, attribute, _), row) in enumerate(zip(pairs, probs)):
+        if row[CONTRADICTION] > cfg.contradiction:
+            for other in restates.get(t, []):
+                if other != attribute:
+                    yield k, attribute, other
+
+
+def _excused(pairs: list[tuple[int, int, str, str]], probs: np.ndarray, cfg: CriticConfig,
+             inherited: dict[tuple[str, str], float]) -> dict[int, str]:
+    """Alarms the persona itself explains (see _inherited_alarms): row index -> the restated sentence."""
+    excused: dict[int, str] = {}
+    for k, attribute, other in _restating_alarms(pairs, probs, cfg):
+        if k not in excused and inherited.get((attribute, other), 0.0) > cfg.contradiction:
+            excused[k] = other
+    return excused
 
 
 def _related(flat: list[tuple], embed: Callable[[list[str]], np.ndarray], floor: float) -> np.ndarray:
@@ -105,17 +160,24 @@ def _related(flat: list[tuple], embed: Callable[[list[str]], np.ndarray], floor:
 
 
 def _fill_faithfulness(candidate: Candidate, pairs: list[tuple[int, int, str, str]], probs: np.ndarray,
-                       cfg: CriticConfig) -> None:
+                       cfg: CriticConfig, inherited: dict[tuple[str, str], float] | None = None) -> None:
     worst_per_turn = np.zeros(len(candidate.turns), dtype=np.float32)
     covered = {"user1": np.zeros(len(candidate.user1), bool), "user2": np.zeros(len(candidate.user2), bool)}
     worst_pair = None
-    for (t, a, attribute, utterance), row in zip(pairs, probs):
-        if row[CONTRADICTION] > worst_per_turn[t]:
-            worst_per_turn[t] = row[CONTRADICTION]
-            if worst_pair is None or row[CONTRADICTION] > worst_pair[0]:
-                worst_pair = (float(row[CONTRADICTION]), attribute, utterance)
+    excused = _excused(pairs, probs, cfg, inherited) if inherited else {}
+    for k, ((t, a, attribute, utterance), row) in enumerate(zip(pairs, probs)):
+        contradiction = 0.0 if k in excused else row[CONTRADICTION]
+        if contradiction > worst_per_turn[t]:
+            worst_per_turn[t] = contradiction
+            if worst_pair is None or contradiction > worst_pair[0]:
+                worst_pair = (float(contradiction), attribute, utterance)
         if row[ENTAILMENT] > cfg.entailment:
             covered[candidate.turns[t].speaker][a] = True
+    if excused:
+        candidate.scores["persona_conflicts"] = float(len(excused))
+        k = min(excused)
+        candidate.reasons["persona_conflict"] = (f'"{pairs[k][3]}" restates "{excused[k]}", which the NLI finds at '
+                                                 f'odds with "{pairs[k][2]}" in the same persona: not counted')
     candidate.scores["contradiction"] = round(float(worst_per_turn.max(initial=0.0)), 4)
     candidate.scores["contradicted"] = float((worst_per_turn > cfg.contradiction).sum())
     shares = [float(c.mean()) for c in covered.values() if len(c)]

@@ -179,7 +179,7 @@ class Loop:
         for dialogue in store.read():
             self.by_pair[dialogue.pair_id].append(dialogue)
         self.failed = 0
-        self.nli_counts = {"nli_pairs": 0, "nli_pairs_skipped": 0, "nli_pairs_judged": 0}
+        self.nli_counts = {"nli_pairs": 0, "nli_pairs_skipped": 0, "nli_pairs_judged": 0, "persona_pairs_judged": 0}
         self.nli_description = "not loaded (nothing to score)"
         self._blocklist = critic.blocklist(self.cfg.critic.blocklist)
         # Hashed once: every candidate's provenance names the same template (reading and hashing
