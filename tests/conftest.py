@@ -34,3 +34,27 @@ def embedded_nli():
     from persona_forge.nli.train import ensure_embedded
 
     return ensure_embedded(progress=False)
+
+
+STANDIN_KEY_ENV = "PF_TEST_OPENAI_KEY"
+
+
+def standin_fixtures(secret: str, **options):
+    """A module's `module_server` (one stand-in process for the module, started with `options`)
+    and `server` (that process with its counters zeroed and default behaviour, and `secret` in
+    STANDIN_KEY_ENV); assign both at module level: `module_server, server = standin_fixtures(...)`."""
+    from standin_server import standin
+
+    @pytest.fixture(scope="module")
+    def module_server():
+        with standin(**options) as running:
+            yield running
+
+    @pytest.fixture
+    def server(module_server, monkeypatch: pytest.MonkeyPatch):
+        module_server.reset()
+        monkeypatch.setenv(STANDIN_KEY_ENV, secret)
+        return module_server
+
+    return module_server, server
+

@@ -17,27 +17,17 @@ from persona_forge.backends.base import REPAIR_INSTRUCTION, ChatRequest, Complet
 from persona_forge.backends.openai_compat import OpenAIBackend
 from persona_forge.config import BackendConfig
 from persona_forge.errors import BackendUnavailable
-from standin_server import Standin, standin
+from conftest import STANDIN_KEY_ENV, standin_fixtures
+from standin_server import Standin
 
 pytestmark = pytest.mark.timeout(120)
 
-KEY_ENV = "PF_TEST_OPENAI_KEY"
+KEY_ENV = STANDIN_KEY_ENV
 SECRET = "sk-test-SECRET-7f3a9c2e51d04b68"
 REPAIR_START = REPAIR_INSTRUCTION.split("(")[0].strip()
 
 
-@pytest.fixture(scope="module")
-def module_server():
-    with standin() as server:
-        yield server
-
-
-@pytest.fixture
-def server(module_server: Standin, monkeypatch: pytest.MonkeyPatch) -> Standin:
-    """The module's server with its counters zeroed and default behaviour; the secret key set."""
-    module_server.reset()
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    return module_server
+module_server, server = standin_fixtures(SECRET)
 
 
 def make_backend(url: str, **overrides) -> OpenAIBackend:

@@ -8,32 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, STANDIN_KEY_ENV, forge_cmd, standin_fixtures
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
 from persona_forge.stages import train_openai
-from standin_server import Standin, standin
 
 pytestmark = pytest.mark.timeout(120)
 
-KEY_ENV = "PF_TEST_OPENAI_KEY"
+KEY_ENV = STANDIN_KEY_ENV
 SECRET = "sk-test-SECRET-ft-5c1d"
 ROWS = [{"messages": [{"role": "system", "content": "You are a person who surfs."},
                       {"role": "user", "content": f"hi {i}"},
                       {"role": "assistant", "content": f"hey, just back from the beach {i}"}]} for i in range(5)]
 
 
-@pytest.fixture(scope="module")
-def module_server():
-    with standin(api_key=SECRET) as server:
-        yield server
-
-
-@pytest.fixture
-def server(module_server: Standin, monkeypatch: pytest.MonkeyPatch) -> Standin:
-    module_server.reset()
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    return module_server
+module_server, server = standin_fixtures(SECRET, api_key=SECRET)
 
 
 def make_run(tmp_path: Path, url: str, model: str = "gpt-4o-mini-2024-07-18", **train):
