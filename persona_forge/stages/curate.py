@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dpo_row, openai_dpo_row, openai_file_errors,
                        sft_row, sharegpt_row, template_check)
 from ..prompts import library
-from ..samples import SYSTEM_PROMPT, next_reply, persona_system, reply_messages
+from ..samples import SYSTEM_PROMPT, next_reply, reply_messages
 from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, Turn, record_id
 from ..store import (RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash,
                      file_sha256, iter_json_lines, validate_record)

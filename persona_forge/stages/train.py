@@ -23,12 +23,11 @@ float32 with a plain LoRA, and the run says so.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 from .. import ui
 from ..config import Recipe, TrainConfig
 from ..errors import UserError
-from ..store import RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
+from ..store import RunDir, atomic_open, iter_json_lines
 
 STAGE = "train"
 OUTPUTS = ("adapter", "checkpoints", "log.jsonl", "loss.png", "merged")
