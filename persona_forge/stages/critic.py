@@ -89,19 +89,21 @@ def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
         judged = dict(zip(distinct, nli.predict(list(distinct))))
         for j in chosen:
             probs[j] = judged[(flat[j][3], flat[j][4])]
-    blocks, start = [], 0
-    for pairs in per_candidate:
-        blocks.append(probs[start:start + len(pairs)])
-        start += len(pairs)
-    inherited = _inherited_alarms(per_candidate, blocks, nli, cfg)
-    for candidate, pairs, block in zip(candidates, per_candidate, blocks):
-        _fill_faithfulness(candidate, pairs, block, cfg, inherited)
+    bounds = np.cumsum([0] + [len(pairs) for pairs in per_candidate])
+    blocks = [probs[bounds[i]:bounds[i + 1]] for i in range(len(per_candidate))]
+    alarms = [list(_restating_alarms(pairs, block, cfg)) for pairs, block in zip(per_candidate, blocks)]
+    persona_odds = _persona_odds(alarms, nli)
+    for candidate, pairs, block, found in zip(candidates, per_candidate, blocks, alarms):
+        excused: dict[int, str] = {}
+        for k, attribute, other in found:
+            if k not in excused and persona_odds[(attribute, other)] > cfg.contradiction:
+                excused[k] = other
+        _fill_faithfulness(candidate, pairs, block, cfg, excused)
     return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum()), "nli_pairs_judged": len(distinct),
-            "persona_pairs_judged": len(inherited)}
+            "persona_pairs_judged": len(persona_odds)}
 
 
-def _inherited_alarms(per_candidate: list[list[tuple]], blocks: list[np.ndarray], nli,
-                      cfg: CriticConfig) -> dict[tuple[str, str], float]:
+def _persona_odds(alarms: list[list[tuple[int, str, str]]], nli) -> dict[tuple[str, str], float]:
     """Contradiction between two sentences of one persona, for the alarms it could explain.
 
     An utterance that restates one of its speaker's own sentences (entails it) says nothing the
@@ -110,44 +112,24 @@ def _inherited_alarms(per_candidate: list[list[tuple]], blocks: list[np.ndarray]
     false alarm: "I am a homebody." vs "I do not like exercise."), not the conversation unfaithful.
     Only those (sentence, restated sentence) pairs are sent to the NLI, in one small batch.
     """
-    wanted: dict[tuple[str, str], None] = {}
-    for pairs, block in zip(per_candidate, blocks):
-        for _, suspect, restated in _restating_alarms(pairs, block, cfg):
-            wanted[(suspect, restated)] = None
+    wanted = list({(attribute, other): None for found in alarms for _, attribute, other in found})
     if not wanted:
         return {}
-    return {key: float(row[CONTRADICTION]) for key, row in zip(wanted, nli.predict(list(wanted)))}
-
-
-def _restated_by_turn(pairs: list[tuple[int, int, str, str]], probs: np.ndarray,
-                      cfg: CriticConfig) -> dict[int, list[str]]:
-    """Turn index -> the speaker's own sentences that turn entails (restates)."""
-    restates: dict[int, list[str]] = {}
-    for (t, _, attribute, _), row in zip(pairs, probs):
-        if row[ENTAILMENT] > cfg.entailment:
-            restates.setdefault(t, []).append(attribute)
-    return restates
+    return {key: float(row[CONTRADICTION]) for key, row in zip(wanted, nli.predict(wanted))}
 
 
 def _restating_alarms(pairs: list[tuple[int, int, str, str]], probs: np.ndarray, cfg: CriticConfig):
     """(k, contradicted sentence, a sentence the same utterance restates) for every alarm k whose
     utterance entails another sentence of its speaker."""
-    restates = _restated_by_turn(pairs, probs, cfg)
+    restates: dict[int, list[str]] = {}
+    for (t, _, attribute, _), row in zip(pairs, probs):
+        if row[ENTAILMENT] > cfg.entailment:
+            restates.setdefault(t, []).append(attribute)
     for k, ((t, _, attribute, _), row) in enumerate(zip(pairs, probs)):
         if row[CONTRADICTION] > cfg.contradiction:
             for other in restates.get(t, []):
                 if other != attribute:
                     yield k, attribute, other
-
-
-def _excused(pairs: list[tuple[int, int, str, str]], probs: np.ndarray, cfg: CriticConfig,
-             inherited: dict[tuple[str, str], float]) -> dict[int, str]:
-    """Alarms the persona itself explains (see _inherited_alarms): row index -> the restated sentence."""
-    excused: dict[int, str] = {}
-    for k, attribute, other in _restating_alarms(pairs, probs, cfg):
-        if k not in excused and inherited.get((attribute, other), 0.0) > cfg.contradiction:
-            excused[k] = other
-    return excused
 
 
 def _related(flat: list[tuple], embed: Callable[[list[str]], np.ndarray], floor: float) -> np.ndarray:
@@ -160,11 +142,12 @@ def _related(flat: list[tuple], embed: Callable[[list[str]], np.ndarray], floor:
 
 
 def _fill_faithfulness(candidate: Candidate, pairs: list[tuple[int, int, str, str]], probs: np.ndarray,
-                       cfg: CriticConfig, inherited: dict[tuple[str, str], float] | None = None) -> None:
+                       cfg: CriticConfig, excused: dict[int, str]) -> None:
+    """Scores from the NLI rows; `excused` (row -> the sentence its utterance restates) are alarms
+    the persona itself explains, kept out of the contradiction scores."""
     worst_per_turn = np.zeros(len(candidate.turns), dtype=np.float32)
     covered = {"user1": np.zeros(len(candidate.user1), bool), "user2": np.zeros(len(candidate.user2), bool)}
     worst_pair = None
-    excused = _excused(pairs, probs, cfg, inherited) if inherited else {}
     for k, ((t, a, attribute, utterance), row) in enumerate(zip(pairs, probs)):
         contradiction = 0.0 if k in excused else row[CONTRADICTION]
         if contradiction > worst_per_turn[t]:

@@ -47,11 +47,11 @@ STAGE = "generate"
 FILES = {"dialogues": "dialogues.jsonl", "best": "best.jsonl", "preferences": "preferences.jsonl",
          "rejections": "generate_rejections.jsonl"}
 WHOLE_PROMPT, TURN_PROMPT = "generate/whole", "generate/turn"
+SPC_EXAMPLES = 200  # corpus conversations the first round draws its examples from
 
 
 def generator_prompt(mode: str) -> str:
     return WHOLE_PROMPT if mode == "whole" else TURN_PROMPT
-SPC_EXAMPLES = 200  # corpus conversations the first round draws its examples from
 
 
 @dataclass
