@@ -54,7 +54,7 @@ def speed(n_pool: int, n: int) -> None:
 
 def real(limit: int | None, n: int) -> None:
     from persona_forge.config import CurateConfig
-    from persona_forge.backends.local import set_torch_threads
+    from persona_forge.hardware import set_torch_threads
     from persona_forge.models import sentence_transformer
     from persona_forge.stages import curate
 

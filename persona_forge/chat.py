@@ -63,7 +63,7 @@ class ChatModel:
     """The chat model with an optional adapter that can be switched off for the base model's reply."""
 
     def __init__(self, spec: str, adapter: Path | None, config: BackendConfig, progress: bool = True):
-        from .backends.local import set_torch_threads
+        from .hardware import set_torch_threads
         from .lm import load_chat_model
 
         set_torch_threads(config.threads)

@@ -270,7 +270,7 @@ def test_traced_model_gives_the_eager_models_numbers_at_any_batch_shape(tmp_path
     ("fp32", "cpu", True, "fp32"),
 ])
 def test_precision_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch, precision, device, native, expected):
-    from persona_forge.backends import local
+    from persona_forge import hardware as local
     from persona_forge.nli import base
 
     monkeypatch.setattr(local, "native_bf16", lambda: native)

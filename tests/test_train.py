@@ -217,7 +217,7 @@ def test_4bit_without_cuda_says_so_and_trains_plain_lora(monkeypatch):
 def test_precision_auto_holds_the_base_in_bf16_where_the_hardware_has_it(monkeypatch, precision, cuda, native, bf16):
     import torch
 
-    from persona_forge.backends import local
+    from persona_forge import hardware as local
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(local, "native_bf16", lambda: native)

@@ -9,41 +9,13 @@ replies; the batch a request lands in is fixed by the request list, not by timin
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..config import BackendConfig
+from ..hardware import native_bf16, set_torch_threads, usable_cores  # noqa: F401 - re-exported
 from ..schema import record_id
 from .base import ChatBackend, ChatRequest, Completion
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def set_torch_threads(threads: int | None) -> int:
-    """Threads for torch: explicit, else the usable cores (two processes sharing them slow each
-    other down many times over, so tests and benches pass 1 when they run side by side)."""
-    import torch
-
-    n = threads or usable_cores()
-    torch.set_num_threads(n)
-    return n
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16). Without it, bf16
-    is emulated and slower than float32."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # an older torch without the probes: assume not
-        return False
 
 
 class LocalBackend(ChatBackend):

@@ -17,8 +17,7 @@ import numpy as np
 from ..errors import UserError
 from .. import ui
 
-LABELS = ("entailment", "neutral", "contradiction")
-ENTAILMENT, NEUTRAL, CONTRADICTION = range(3)
+from .labels import CONTRADICTION, ENTAILMENT, LABELS, NEUTRAL  # noqa: F401 - re-exported
 
 Pair = tuple[str, str]
 ProgressFn = Callable[[int], None]
@@ -69,7 +68,7 @@ class CrossEncoderNLI(NLIModel):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..backends.local import set_torch_threads
+        from ..hardware import set_torch_threads
 
         set_torch_threads(threads)
         self.path = path
@@ -183,7 +182,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
     if device == "cpu":
-        from ..backends.local import native_bf16
+        from ..hardware import native_bf16
 
         return "bf16" if native_bf16() else "fp32"
     return "fp32"

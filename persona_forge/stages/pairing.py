@@ -647,7 +647,7 @@ def set_threads(threads: int | None) -> int:
     """torch and FAISS threads: explicit, else the usable cores."""
     import faiss
 
-    from ..backends.local import set_torch_threads
+    from ..hardware import set_torch_threads
 
     n = set_torch_threads(threads)
     faiss.omp_set_num_threads(n)

@@ -318,7 +318,7 @@ class Embedder:
         return np.ascontiguousarray(emb, dtype=np.float32)
 
     def _load(self):
-        from ..backends.local import set_torch_threads
+        from ..hardware import set_torch_threads
         from ..models import sentence_transformer
 
         set_torch_threads(self.threads)

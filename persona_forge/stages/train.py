@@ -329,7 +329,7 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
     reader = read_dpo if cfg.method == "dpo" else read_sft
     raw_rows = reader(data)  # a malformed file fails here, before a model is loaded or a manifest written
     stage = rundir.begin(STAGE, config, [data], OUTPUTS, force)
-    from ..backends.local import set_torch_threads
+    from ..hardware import set_torch_threads
 
     threads = set_torch_threads(cfg.threads)
     ui.quiet_libraries(ui.verbosity() <= 0)
@@ -446,7 +446,7 @@ def uses_bf16(cfg: TrainConfig) -> bool:
     emulate bf16 and run slower, so it stays float32 there."""
     import torch
 
-    from ..backends.local import native_bf16
+    from ..hardware import native_bf16
 
     if cfg.precision != "auto":
         return cfg.precision == "bf16"
