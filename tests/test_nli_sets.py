@@ -69,6 +69,7 @@ def test_chat_set_parses_with_exactly_balanced_labels(name, least):
         assert set(row) == CHAT_FIELDS, row
         assert row["label"] in LABELS, row
         assert all(isinstance(row[f], str) and row[f].strip() for f in CHAT_FIELDS), row
+        assert row["phenomenon"] in PHENOMENA, row
     counts = Counter(row["label"] for row in rows)
     assert set(counts) == LABELS
     assert len(set(counts.values())) == 1, counts
