@@ -132,3 +132,10 @@ def test_at_least_160_injected_rows_over_distinct_conversations_with_varied_kind
     assert len({r["conversation_id"] for r in rows}) == len(rows)
     assert len({key(r["utterance"]) for r in rows}) == len(rows)
     assert len(Counter(r["kind"] for r in rows)) >= 5
+
+
+def test_no_chat_hypothesis_is_in_the_hand_written_nli_training_data():
+    path = NLI / "persona_train_handwritten.jsonl"
+    train = {key(r["hypothesis"]) for r in read_jsonl(path)}
+    assert train  # the training file really was read
+    assert [r["hypothesis"] for name in ("dev", "test") for r in chat(name) if key(r["hypothesis"]) in train] == []
