@@ -26,6 +26,24 @@ def tiny_png(width: int = 4, height: int = 3) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+def chart(path: Path, title: str, values: dict[str, float]) -> None:
+    """A small bar chart like the stages draw (matplotlib), or a tiny PNG where it is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        path.write_bytes(tiny_png())
+        return
+    fig, ax = plt.subplots(figsize=(4.2, 2.4), dpi=80)
+    ax.bar(list(values), list(values.values()), color="#4c78a8")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _jsonl(path: Path, records) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r.model_dump_json() if hasattr(r, "model_dump_json") else json.dumps(r)) + "\n"
@@ -73,7 +91,7 @@ def make_run(run: Path) -> Path:
     _jsonl(run / "preferences.jsonl", prefs)
     _manifest(run, "generate", {"candidates": PAIRS * CANDIDATES, "best": PAIRS, "rejections": PAIRS},
               {"overall": {"critic_mean_all": 0.667, "kept_pairs": PAIRS}, "rounds": [{"round": 1}]})
-    (run / "generate_critic.png").write_bytes(tiny_png())
+    chart(run / "generate_critic.png", "mean critic score", {"all": 0.67, "single-shot": 0.4, "selected": 0.9})
 
     cur = run / "curated"
     _jsonl(cur / "selected.jsonl", [{
@@ -101,7 +119,7 @@ def make_run(run: Path) -> Path:
                 metrics={"bleu": 0.1}))
     _jsonl(ev / "generations.jsonl", gens)
     (ev / "table.md").write_text("| model | bleu |\n|---|---|\n| base | 0.1 |\n| sft | 0.2 |\n", encoding="utf-8")
-    (ev / "eval.png").write_bytes(tiny_png())
+    chart(ev / "eval.png", "BLEU", {"base": 0.1, "sft": 0.2})
     _manifest(run, "eval", {"examples": EXAMPLES}, {})
     _jsonl(run / "judge" / "pairwise.jsonl", [
         PairwiseJudgement(id=f"j{e}{o}", example_id=f"ex{e}", model_a="base" if o == 0 else "sft",

@@ -100,9 +100,8 @@ def create_app(run_dir: Path, cfg: AnnotateConfig | None = None, task: str | Non
         record = run.dialogue(dialogue_id)
         if record is None:
             return bad(request, "no dialogue with that id in dialogues.jsonl", 404)
-        kept, rejected = run.verdicts()
-        status = "kept" if record["id"] in kept else ("rejected" if record["id"] in rejected else "not_chosen")
-        item = {"record": record, "status": status, "rejections": rejected.get(record["id"], []),
+        _, rejected = run.verdicts()
+        item = {"record": record, "status": run.status_of(record["id"]), "rejections": rejected.get(record["id"], []),
                 "scores": score_rows(record)}
         return page("dialogue.html", request, item=item)
 

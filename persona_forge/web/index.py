@@ -45,6 +45,7 @@ class JsonlIndex:
 
 _cache: dict[tuple[str, str], JsonlIndex] = {}
 _lock = threading.Lock()
+generation = 0  # bumped by clear_cache, so caches derived from indexes are dropped too
 
 
 def index(path: Path, summarise: Summarise, name: str) -> JsonlIndex | None:
@@ -66,8 +67,10 @@ def index(path: Path, summarise: Summarise, name: str) -> JsonlIndex | None:
 
 
 def clear_cache() -> None:
+    global generation
     with _lock:
         _cache.clear()
+        generation += 1
 
 
 def _build(path: Path, size: int, mtime_ns: int, summarise: Summarise) -> JsonlIndex:

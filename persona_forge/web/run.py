@@ -48,6 +48,15 @@ def _rejection_row(obj: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 @dataclass
+class _Derived:
+    kept: set[str]
+    rejected: dict[str, list[tuple[str, dict[str, Any]]]]
+    statuses: list[str]
+    reasons: list[frozenset[str]]
+    facets: dict[str, Any]
+
+
+@dataclass
 class Page:
     items: list[Any]
     total: int
@@ -68,6 +77,7 @@ class RunView:
     def __init__(self, path: Path, page_size: int = 20):
         self.path = Path(path).resolve()
         self.page_size = page_size
+        self._cache: tuple[tuple, _Derived] | None = None
 
     # --- files ---
     def safe_path(self, relative: str) -> Path | None:
@@ -120,35 +130,42 @@ class RunView:
 
     def verdicts(self) -> tuple[set[str], dict[str, list[tuple[str, dict[str, Any]]]]]:
         """(ids kept in best.jsonl, subject id -> [(reason, detail)] from generate_rejections.jsonl)."""
-        kept = jidx.ids_of(self.path / "best.jsonl")
-        rej_idx = jidx.index(self.path / "generate_rejections.jsonl", _rejection_row, "rejection")
-        rejected: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-        for subject, reason, detail in rej_idx.rows if rej_idx else []:
-            rejected[subject].append((reason, detail))
-        return kept, rejected
+        derived = self._derived()
+        return derived.kept, derived.rejected
 
-    def status_of(self, row: DialogueRow, kept: set[str], rejected: dict) -> str:
-        if row.id in kept:
-            return "kept"
-        if row.id in rejected:
-            return "rejected"
-        return "not_chosen"
+    def _derived(self) -> "_Derived":
+        """Per-row status and reasons and the filter facets, computed once per version of the three
+        files (a list request then only filters precomputed lists)."""
+        idx = self.dialogue_index()
+        best = jidx.index(self.path / "best.jsonl", lambda obj: obj.get("id"), "ids")
+        rej = jidx.index(self.path / "generate_rejections.jsonl", _rejection_row, "rejection")
+        key = (jidx.generation, *((i.size, i.mtime_ns) if i else None for i in (idx, best, rej)))
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        kept = set(best.rows) if best else set()
+        rejected: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        for subject, reason, detail in rej.rows if rej else []:
+            rejected[subject].append((reason, detail))
+        rows = idx.rows if idx else []
+        statuses = ["kept" if r.id in kept else "rejected" if r.id in rejected else "not_chosen" for r in rows]
+        reasons = [frozenset(reason for reason, _ in rejected.get(r.id, ())) for r in rows]
+        reason_counts: Counter = Counter()
+        for found in reasons:
+            reason_counts.update(found)
+        score_names = sorted({name for r in rows for name in r.scores})
+        facets = {"statuses": dict(Counter(statuses)), "reasons": dict(sorted(reason_counts.items())),
+                  "score_names": score_names, "total": len(rows), "bad_lines": idx.bad_lines if idx else 0}
+        derived = _Derived(kept, dict(rejected), statuses, reasons, facets)
+        self._cache = (key, derived)
+        return derived
+
+    def status_of(self, dialogue_id: str) -> str:
+        kept, rejected = self.verdicts()
+        return "kept" if dialogue_id in kept else "rejected" if dialogue_id in rejected else "not_chosen"
 
     def dialogue_facets(self) -> dict[str, Any]:
         """Counts per status and per rejection reason, and the score names, for the filter form."""
-        idx = self.dialogue_index()
-        kept, rejected = self.verdicts()
-        statuses: Counter = Counter()
-        reasons: Counter = Counter()
-        score_names: set[str] = set()
-        for row in idx.rows if idx else []:
-            statuses[self.status_of(row, kept, rejected)] += 1
-            for reason, _ in rejected.get(row.id, []):
-                reasons[reason] += 1
-            score_names.update(row.scores)
-        return {"statuses": dict(statuses), "reasons": dict(sorted(reasons.items())),
-                "score_names": sorted(score_names), "total": len(idx) if idx else 0,
-                "bad_lines": idx.bad_lines if idx else 0}
+        return self._derived().facets
 
     def dialogues(self, status: str = "", reason: str = "", score: str = "critic", lo: float | None = None,
                   hi: float | None = None, q: str = "", page: int = 1) -> Page:
@@ -156,28 +173,26 @@ class RunView:
         idx = self.dialogue_index()
         if idx is None:
             return Page([], 0, 1, 1)
-        kept, rejected = self.verdicts()
+        d = self._derived()
         words = q.lower().split()
-        matches = []
-        for i, row in enumerate(idx.rows):
-            if status and self.status_of(row, kept, rejected) != status:
-                continue
-            if reason and reason not in {r for r, _ in rejected.get(row.id, [])}:
-                continue
-            if lo is not None or hi is not None:
-                value = row.scores.get(score)
-                if value is None or (lo is not None and value < lo) or (hi is not None and value > hi):
-                    continue
-            if words and not all(w in row.text for w in words):
-                continue
-            matches.append(i)
+        matches: list[int] | range = range(len(idx.rows))
+        if status:
+            matches = [i for i in matches if d.statuses[i] == status]
+        if reason:
+            matches = [i for i in matches if reason in d.reasons[i]]
+        if lo is not None or hi is not None:
+            lo_, hi_ = (-math.inf if lo is None else lo), (math.inf if hi is None else hi)
+            rows = idx.rows
+            matches = [i for i in matches if (v := rows[i].scores.get(score)) is not None and lo_ <= v <= hi_]
+        if words:
+            rows = idx.rows
+            matches = [i for i in matches if all(w in rows[i].text for w in words)]
         page, pages, window = paginate(len(matches), page, self.page_size)
         chosen = [matches[i] for i in window]
         items = []
         for pos, record in zip(chosen, idx.read(chosen)):
-            row = idx.rows[pos]
-            items.append({"record": record, "status": self.status_of(row, kept, rejected),
-                          "rejections": rejected.get(row.id, []), "scores": score_rows(record)})
+            items.append({"record": record, "status": d.statuses[pos],
+                          "rejections": d.rejected.get(idx.rows[pos].id, []), "scores": score_rows(record)})
         return Page(items, len(matches), page, pages)
 
     def dialogue(self, dialogue_id: str) -> dict[str, Any] | None:
