@@ -213,6 +213,9 @@ def test_export_writes_preferences_and_agreement(run: Path, client: TestClient) 
     assert len(prefs) == PAIRS - 1  # the split item has no majority
     assert all(p.chosen_id.endswith("c2") and p.rejected_id.endswith("c0") for p in prefs)
     assert all(p.chosen_score == 1.0 and p.rejected_score == 0.0 for p in prefs)
+    from persona_forge.stages.curate import load_preferences  # curate's DPO export takes the file as is
+
+    assert [p.id for p in load_preferences(out / "preferences.jsonl")] == [p.id for p in prefs]
     replies = [json.loads(line) for line in (out / "reply_preferences.jsonl").read_text().splitlines()]
     assert len(replies) == EXAMPLES and all(r["chosen_model"] == "sft" for r in replies)
     assert replies[0]["chosen"][0]["role"] == "assistant" and replies[0]["prompt"][-1]["role"] == "user"
@@ -278,3 +281,28 @@ def test_annotate_section_in_a_recipe(tmp_path: Path) -> None:
         recipe.write_text(bad)
         with pytest.raises(UserError):
             load_recipe(recipe)
+
+
+def test_export_with_no_answers_writes_empty_files(run: Path) -> None:
+    main(["annotate", str(run), "--export"])
+    out = run / "annotations"
+    assert (out / "preferences.jsonl").read_text() == "" and (out / "reply_preferences.jsonl").read_text() == ""
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["answers"] == 0 and summary["pairwise"]["between_annotators"]["shared_items"] == 0
+    assert "cohen_kappa" not in summary["pairwise"]["between_annotators"]
+
+
+def test_host_header_is_checked_when_asked(run: Path) -> None:
+    app = create_app(run, allowed_hosts=["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/").status_code == 200
+    assert TestClient(app, base_url="http://evil.example:8765").get("/").status_code == 400
+
+
+def test_a_grown_file_is_seen_without_a_restart(run: Path, client: TestClient) -> None:
+    assert _count(client.get("/dialogues?q=brand+new").text) == 0
+    record = json.loads((run / "dialogues.jsonl").read_text().splitlines()[1])
+    record.update(id="fresh", turns=[{"speaker": "user1", "text": "A brand new line."}])
+    with open(run / "dialogues.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    html = client.get("/dialogues?q=brand+new").text
+    assert _count(html) == 1 and "not chosen" in html
