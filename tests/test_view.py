@@ -306,3 +306,25 @@ def test_a_grown_file_is_seen_without_a_restart(run: Path, client: TestClient) -
         fh.write(json.dumps(record) + "\n")
     html = client.get("/dialogues?q=brand+new").text
     assert _count(html) == 1 and "not chosen" in html
+
+
+def test_a_run_with_nothing_to_annotate_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    client = TestClient(create_app(tmp_path / "empty"))
+    for task in ("pairwise", "likert", "tags"):
+        html = client.get(f"/annotate?task={task}&annotator=ana").text
+        assert "Nothing to annotate" in html
+    assert client.get("/").status_code == 200 and "No stage manifests" in client.get("/").text
+    assert "no dialogues.jsonl yet" in client.get("/dialogues").text
+
+
+def test_view_on_a_port_in_use_is_one_line(run: Path, capsys) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(SystemExit) as exit_:
+            main(["view", str(run), "--port", str(busy.getsockname()[1])])
+    assert exit_.value.code == 2
+    assert "choose another --port" in capsys.readouterr().err
