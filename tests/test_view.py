@@ -328,3 +328,27 @@ def test_view_on_a_port_in_use_is_one_line(run: Path, capsys) -> None:
             main(["view", str(run), "--port", str(busy.getsockname()[1])])
     assert exit_.value.code == 2
     assert "choose another --port" in capsys.readouterr().err
+
+
+def test_export_agreement_on_likert_and_tags(run: Path, client: TestClient) -> None:
+    for who in ("ana", "bob"):
+        for i, warmth in enumerate((1, 3, 5)):
+            humour = warmth if who == "ana" else 6 - warmth  # same warmth, opposite humour
+            assert _answer(client, who, "likert", rating_warmth=str(warmth), rating_humour=str(humour),
+                           rating_coherence="3", rating_helpfulness="3")[2].status_code == 303
+            tags = ["playful"] if i == 0 else (["empathetic"] if who == "ana" else [])
+            assert _answer(client, who, "tags", tags=tags)[2].status_code == 303
+    main(["annotate", str(run), "--export"])
+    summary = json.loads((run / "annotations" / "summary.json").read_text())
+    traits = summary["likert"]["traits"]
+    assert summary["likert"]["items"] == 3
+    assert traits["warmth"]["between_annotators"] == {"annotators": ["ana", "bob"], "shared_items": 3,
+                                                      "cohen_kappa": 1.0, "krippendorff_alpha": 1.0,
+                                                      "alpha_metric": "interval"}
+    # humour 1,3,5 against 5,3,1: coincidences o15 = o51 = o33 = 2, n_1 = n_3 = n_5 = 2, n = 6;
+    # D_o = (2*16 + 2*16) / 6 = 32/3; D_e = 2*(2*2*4 + 2*2*16 + 2*2*4) / (6*5) = 192/30; alpha = 1 - D_o/D_e = -2/3
+    assert traits["humour"]["between_annotators"]["krippendorff_alpha"] == pytest.approx(-2 / 3, abs=1e-4)
+    tags = summary["tags"]
+    assert tags["tag_counts"]["playful"] == 2 and tags["tag_counts"]["empathetic"] == 2
+    assert tags["between_annotators"]["playful"]["cohen_kappa"] == 1.0
+    assert tags["between_annotators"]["empathetic"]["cohen_kappa"] == 0.0  # ana: 0,1,1; bob: 0,0,0
