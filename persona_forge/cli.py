@@ -629,7 +629,7 @@ def _serve_web(run_dir: Path, cfg: Any, host: str, port: int, path: str, task: s
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if loopback else [host, "*"])
-    app = create_app(run_dir, cfg, task=task, annotator=annotator, allowed_hosts=hosts)
+    app = create_app(run_dir, cfg, task=task, annotator=annotator, allowed_hosts=hosts, warm=True)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"forge: serving {run_dir} at http://{shown}:{port}{path} (Ctrl-C to stop)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -9,6 +9,7 @@ served only from inside the run directory and only as images; the one write is a
 from __future__ import annotations
 
 import posixpath
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -27,9 +28,10 @@ HERE = Path(__file__).parent
 
 
 def create_app(run_dir: Path, cfg: AnnotateConfig | None = None, task: str | None = None,
-               annotator: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+               annotator: str | None = None, allowed_hosts: list[str] | None = None, warm: bool = False) -> FastAPI:
     """The app for one run directory. `task` and `annotator` are the defaults of the annotation
-    pages (forge annotate); `allowed_hosts` turns on the Host-header check."""
+    pages (forge annotate); `allowed_hosts` turns on the Host-header check; `warm` builds the
+    dialogue index in the background at once, so the first list page does not wait for it."""
     cfg = cfg or AnnotateConfig()
     run = RunView(run_dir, cfg.page_size)
     store = AnnotationStore(run.path)
@@ -39,6 +41,9 @@ def create_app(run_dir: Path, cfg: AnnotateConfig | None = None, task: str | Non
     env.globals.update(status_text=STATUS_TEXT, run_name=run.path.name, default_task=task or "pairwise",
                        tasks=TASKS)
     queues: dict[str, tuple[tuple, Queue]] = {}
+
+    if warm:
+        threading.Thread(target=run.dialogue_facets, name="forge-view-index", daemon=True).start()
 
     app = FastAPI(title="forge view", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
