@@ -96,7 +96,19 @@ def test_data_text_is_escaped_and_scripts_are_blocked(client: TestClient) -> Non
         assert "<script>window.pwned" not in response.text, url
         assert "script-src 'none'" in response.headers["content-security-policy"]
     assert "&lt;script&gt;window.pwned=1&lt;/script&gt;I like jazz." in client.get("/dialogues/d0c0").text
-    assert "&lt;script&gt;window.pwned=2&lt;/script&gt;" in client.get("/").text  # raw HTML in report.md
+    overview = client.get("/").text
+    assert "&lt;script&gt;window.pwned=2&lt;/script&gt;" in overview  # raw HTML in report.md
+    assert "href=\"javascript" not in overview  # no script link either
+
+
+def test_a_post_from_another_site_is_refused(run: Path, client: TestClient) -> None:
+    html = client.get("/annotate?task=pairwise&annotator=ana").text
+    form = {"task": "pairwise", "annotator": "ana", "item_id": _hidden(html, "item_id"),
+            "order": _hidden(html, "order"), "choice": "A"}
+    assert client.post("/annotate", data=form, headers={"origin": "http://evil.example"}).status_code == 403
+    assert _lines(run) == []
+    assert client.post("/annotate", data=form, headers={"origin": "http://testserver"}).status_code == 303
+    assert len(_lines(run)) == 1
 
 
 def test_curated_and_eval_pages(client: TestClient) -> None:

@@ -128,6 +128,6 @@ def make_run(run: Path) -> Path:
         for e in range(EXAMPLES) for o in (0, 1)])
     (run / "report.md").write_text(
         "# persona_forge run\n\n| stage | kept |\n|---|---|\n| generate | 6 |\n\n"
-        "<script>window.pwned=2</script>\n\n![eval](eval/eval.png)\n\n[eval report](eval/table.md)\n",
+        "<script>window.pwned=2</script>\n\n![eval](eval/eval.png)\n\n[eval report](eval/table.md) [bad](javascript:alert(1))\n",
         encoding="utf-8")
     return run

@@ -12,7 +12,7 @@ import posixpath
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from fastapi import FastAPI, Request
@@ -170,6 +170,10 @@ def create_app(run_dir: Path, cfg: AnnotateConfig | None = None, task: str | Non
 
     @app.post("/annotate")
     async def annotate_post(request: Request) -> Response:
+        # a form on another site could post here (no preflight for forms): browsers say where from
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+            return bad(request, "answers are taken only from this app's own pages", 403)
         form = await request.form()
         values: dict[str, Any] = {k: form.get(k) for k in form.keys()}
         values["tags"] = form.getlist("tags")
