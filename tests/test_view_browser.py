@@ -167,6 +167,7 @@ def test_answer_five_pairwise_items_then_reload_and_continue(browser, page, anno
         page.wait_for_load_state()
         answered.append((item, order, choice))
     rows = [json.loads(line) for line in (run / "annotations.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["task"] == "pairwise"]
     assert [(r["item_id"], r["order"], r["answer"]["choice"]) for r in rows] == answered
     assert {r["annotator"] for r in rows} == {"ana"}
     assert [r["item_id"] for r in rows] == [it.id for it in queue.items[:5]]
@@ -181,3 +182,22 @@ def test_answer_five_pairwise_items_then_reload_and_continue(browser, page, anno
     again.goto(annotate + "/annotate?task=pairwise&annotator=ana")
     assert again.get_attribute("input[name=item_id]", "value") == queue.items[5].id
     fresh.close()
+
+
+def test_rate_one_likert_item_and_tag_one(page, view: str, run: Path) -> None:
+    page.goto(view + "/annotate?task=likert&annotator=cy")
+    for trait, value in (("warmth", 4), ("humour", 2), ("coherence", 5), ("helpfulness", 3)):
+        page.check(f"input[name=rating_{trait}][value='{value}']")
+    _shot(page, "view-annotate-likert.png")
+    page.click("#submit")
+    page.wait_for_load_state()
+    assert page.inner_text("#progress").startswith("item 2 of")
+    page.goto(view + "/annotate?task=tags&annotator=cy")
+    page.check("input[name=tags][value='performing empathy']")
+    page.click("#submit")
+    page.wait_for_load_state()
+    rows = [json.loads(line) for line in (run / "annotations.jsonl").read_text().splitlines()]
+    mine = [r for r in rows if r["annotator"] == "cy"]
+    assert [r["answer"] for r in mine] == [
+        {"ratings": {"warmth": 4, "humour": 2, "coherence": 5, "helpfulness": 3}},
+        {"tags": ["performing empathy"]}]
