@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test test-unit test-integration bench clean
+.PHONY: env demo test test-unit test-integration bench clean browser-deps
 
 env: $(STAMP)
 
@@ -33,7 +33,19 @@ demo: $(STAMP)
 	$(FORGE) nli eval --data corpora/nli/persona_test.jsonl
 	$(FORGE) run recipes/quickstart.yaml
 
-test: $(STAMP)
+# The browser tests (tests/test_view_browser.py) drive Debian's Chromium through Playwright (the
+# dev extra installs the Python package; its own browser download cannot work offline). Where
+# apt-get runs as root, install the browser; elsewhere those tests skip and say why.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium) \
+	    || echo "chromium could not be installed: the browser tests will skip"; \
+	else \
+	  echo "no /usr/bin/chromium and no root apt-get: the browser tests will skip"; \
+	fi
+
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: $(STAMP)
@@ -51,6 +63,7 @@ bench: $(STAMP)
 	$(PY) bench/generate.py
 	$(PY) bench/curate.py
 	$(PY) bench/train.py
+	$(PY) bench/view.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -604,6 +604,97 @@ def prompt_render(name: str, vars_json: str) -> None:
     ui.info(f"prompt {rendered.ref.name} hash {rendered.ref.hash}")
 
 
+# --- forge view / forge annotate ---
+def _web_run_dir(run_dir: Path) -> Path:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory; give the folder a recipe's run_dir points to")
+    return run_dir
+
+
+def _serve_web(run_dir: Path, cfg: Any, host: str, port: int, path: str, task: str | None = None,
+               annotator: str | None = None) -> None:
+    import socket
+
+    import uvicorn
+
+    from .web.app import create_app
+
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not loopback:
+        click.echo(f"forge: warning: --host {host}: anyone who can reach this address sees the run and can add "
+                   "annotations (there is no login)", err=True)
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] + ([] if loopback else [host, "*"])
+    app = create_app(run_dir, cfg, task=task, annotator=annotator, allowed_hosts=hosts, warm=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"forge: serving {run_dir} at http://{shown}:{port}{path} (Ctrl-C to stop)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@forge.command("view")
+@_stage_recipe_option
+@click.argument("run_dir_arg", metavar="RUN_DIR", type=click.Path(path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the default keeps the app on this machine.")
+@click.pass_obj
+def view(obj: Context, sub_recipe: Path | None, run_dir_arg: Path, port: int, host: str) -> None:
+    """Look at a run in the browser: manifests and charts, every candidate with its critic scores and
+    why it was kept or rejected, the curated set, eval replies beside the references.
+
+    Example: forge view runs/quickstart --port 8765
+    """
+    recipe = _context(obj, sub_recipe).recipe()
+    _serve_web(_web_run_dir(run_dir_arg), recipe.annotate, host, port, "/")
+
+
+@forge.command("annotate")
+@_stage_recipe_option
+@click.argument("run_dir_arg", metavar="RUN_DIR", type=click.Path(path_type=Path))
+@click.option("--task", type=click.Choice(["pairwise", "likert", "tags"]), default="pairwise", show_default=True,
+              help="pairwise: which of two is better; likert: rate the recipe's traits; tags: which tags apply.")
+@click.option("--annotator", default=None, help="Your name, recorded with each answer (else the page asks).")
+@click.option("--export", "do_export", is_flag=True,
+              help="Write annotations/preferences.jsonl and the agreement summary instead of serving.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the default keeps the app on this machine.")
+@click.pass_obj
+def annotate(obj: Context, sub_recipe: Path | None, run_dir_arg: Path, task: str, annotator: str | None,
+             do_export: bool, port: int, host: str) -> None:
+    """Judge a run by hand: pairwise, Likert or tags, answers appended to RUN_DIR/annotations.jsonl.
+
+    Example: forge annotate runs/quickstart --task pairwise --annotator ana
+    """
+    from .web.annotate import export, valid_annotator
+
+    recipe = _context(obj, sub_recipe).recipe()
+    run_dir = _web_run_dir(run_dir_arg)
+    if do_export:
+        summary = export(run_dir, recipe.annotate)
+        pairwise = summary["pairwise"]
+        between = pairwise["between_annotators"]
+        ui.summary("forge annotate --export", {
+            "answers": summary["answers"], "annotators": ", ".join(summary["annotators"]) or "none",
+            "preferences.jsonl (conversations)": summary["counts"]["preferences"],
+            "reply_preferences.jsonl (replies)": summary["counts"]["reply_preferences"],
+            "pairwise: Cohen's kappa / Krippendorff's alpha": f"{between.get('cohen_kappa')} / "
+                                                               f"{between.get('krippendorff_alpha')} "
+                                                               f"({between['shared_items']} shared items)",
+            "critic agrees with humans": pairwise["critic_vs_humans"]["agreement"],
+            "LLM judge agrees with humans": pairwise["judge_vs_humans"]["agreement"],
+            "written to": f"{run_dir / 'annotations'} (summary.md, summary.json)"})
+        return
+    if annotator is not None and not valid_annotator(annotator):
+        raise UserError(f"--annotator {annotator!r}: use 1-64 letters, digits, '_', '.', '-' or '@'")
+    query = f"/annotate?task={task}" + (f"&annotator={annotator}" if annotator else "")
+    _serve_web(run_dir, recipe.annotate, host, port, query, task=task, annotator=annotator)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:

@@ -451,6 +451,31 @@ class TrainConfig(Section):
         return ident
 
 
+class AnnotateConfig(Section):
+    """`forge view` / `forge annotate`: what people are asked when they judge a run by hand."""
+
+    traits: list[str] = Field(default_factory=lambda: ["warmth", "humour", "coherence", "helpfulness"],
+                              min_length=1, description="Traits rated on the Likert scale (likert task).")
+    scale_min: int = Field(1, description="Lowest point of the Likert scale.")
+    scale_max: int = Field(5, description="Highest point of the Likert scale.")
+    tags: list[str] = Field(default_factory=lambda: ["playful", "empathetic", "performing empathy", "formal",
+                                                     "curious", "off-persona"],
+                            min_length=1, description="Tags offered in the tags task (any number may apply).")
+    pairwise_question: str = Field("Which conversation sounds more like these two people?",
+                                   description="The question above a pairwise item.")
+    seed: int = Field(0, description="Seed of the queue order and of each item's A/B swap.")
+    max_items: int = Field(500, ge=1, description="Most items in one task's queue.")
+    page_size: int = Field(20, ge=1, le=200, description="Records per page in forge view.")
+
+    @model_validator(mode="after")
+    def _scale_is_ordered(self) -> "AnnotateConfig":
+        if self.scale_max <= self.scale_min:
+            raise ValueError(f"scale_max ({self.scale_max}) must be above scale_min ({self.scale_min})")
+        if len(set(self.tags)) != len(self.tags) or len(set(self.traits)) != len(self.traits):
+            raise ValueError("traits and tags must not repeat")
+        return self
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
@@ -465,6 +490,7 @@ class Recipe(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
