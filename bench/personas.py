@@ -26,7 +26,8 @@ from persona_forge.config import NLIConfig, PersonasConfig  # noqa: E402
 from persona_forge.nli.base import load_nli  # noqa: E402
 from persona_forge.schema import Attribute, record_id  # noqa: E402
 from persona_forge.stages import personas  # noqa: E402
-from persona_forge.stages.persona_expand import Embedder, cluster_topics, load_seed_texts  # noqa: E402
+from persona_forge.embeddings import Embedder  # noqa: E402
+from persona_forge.stages.persona_expand import cluster_topics, load_seed_texts  # noqa: E402
 
 
 class Sink:

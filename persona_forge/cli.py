@@ -169,6 +169,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
     Example: forge --recipe recipes/quickstart.yaml generate --limit 10
     """
     from .backends import build_backend
+    from .embeddings import Embedder
     from .nli.base import load_nli
     from .stages import generate as stage
 
@@ -179,7 +180,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
     backend = build_backend(recipe.backend, progress=show)
-    embed = _embedder(recipe) if recipe.generate.critic.prefilter > 0 else None
+    embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
     rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
                      embed=embed, force=obj.force)
     ui.summary("forge generate", rows)

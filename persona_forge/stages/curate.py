@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import selection, ui
 from ..config import CurateConfig, Recipe
+from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
 from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dpo_row, openai_dpo_row, openai_file_errors,
                        sft_row, sharegpt_row, template_check)
@@ -41,7 +42,6 @@ from ..samples import SYSTEM_PROMPT, next_reply, reply_messages
 from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, Turn, record_id
 from ..store import (RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash,
                      file_sha256, iter_json_lines, validate_record)
-from .pairing import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 
 STAGE = "curate"
 FOLDER = "curated"

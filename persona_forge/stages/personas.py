@@ -40,11 +40,12 @@ from pydantic import BaseModel, ConfigDict
 from .. import ui
 from ..config import NLIConfig, Recipe
 from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
+from ..embeddings import Embed, Embedder
 from ..errors import UserError
 from ..resources import data_dir
 from ..schema import Attribute, Profile, Record, Rejection, record_id
 from ..store import JsonlStore, RunDir, atomic_write_jsonl
-from .persona_expand import (CLUSTER_DEFINITION, EXPAND_PROMPT, QUESTIONS_PROMPT, Embed, Embedder, Expander,
+from .persona_expand import (CLUSTER_DEFINITION, EXPAND_PROMPT, QUESTIONS_PROMPT, Expander,
                              ExpansionReply, SeenPool, TopicQuestions, cluster_topics, diversity,
                              load_seed_texts)
 
