@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, forge_cmd
-from persona_forge import selection
+from persona_forge import corpora, selection
 from persona_forge.config import CurateConfig, load_recipe
 from persona_forge.errors import UserError
 from persona_forge.exports import (TemplateCheck, dpo_row, openai_file_errors, openai_row_errors, sharegpt_row,
@@ -41,8 +41,8 @@ def dialogue(did: str, n: int = 10, critic: float | None = 0.8, tag: str = "t", 
                     turns=turns(n, tag), scores=scores)
 
 
-def conv(*dialogues: Dialogue) -> curate.Conversations:
-    return curate.Conversations(list(dialogues), "test", scored=True)
+def conv(*dialogues: Dialogue) -> corpora.Conversations:
+    return corpora.Conversations(list(dialogues), "test", scored=True)
 
 
 class FakeEncoder:
@@ -114,7 +114,7 @@ def test_spc_shaped_records_are_read_with_personas_normalised(tmp_path):
                                 "user2_persona": ["I like tea."],
                                 "turns": [{"speaker": "user1", "text": "hi"}, {"speaker": "user2", "text": "hey"}]})
                     + "\n")
-    read = curate.load_conversations(path)
+    read = corpora.load_conversations(path)
     assert not read.scored
     d = read.dialogues[0]
     assert (d.id, d.user1_persona, d.scores) == ("spc-1", ["I'm a nurse."], {})
@@ -124,7 +124,7 @@ def test_a_bad_conversation_record_is_one_clear_error(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"user1_persona": ["a"], "user2_persona": ["b"], "turns": [{"speaker": "x"}]}) + "\n")
     with pytest.raises(UserError, match=r"bad.jsonl:1: turns\[0\] must be"):
-        curate.load_conversations(path)
+        corpora.load_conversations(path)
 
 
 # --- cleaning ------------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ def test_real_curate_on_spc_renders_through_smollm2_and_trl(tmp_path):
         assert text.startswith("<|im_start|>system\nYou are a person chatting")
         assert text.endswith(row["messages"][-1]["content"] + "<|im_end|>\n")
     # A DPO row built from two SPC conversations of the same file goes through trl's formatting as well.
-    from persona_forge.stages.curate import load_conversations
+    from persona_forge.corpora import load_conversations
 
     dialogues = load_conversations(spc).dialogues
     pref = Preference(id="p", pair_id="x", user1_persona=dialogues[0].user1_persona,

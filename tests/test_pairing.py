@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from persona_forge.config import PairConfig
+from persona_forge.corpora import load_profiles
 from persona_forge.errors import UserError
 from persona_forge.schema import Pair, Profile, record_id
 from persona_forge.stages import pairing
-from persona_forge.stages.pairing import (Edges, candidate_edges, drop_self, greedy_pairs, load_profiles,
+from persona_forge.stages.pairing import (Edges, candidate_edges, drop_self, greedy_pairs,
                                           random_pairs, recall_at_k, shared_topics)
 from persona_forge.store import RunDir
 

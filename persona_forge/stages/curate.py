@@ -25,7 +25,6 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,15 @@ import numpy as np
 
 from .. import selection, ui
 from ..config import CurateConfig, Recipe
+from ..corpora import Conversations, load_conversations, load_preferences
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
 from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dpo_row, openai_dpo_row, openai_file_errors,
                        sft_row, sharegpt_row, template_check)
 from ..prompts import library
 from ..samples import SYSTEM_PROMPT, next_reply, reply_messages
-from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, Turn, record_id
-from ..store import (RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash,
-                     file_sha256, iter_json_lines, validate_record)
+from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, record_id
+from ..store import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, file_sha256
 
 STAGE = "curate"
 FOLDER = "curated"
@@ -50,81 +49,6 @@ EMBEDDINGS = "curate_embeddings"
 DONE_FILES = ("samples.jsonl", "selected.jsonl", "curate_rejections.jsonl", "sft.jsonl", "dpo.jsonl",
               "openai.jsonl", "sharegpt.jsonl", "README.md", "selection.json")
 RENDER_ROUNDS = 5  # re-selections after the chat template rejects chosen rows
-
-
-# --- reading conversations -----------------------------------------------------------------------
-
-@dataclass
-class Conversations:
-    dialogues: list[Dialogue]
-    description: str
-    scored: bool
-    models: list[str] = field(default_factory=list)  # the generators' models, from provenance
-
-
-_DIALOGUE_KEYS = set(Dialogue.model_fields)
-
-
-def load_conversations(path: Path) -> Conversations:
-    """Dialogue records (from forge generate) or Synthetic-Persona-Chat-shaped records, told apart
-    by their keys: anything beyond a Dialogue's fields (e.g. SPC's `split`), or no `scores`, is read
-    as SPC-shaped (personas normalised like the seed attributes: "I m" -> "I'm")."""
-    from ..nli.data import normalize
-
-    dialogues: list[Dialogue] = []
-    seen: set[str] = set()
-    scored = False
-    models: set[str] = set()
-    skipped = 0
-    for line_no, row in iter_json_lines(path):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{line_no}: not a JSON object; expected a conversation with "
-                            f"user1_persona, user2_persona and turns")
-        if set(row) <= _DIALOGUE_KEYS and "scores" in row:
-            dialogue = validate_record(row, Dialogue, path, line_no)
-            scored = scored or bool(dialogue.scores)
-            if dialogue.provenance is not None:
-                models.add(dialogue.provenance.model)
-        else:
-            dialogue = _spc_dialogue(row, path, line_no, normalize)
-        if dialogue.id in seen:
-            skipped += 1
-            continue
-        seen.add(dialogue.id)
-        dialogues.append(dialogue)
-    if not dialogues:
-        raise UserError(f"{path}: no conversations in it")
-    kind = "Dialogue records" if scored else "unscored conversations"
-    note = f" ({skipped:,} repeated ids skipped)" if skipped else ""
-    return Conversations(dialogues, f"{kind}: {len(dialogues):,} conversations{note}", scored, sorted(models))
-
-
-def _spc_dialogue(row: dict[str, Any], path: Path, line_no: int, normalize) -> Dialogue:
-    personas = {}
-    for key in ("user1_persona", "user2_persona"):
-        persona = row.get(key)
-        if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
-            raise UserError(f"{path}:{line_no}: {key} must be a list of sentences (a Synthetic-Persona-Chat "
-                            f"record has user1_persona, user2_persona and turns)")
-        personas[key] = [s for s in (normalize(x) for x in persona) if s]
-    turns = row.get("turns")
-    if not isinstance(turns, list):
-        raise UserError(f"{path}:{line_no}: turns must be a list of {{speaker, text}}")
-    parsed = []
-    for i, turn in enumerate(turns):
-        if not (isinstance(turn, dict) and turn.get("speaker") in ("user1", "user2")
-                and isinstance(turn.get("text"), str)):
-            raise UserError(f"{path}:{line_no}: turns[{i}] must be {{\"speaker\": \"user1\"|\"user2\", "
-                            f"\"text\": \"...\"}}")
-        parsed.append(Turn(speaker=turn["speaker"], text=turn["text"].strip()))
-    did = row.get("id") if isinstance(row.get("id"), str) and row.get("id") else \
-        record_id(personas["user1_persona"], personas["user2_persona"], [t.model_dump() for t in parsed])
-    return Dialogue(id=did, user1_persona=personas["user1_persona"], user2_persona=personas["user2_persona"],
-                    turns=parsed, pair_id=row.get("pair_id") if isinstance(row.get("pair_id"), str) else None)
-
-
-def load_preferences(path: Path) -> list[Preference]:
-    return [validate_record(row, Preference, path, line_no) for line_no, row in iter_json_lines(path)]
 
 
 # --- building samples ----------------------------------------------------------------------------

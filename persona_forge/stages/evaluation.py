@@ -33,8 +33,8 @@ import numpy as np
 from .. import metrics as M
 from .. import ui
 from ..config import EvalConfig, Recipe
+from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
-from ..resources import data_dir
 from ..samples import next_reply
 from ..schema import ChatMessage, EvalGeneration, Provenance, Turn, record_id
 from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
@@ -76,7 +76,7 @@ class ModelUnderTest:
 
 
 def default_data() -> Path:
-    return data_dir("corpora") / "spc" / "test.jsonl.gz"
+    return spc_file("test")
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -97,9 +97,7 @@ def load_examples(path: Path, cfg: EvalConfig) -> tuple[list[Example], int]:
             skipped += 1
             continue
         key = f"{turns[cfg.position].speaker}_persona"
-        persona = row.get(key)
-        if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
-            raise UserError(f"{path}:{line_no}: {key} must be a list of persona sentences")
+        persona = persona_sentences(row, key, f"{path}:{line_no}")
         sample = next_reply(persona, turns, cfg.position, cfg.context)
         if sample is None:
             skipped += 1

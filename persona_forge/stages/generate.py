@@ -33,9 +33,9 @@ import numpy as np
 
 from .. import ui
 from ..config import GenerateConfig, Recipe
+from ..corpora import load_profiles, spc_file
 from ..errors import UserError
 from ..prompts import library
-from ..resources import data_dir
 from ..samples import reply_messages
 from ..schema import Dialogue, Pair, Preference, Profile, Provenance, Rejection, Turn, record_id
 from ..store import JsonlStore, RunDir, atomic_write_jsonl, iter_jsonl
@@ -90,8 +90,6 @@ def input_paths(recipe: Recipe) -> tuple[Path, Path]:
 
 
 def load_pairs(pairs_path: Path, profiles_path: Path, limit: int) -> tuple[list[Pair], dict[str, Profile]]:
-    from .pairing import load_profiles
-
     pairs = list(iter_jsonl(pairs_path, Pair))
     if limit:
         pairs = pairs[:limit]
@@ -108,8 +106,7 @@ def load_pairs(pairs_path: Path, profiles_path: Path, limit: int) -> tuple[list[
 
 def corpus_examples(count: int, seed: int) -> list[list[Turn]]:
     """Synthetic-Persona-Chat training conversations: the first round's few-shot examples."""
-    path = data_dir("corpora") / "spc" / "train.jsonl.gz"
-    rows = [row for row in iter_jsonl(path)]
+    rows = [row for row in iter_jsonl(spc_file("train"))]
     rng = random.Random(seed)
     chosen = rng.sample(rows, min(count, len(rows)))
     return [[Turn(**t) for t in row["turns"]] for row in chosen]

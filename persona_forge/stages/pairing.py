@@ -20,7 +20,6 @@ the greedy one should beat.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..config import PairConfig, Recipe
+from ..corpora import ProfileSet, load_profiles
+from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
-from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
-from ..store import (RunDir, atomic_open, atomic_write_jsonl, config_hash, file_sha256,
-                     iter_json_lines, sniff_gzip, validate_record)
+from ..store import RunDir, atomic_open, atomic_write_jsonl, config_hash, file_sha256, sniff_gzip
 
 STAGE = "pair"
 OUTPUTS = ("pairs.jsonl", "pair_rejections.jsonl", "pair_similarity.png")
@@ -54,69 +53,6 @@ ATTRIBUTE_EMBEDDINGS = "pair_attribute_embeddings"
 #   `max_identical_attributes` = 1 as well (one shared sentence is a good topic).
 # Shared topics: random attribute pairs score 0.16 (median) and 0.37 (95th percentile); at 0.45
 # sentences are on one subject ("I go surfing any chance I get." / "I enjoy vacations at the beach.").
-
-
-# --- reading profiles --------------------------------------------------------------------------
-
-@dataclass
-class ProfileSet:
-    profiles: list[Profile]
-    description: str  # what was read, for the summary
-
-
-def load_profiles(path: Path) -> ProfileSet:
-    """Profiles from a Profile JSONL or a Synthetic-Persona-Chat JSONL(.gz), detected from the first record."""
-    rows = iter_json_lines(path)
-    first = next(rows, None)
-    if first is None:
-        raise UserError(f"{path}: no profiles in it; pairing needs at least two")
-    line_no, record = first
-    if isinstance(record, dict) and "user1_persona" in record and "user2_persona" in record:
-        return _spc_profiles(path, _chain(first, rows))
-    if isinstance(record, dict) and "attributes" in record:
-        return _profile_records(path, _chain(first, rows))
-    raise UserError(f"{path}:{line_no}: neither a Profile record (id, attribute_ids, attributes) nor a "
-                    f"Synthetic-Persona-Chat record (user1_persona, user2_persona)")
-
-
-def _chain(first: tuple[int, Any], rest: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-    yield first
-    yield from rest
-
-
-def _profile_records(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
-    profiles: dict[str, Profile] = {}
-    lines = 0
-    for line_no, row in rows:
-        lines += 1
-        profile = validate_record(row, Profile, path, line_no)
-        if profile.attributes:
-            profiles.setdefault(profile.id, profile)
-    skipped = lines - len(profiles)
-    note = f" ({skipped:,} repeated or empty skipped)" if skipped else ""
-    return ProfileSet(list(profiles.values()), f"Profile JSONL: {len(profiles):,} profiles{note}")
-
-
-def _spc_profiles(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
-    from ..nli.data import normalize
-
-    profiles: dict[str, Profile] = {}
-    dialogues = personas = 0
-    for line_no, row in rows:
-        dialogues += 1
-        for key in ("user1_persona", "user2_persona"):
-            persona = row.get(key) if isinstance(row, dict) else None
-            if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
-                raise UserError(f"{path}:{line_no}: {key} must be a list of sentences")
-            sentences = [s for s in (normalize(x) for x in persona) if s]
-            if sentences:
-                personas += 1
-                pid = record_id(sentences)
-                profiles.setdefault(pid, Profile(id=pid, attribute_ids=[record_id(s) for s in sentences],
-                                                 attributes=sentences))
-    return ProfileSet(list(profiles.values()),
-                      f"Synthetic-Persona-Chat JSONL: {dialogues:,} dialogues, {personas:,} personas, "
-                      f"{len(profiles):,} distinct profiles")
 
 
 # --- embeddings (cached in the run directory) ----------------------------------------------------
