@@ -522,3 +522,16 @@ def test_forge_personas_end_to_end_with_real_embeddings(tmp_path):
     again = forge(*args, env=env)
     assert again.returncode == 0, again.stderr
     assert len(rows_of(tmp_path / "run" / "profiles.jsonl")) == 6
+
+
+def test_nli_identity_holds_precision_and_trace():
+    """A resumed run must not mix bf16 and float32 (or traced and eager) judgements: both are in the
+    identity that every NLI-using stage hashes into its config."""
+    from persona_forge.nli.base import identity
+
+    fp32, bf16 = identity(NLIConfig(kind="hf", model="m", precision="fp32")), identity(
+        NLIConfig(kind="hf", model="m", precision="bf16"))
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    eager = identity(NLIConfig(kind="hf", model="m", precision="fp32", trace=False))
+    assert fp32["trace"] is True and eager["trace"] is False
+    assert "precision" not in identity(NLIConfig(kind="llm"))

@@ -35,6 +35,7 @@ from .. import ui
 from ..config import GenerateConfig, Recipe
 from ..corpora import load_profiles, spc_file
 from ..errors import UserError
+from ..nli.base import identity as nli_identity
 from ..prompts import library
 from ..samples import reply_messages
 from ..schema import Dialogue, Pair, Preference, Profile, Provenance, Rejection, Turn, record_id
@@ -121,8 +122,6 @@ def resolve_mode(cfg: GenerateConfig, backend_kind: str) -> str:
 
 
 def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
-    from .personas import nli_identity
-
     cfg = recipe.generate
     names = [critic.JUDGE_PROMPT] if cfg.critic.judge else []
     names.append(generator_prompt(mode))

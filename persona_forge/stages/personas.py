@@ -38,8 +38,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .. import ui
-from ..config import NLIConfig, Recipe
-from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
+from ..config import Recipe
+from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL, identity as nli_identity
 from ..embeddings import Embed, Embedder
 from ..errors import UserError
 from ..resources import data_dir
@@ -74,17 +74,6 @@ class ProfileCheck(Record):
 
 def default_seed_file() -> Path:
     return data_dir("corpora") / "personas" / "seed_attributes.txt"
-
-
-def nli_identity(config: NLIConfig) -> dict[str, Any]:
-    """What decides the NLI's judgements, without loading (or building) it."""
-    ident: dict[str, Any] = {"kind": config.kind, "model": config.model, "max_length": config.max_length,
-                             "quantize": config.quantize}
-    if config.kind == "embedded":
-        from ..nli.train import build_key
-
-        ident["build"] = build_key()
-    return ident
 
 
 def run(recipe: Recipe, backend, nli, embed: Embed | None = None, force: bool = False) -> dict[str, Any]:
