@@ -36,12 +36,11 @@ from ..config import EvalConfig, Recipe
 from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
 from ..samples import next_reply
-from ..schema import ChatMessage, EvalGeneration, Provenance, Turn, record_id
+from ..schema import BASE, ChatMessage, EvalGeneration, Provenance, Turn, record_id
 from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "eval"
 FOLDER = "eval"
-BASE = "base"
 
 # (key in metrics.json, column title, scale for the table, decimals)
 COLUMNS = (

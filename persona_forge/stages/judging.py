@@ -33,10 +33,9 @@ from ..jsonparse import JsonParseError, parse_json
 from ..prompts import library
 from ..resources import data_dir
 from ..samples import reply_messages
-from ..schema import (BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
+from ..schema import (BASE, BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
                       record_id)
 from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
-from .evaluation import BASE
 
 STAGE = "judge"
 FOLDER = "judge"
