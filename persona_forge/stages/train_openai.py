@@ -53,10 +53,10 @@ def check_data(path: Path) -> int:
 def _client(recipe: Recipe):
     from openai import OpenAI
 
-    from ..backends.openai_compat import _read_key
+    from ..backends.openai_compat import read_key
 
     backend = recipe.backend
-    return OpenAI(api_key=_read_key(backend), base_url=backend.base_url, timeout=backend.timeout_s,
+    return OpenAI(api_key=read_key(backend), base_url=backend.base_url, timeout=backend.timeout_s,
                   max_retries=backend.max_retries)
 
 
