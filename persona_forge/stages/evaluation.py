@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from .. import ui
+from .. import plots, ui
 from ..config import EvalConfig, Recipe
 from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
 from ..samples import next_reply
 from ..schema import BASE, ChatMessage, EvalGeneration, Provenance, Turn, record_id
-from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
+from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "eval"
 FOLDER = "eval"
@@ -476,20 +476,16 @@ def delta_table(result: dict[str, Any]) -> str:
 
 def save_chart(path: Path, result: dict[str, Any]) -> None:
     """Grouped bars per metric (0-100 scale) with interval whiskers, and perplexity on its own axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     keys = [(k, t, s) for k, t, s, _ in COLUMNS if k != "perplexity"]
     names = list(result["models"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [5, 1]})
-    width = 0.8 / max(1, len(names))
     x = np.arange(len(keys))
     for j, name in enumerate(names):
         metrics = result["models"][name]["metrics"]
         vals, errs = _bars(metrics, [(k, s) for k, _, s in keys])
-        ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+        offset, width = plots.grouped_offsets(j, len(names))
+        ax.bar(x + offset, vals, width, yerr=errs, capsize=2, label=name)
     ax.set_xticks(x, [t for _, t, _ in keys], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("score (0-100)")
     ax.set_title(f"forge eval: n = {next(iter(result['models'].values()))['n']}, 95% bootstrap intervals")
@@ -499,10 +495,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
     ax2.bar(np.arange(len(names)), vals, 0.6, yerr=errs, capsize=3, color=[f"C{j}" for j in range(len(names))])
     ax2.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax2.set_title("reference perplexity" if any(v for v in vals) else "perplexity: n/a", fontsize=9)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def _bars(metrics: dict[str, Any], keys: Sequence[tuple[str, float]]) -> tuple[list[float], np.ndarray]:

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import plots
 from ..config import PairConfig, Recipe
 from ..corpora import ProfileSet, load_profiles
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
-from ..store import RunDir, atomic_open, atomic_write_jsonl, config_hash, file_sha256, sniff_gzip
+from ..store import RunDir, atomic_write_jsonl, config_hash, file_sha256, sniff_gzip
 
 STAGE = "pair"
 OUTPUTS = ("pairs.jsonl", "pair_rejections.jsonl", "pair_similarity.png")
@@ -357,11 +358,7 @@ def save_histogram(path: Path, chosen: np.ndarray, nearest: np.ndarray, candidat
                    baseline: np.ndarray, cfg: PairConfig) -> None:
     """Chosen-pair similarities as bars; as outlines the k nearest neighbours (near-copies included),
     the candidates (near-copies passed over) and the other strategy's pairs; the band shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     lowest = min(float(np.min(v, initial=0.0)) for v in (chosen, nearest, candidates, baseline))
     bins = np.linspace(min(-0.1, np.floor(lowest * 10) / 10), 1.0, 56)
@@ -382,10 +379,7 @@ def save_histogram(path: Path, chosen: np.ndarray, nearest: np.ndarray, candidat
     ax.set_xlabel("cosine similarity of the two profiles")
     ax.set_ylabel("density")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # --- the stage -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import ui
+from .. import plots, ui
 from ..config import Recipe, TrainConfig
 from ..errors import UserError
 from ..store import RunDir, atomic_open, iter_json_lines
@@ -264,11 +264,7 @@ def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     points = [(row["step"], row["loss"]) for row in history if "loss" in row and "step" in row]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     if points:
@@ -277,10 +273,7 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def last_checkpoint(folder: Path) -> Path | None:
