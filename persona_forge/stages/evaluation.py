@@ -42,20 +42,7 @@ from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, it
 STAGE = "eval"
 FOLDER = "eval"
 
-# (key in metrics.json, column title, scale for the table, decimals)
-COLUMNS = (
-    ("bleu_corpus", "BLEU (corpus)", 1.0, 2),
-    ("bleu_sentence", "BLEU (sent.)", 1.0, 2),
-    ("rouge1", "ROUGE-1", 100.0, 2),
-    ("rouge2", "ROUGE-2", 100.0, 2),
-    ("rougeL", "ROUGE-L", 100.0, 2),
-    ("bertscore_p", "BERTScore P", 100.0, 2),
-    ("bertscore_r", "BERTScore R", 100.0, 2),
-    ("bertscore_f1", "BERTScore F1", 100.0, 2),
-    ("perplexity", "PPL (ref.)", 1.0, 2),
-    ("contradiction_rate", "Contradiction %", 100.0, 1),
-)
-DELTA_KEYS = ("bleu_corpus", "rougeL", "bertscore_f1", "perplexity", "contradiction_rate")
+DELTA_KEYS = tuple(m.key for m in M.DELTA_METRICS)
 
 
 @dataclass(frozen=True)
@@ -435,21 +422,21 @@ def _clean(interval: dict[str, Any]) -> dict[str, Any]:
 
 # --- outputs -------------------------------------------------------------------------------------------
 
-def _cell(metric: dict[str, Any], scale: float, decimals: int) -> str:
-    if metric.get("value") is None:
+def _cell(interval: dict[str, Any], metric: M.Metric) -> str:
+    if interval.get("value") is None:
         return "n/a"
-    text = f"{metric['value'] * scale:.{decimals}f}"
-    if metric.get("low") is not None:
-        text += f" [{metric['low'] * scale:.{decimals}f}, {metric['high'] * scale:.{decimals}f}]"
+    text = metric.cell(interval["value"])
+    if interval.get("low") is not None:
+        text += f" [{metric.cell(interval['low'])}, {metric.cell(interval['high'])}]"
     return text
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """Rows: models; columns: the study's metrics, each with its 95% interval."""
-    lines = ["| Model | " + " | ".join(title for _, title, _, _ in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["| Model | " + " | ".join(m.title for m in M.METRICS) + " |",
+             "|---|" + "---:|" * len(M.METRICS)]
     for name, row in result["models"].items():
-        cells = [_cell(row["metrics"][key], scale, dec) for key, _, scale, dec in COLUMNS]
+        cells = [_cell(row["metrics"][m.key], m) for m in M.METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     n = next(iter(result["models"].values()))["n"]
     lines.append("")
@@ -464,12 +451,10 @@ def delta_table(result: dict[str, Any]) -> str:
     adapters = [(n, r) for n, r in result["models"].items() if "delta_vs_base" in r]
     if not adapters:
         return ""
-    titles = {key: title for key, title, _, _ in COLUMNS}
-    scales = {key: (scale, dec) for key, _, scale, dec in COLUMNS}
-    lines = ["| Adapter - base | " + " | ".join(titles[k] for k in DELTA_KEYS) + " |",
-             "|---|" + "---:|" * len(DELTA_KEYS)]
+    lines = ["| Adapter - base | " + " | ".join(m.title for m in M.DELTA_METRICS) + " |",
+             "|---|" + "---:|" * len(M.DELTA_METRICS)]
     for name, row in adapters:
-        lines.append(f"| {name} | " + " | ".join(_cell(row["delta_vs_base"][k], *scales[k]) for k in DELTA_KEYS)
+        lines.append(f"| {name} | " + " | ".join(_cell(row["delta_vs_base"][m.key], m) for m in M.DELTA_METRICS)
                      + " |")
     return "\n".join(lines) + "\n"
 
@@ -477,7 +462,7 @@ def delta_table(result: dict[str, Any]) -> str:
 def save_chart(path: Path, result: dict[str, Any]) -> None:
     """Grouped bars per metric (0-100 scale) with interval whiskers, and perplexity on its own axis."""
     plt = plots.pyplot()
-    keys = [(k, t, s) for k, t, s, _ in COLUMNS if k != "perplexity"]
+    keys = [(m.key, m.title, m.scale) for m in M.METRICS if m.key != "perplexity"]
     names = list(result["models"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [5, 1]})
     x = np.arange(len(keys))
