@@ -342,6 +342,12 @@ def test_the_stage_writes_every_export_and_each_loads_with_its_consumer(tmp_path
     assert report["measures"]["kcenter"]["chosen"] == 20
     card = (out / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "| coverage: mean distance" in card and "| low_quality | 1 |" in card
+    from huggingface_hub import DatasetCard
+
+    metadata = DatasetCard(card).data  # the Hub reads the card's metadata: licence and the parquet split
+    assert metadata.license == "cc-by-4.0"
+    assert metadata.configs == [{"config_name": "default", "data_files": [{"split": "train",
+                                                                          "path": "parquet/train.parquet"}]}]
     manifest = json.loads((tmp_path / "curate.manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["counts"]["selected"] == 20
     assert manifest["prompts"]["curate/dpo_conversation"]
