@@ -410,8 +410,9 @@ def _pipeline_stages(stages: str | None) -> list[str]:
 
 def _trained_adapters(run_dir: Path) -> tuple[str, ...]:
     """NAME=DIR for every adapter `forge train` finished in this run directory."""
-    found = sorted(Path(run_dir).glob("train/*/adapter/adapter_config.json"))
-    return tuple(f"{p.parent.parent.name}={p.parent}" for p in found)
+    from .layout import trained_adapters
+
+    return tuple(f"{p.parent.name}={p}" for p in trained_adapters(run_dir))
 
 
 @forge.command("report")

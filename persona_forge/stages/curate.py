@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import selection, ui
+from .. import layout, selection, ui
 from ..config import CurateConfig, Recipe
 from ..corpora import Conversations, load_conversations, load_preferences
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
@@ -41,9 +41,9 @@ from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, recor
 from ..store import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, file_sha256
 
 STAGE = "curate"
-FOLDER = "curated"
+FOLDER = layout.CURATED
+INPUTS = (layout.BEST, layout.PREFERENCES)  # or curate.data (then no preferences)
 OUTPUTS = (FOLDER,)
-EMBEDDINGS = "curate_embeddings"
 DONE_FILES = ("samples.jsonl", "selected.jsonl", "curate_rejections.jsonl", "sft.jsonl", "dpo.jsonl",
               "openai.jsonl", "sharegpt.jsonl", "README.md", "selection.json")
 RENDER_ROUNDS = 5  # re-selections after the chat template rejects chosen rows
@@ -236,7 +236,7 @@ def stage_config(recipe: Recipe, check: str) -> dict[str, Any]:
 
 def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
     cfg = recipe.curate
-    data = Path(cfg.data) if cfg.data else run_dir.file("best.jsonl")
+    data = Path(cfg.data) if cfg.data else run_dir.file(layout.BEST)
     if not data.is_file():
         what = "no such file" if cfg.data else "no conversations here yet (forge generate writes best.jsonl)"
         raise UserError(f"{data}: {what}; run forge generate first, or pass --data FILE (a Synthetic-Persona-Chat "
@@ -246,7 +246,7 @@ def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
         if not prefs.is_file():
             raise UserError(f"{prefs}: no such file; give the Preference JSONL forge generate wrote")
     else:
-        prefs = run_dir.file("preferences.jsonl") if not cfg.data else None
+        prefs = run_dir.file(layout.PREFERENCES) if not cfg.data else None
         prefs = prefs if prefs is not None and prefs.is_file() else None
     if not cfg.data:
         generate = run_dir.manifest("generate")
@@ -288,7 +288,7 @@ def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: Templat
     t = time.time()
     encoder = encoder or Encoder(cfg.model, cfg.batch_size)
     vectors, embedded = cached_embeddings([embed_text(s) for s in pool], [s.id for s in pool], encoder,
-                                          VectorCache(run_dir.path, EMBEDDINGS, "ids").load(), "samples")
+                                          VectorCache(run_dir.path, layout.CURATE_EMBEDDINGS, "ids").load(), "samples")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     timings["embed_s"] = time.time() - t
     t = time.time()

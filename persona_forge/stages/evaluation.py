@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from .. import plots, ui
+from .. import layout, plots, ui
 from ..config import EvalConfig, Recipe
 from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
@@ -40,7 +40,9 @@ from ..schema import BASE, ChatMessage, EvalGeneration, Provenance, Turn, record
 from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "eval"
-FOLDER = "eval"
+FOLDER = layout.EVAL
+INPUTS = ()  # eval.data, else the packaged SPC test split; adapters from train/<name>/adapter
+OUTPUTS = (FOLDER,)
 
 DELTA_KEYS = tuple(m.key for m in M.DELTA_METRICS)
 
@@ -254,9 +256,8 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     from_backend = parse_adapter_options([str(recipe.backend.adapter)]) if recipe.backend.adapter else {}
     models = models_under_test(recipe, {**from_backend, **cfg.adapters, **(adapters or {})})
     run_dir = RunDir(recipe.run_dir)
-    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=[FOLDER], force=force)
-    folder = run_dir.file(FOLDER)
-    store = JsonlStore(folder / "generations.jsonl", EvalGeneration)
+    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=OUTPUTS, force=force)
+    store = JsonlStore(run_dir.file(layout.EVAL_GENERATIONS), EvalGeneration)
     scorers = scorers or default_scorers(recipe, progress)
     factory = generator_factory or Generator.for_model
 
@@ -291,10 +292,10 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     records = [r for r in store.read() if r.id in wanted]
     result = aggregate(records, examples, models, recipe)
     result.update(data=str(data), examples=len(examples), skipped_conversations=skipped)
-    atomic_write_json(folder / "metrics.json", result)
-    atomic_write_text(folder / "table.md", markdown_table(result))
-    save_chart(folder / "eval.png", result)
-    atomic_write_text(folder / "report.md", report(result, records, examples))
+    atomic_write_json(run_dir.file(layout.EVAL_METRICS), result)
+    atomic_write_text(run_dir.file(layout.EVAL_TABLE), markdown_table(result))
+    save_chart(run_dir.file(layout.EVAL_CHART), result)
+    atomic_write_text(run_dir.file(layout.EVAL_REPORT), report(result, records, examples))
     stage.set_count("examples", len(examples))
     stage.set_count("generations", len(records))
     stage.set_count("generated_this_run", generated)

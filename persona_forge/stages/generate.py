@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ui
+from .. import layout, ui
 from ..config import GenerateConfig, Recipe
 from ..corpora import load_profiles, spc_file
 from ..errors import UserError
@@ -45,8 +45,10 @@ from . import critic
 from .critic import Candidate
 
 STAGE = "generate"
-FILES = {"dialogues": "dialogues.jsonl", "best": "best.jsonl", "preferences": "preferences.jsonl",
-         "rejections": "generate_rejections.jsonl"}
+INPUTS = (layout.PAIRS, layout.PROFILES)  # or generate.pairs / generate.profiles
+FILES = {"dialogues": layout.DIALOGUES, "best": layout.BEST, "preferences": layout.PREFERENCES,
+         "rejections": layout.GENERATE_REJECTIONS}
+OUTPUTS = tuple(FILES.values())
 WHOLE_PROMPT, TURN_PROMPT = "generate/whole", "generate/turn"
 SPC_EXAMPLES = 200  # corpus conversations the first round draws its examples from
 
@@ -77,13 +79,13 @@ class Work:
 
 def input_paths(recipe: Recipe) -> tuple[Path, Path]:
     cfg = recipe.generate
-    pairs = Path(cfg.pairs) if cfg.pairs else recipe.run_dir / "pairs.jsonl"
+    pairs = Path(cfg.pairs) if cfg.pairs else recipe.run_dir / layout.PAIRS
     if cfg.profiles:
         profiles = Path(cfg.profiles)
     elif recipe.pair.profiles:
         profiles = Path(recipe.pair.profiles)
     else:
-        profiles = recipe.run_dir / "profiles.jsonl"
+        profiles = recipe.run_dir / layout.PROFILES
     for path, made_by in ((pairs, "forge pair"), (profiles, "forge personas")):
         if not path.is_file():
             raise UserError(f"{path}: not found; run `{made_by}` first or give generate.pairs / generate.profiles")
@@ -139,7 +141,7 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     mode = resolve_mode(cfg, recipe.backend.kind)
     config = stage_config(recipe, mode, prompts)
     inputs = [pairs_path, profiles_path] + ([Path(cfg.critic.blocklist)] if cfg.critic.blocklist else [])
-    stage = RunDir(recipe.run_dir).begin(STAGE, config, inputs=inputs, outputs=list(FILES.values()), force=force)
+    stage = RunDir(recipe.run_dir).begin(STAGE, config, inputs=inputs, outputs=list(OUTPUTS), force=force)
     for name, digest in config["prompts"].items():
         stage.record_prompt(name, digest)
     stage.record_model("generator", str(backend.describe()))

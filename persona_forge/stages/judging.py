@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from .. import plots, ui
+from .. import layout, plots, ui
 from ..config import BackendConfig, Recipe
 from ..errors import UserError
 from ..jsonparse import JsonParseError, parse_json
@@ -38,7 +38,9 @@ from ..schema import (BASE, BigFiveAnswer, EvalGeneration, PairwiseJudgement, Pr
 from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "judge"
-FOLDER = "judge"
+FOLDER = layout.JUDGE
+INPUTS = (layout.EVAL_GENERATIONS,)  # or judge.input; eval's metrics.json beside it names the adapters
+OUTPUTS = (FOLDER,)
 CRITERIA = ("persona_consistency", "tone", "helpfulness", "naturalness")
 TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 RUBRIC, PAIRWISE, BIGFIVE = "judge/rubric", "judge/pairwise", "judge/bigfive"
@@ -247,13 +249,13 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
 
     cfg = recipe.judge
     run_dir = RunDir(recipe.run_dir)
-    source = Path(cfg.input) if cfg.input else run_dir.file("eval") / "generations.jsonl"
+    source = Path(cfg.input) if cfg.input else run_dir.file(layout.EVAL_GENERATIONS)
     generations = read_generations(source)
     items_path = Path(cfg.items) if cfg.items else default_items()
     items = load_items(items_path) if cfg.bigfive else []
     make = backend_factory or (lambda c: build_backend(c, progress=progress))
     stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[items_path] if cfg.bigfive else [],
-                          outputs=[FOLDER], force=force)
+                          outputs=OUTPUTS, force=force)
     folder = run_dir.file(FOLDER)
     prompts = library(str(recipe.prompts_dir) if recipe.prompts_dir else None)
     for name in (RUBRIC, PAIRWISE, BIGFIVE):
@@ -287,8 +289,8 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
                                      probe_models(recipe, generations, source.parent / "metrics.json"), stage,
                                      failed)
     atomic_write_json(folder / "judge.json", result)
-    save_chart(folder / "judge.png", result)
-    atomic_write_text(folder / "report.md", report(result))
+    save_chart(run_dir.file(layout.JUDGE_CHART), result)
+    atomic_write_text(run_dir.file(layout.JUDGE_REPORT), report(result))
     stage.set_count("examples", len(examples))
     if failed:
         stage.set_count("failed", len(failed))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import plots
+from .. import layout, plots
 from ..config import PairConfig, Recipe
 from ..corpora import ProfileSet, load_profiles
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
@@ -35,9 +35,8 @@ from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
 from ..store import RunDir, atomic_write_jsonl, config_hash, file_sha256, sniff_gzip
 
 STAGE = "pair"
-OUTPUTS = ("pairs.jsonl", "pair_rejections.jsonl", "pair_similarity.png")
-EMBEDDINGS = "pair_embeddings"
-ATTRIBUTE_EMBEDDINGS = "pair_attribute_embeddings"
+INPUTS = (layout.PROFILES,)  # or pair.profiles
+OUTPUTS = (layout.PAIRS, layout.PAIR_REJECTIONS, layout.PAIR_SIMILARITY)
 
 # Why the default band is [0.50, 0.75] (config.PairConfig), measured with all-MiniLM-L6-v2 on
 # 3,000 distinct Synthetic-Persona-Chat personas (attributes joined into one text):
@@ -391,7 +390,7 @@ def stage_config(cfg: PairConfig) -> dict[str, Any]:
 def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
     cfg = recipe.pair
     run_dir = RunDir(recipe.run_dir)
-    path = Path(cfg.profiles) if cfg.profiles else run_dir.file("profiles.jsonl")
+    path = Path(cfg.profiles) if cfg.profiles else run_dir.file(layout.PROFILES)
     if not path.is_file():
         what = "no such file" if cfg.profiles else "no profiles here yet (the personas stage writes them)"
         raise UserError(f"{path}: {what}; pass --profiles FILE (a Profile JSONL, or a Synthetic-Persona-Chat "
@@ -438,7 +437,7 @@ def match(cfg: PairConfig, profiles: list[Profile], encoder: Encoder, run_dir: R
     threads = set_threads(cfg.threads)
     t = time.time()
     emb, embedded = cached_embeddings([profile_text(p) for p in profiles], [p.id for p in profiles], encoder,
-                                      VectorCache(run_dir.path, EMBEDDINGS, "ids").load(), "profiles")
+                                      VectorCache(run_dir.path, layout.PAIR_EMBEDDINGS, "ids").load(), "profiles")
     timings = {"embed_s": time.time() - t, "encode_s": encoder.seconds}
     t = time.time()
     found = nearest_neighbours(emb, cfg, attribute_codes(profiles))
@@ -466,11 +465,11 @@ def write(cfg: PairConfig, run_dir: RunDir, path: Path, loaded: ProfileSet, outc
     records = pair_records(outcome.chosen, profiles, attr_vecs, cfg)
     outcome.timings["topics_s"] = time.time() - t
     dropped = rejections(profiles, outcome.chosen, outcome.edges, cfg)
-    atomic_write_jsonl(run_dir.file("pairs.jsonl"), records)
-    atomic_write_jsonl(run_dir.file("pair_rejections.jsonl"), dropped)
+    atomic_write_jsonl(run_dir.file(layout.PAIRS), records)
+    atomic_write_jsonl(run_dir.file(layout.PAIR_REJECTIONS), dropped)
     sims, other_sims = outcome.similarities()
     nearest = outcome.found.nearest[~np.isnan(outcome.found.nearest)]
-    save_histogram(run_dir.file("pair_similarity.png"), sims, nearest, outcome.edges.similarity, other_sims, cfg)
+    save_histogram(run_dir.file(layout.PAIR_SIMILARITY), sims, nearest, outcome.edges.similarity, other_sims, cfg)
     outcome.counts.update(pairs=len(records), unpaired=len(dropped),
                           no_candidate=sum(r.reason.startswith("no nearest") for r in dropped))
     for key, value in outcome.counts.items():
@@ -488,7 +487,7 @@ def attribute_vectors(chosen: list[tuple[int, int, float]], profiles: list[Profi
                       run_dir: RunDir) -> tuple[dict[str, np.ndarray], int]:
     """Vectors for the attributes of paired users only (the rest need none), cached by text."""
     texts = sorted({a for i, j, _ in chosen for row in (i, j) for a in profiles[row].attributes})
-    cache = VectorCache(run_dir.path, ATTRIBUTE_EMBEDDINGS, "texts").load()
+    cache = VectorCache(run_dir.path, layout.PAIR_ATTRIBUTE_EMBEDDINGS, "texts").load()
     vectors, embedded = cached_embeddings(texts, texts, encoder, cache, "attributes", keep_old=True)
     return dict(zip(texts, vectors)), embedded
 
@@ -549,8 +548,8 @@ def summary_rows(cfg: PairConfig, description: str, path: Path, run_dir: RunDir,
         "mean similarity": f"greedy {_mean(greedy)} | random {_mean(random_)}",
         "seconds (embed / kNN / match)": f"{timings['embed_s']:.1f} / {timings['knn_s']:.1f} / "
                                          f"{timings['match_s']:.1f} on {outcome.threads} thread(s)",
-        "histogram": str(run_dir.file("pair_similarity.png")),
-        "output": str(run_dir.file("pairs.jsonl")),
+        "histogram": str(run_dir.file(layout.PAIR_SIMILARITY)),
+        "output": str(run_dir.file(layout.PAIRS)),
         "seconds": round(seconds, 1),
     }
 
@@ -578,5 +577,5 @@ def refuse_unfinished_personas(run_dir: RunDir) -> None:
     """The personas stage appends profiles as they finish: pairing a partial file would pair a partial set."""
     personas = run_dir.manifest("personas")
     if personas is not None and personas.status != "done":
-        raise UserError(f"{run_dir.file('profiles.jsonl')}: the personas stage has not finished there; run it to "
+        raise UserError(f"{run_dir.file(layout.PROFILES)}: the personas stage has not finished there; run it to "
                         f"the end first (the same command resumes it), or pass --profiles to pair that file as it is")

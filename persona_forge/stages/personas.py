@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .. import ui
+from .. import layout, ui
 from ..config import Recipe
 from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL, identity as nli_identity
 from ..embeddings import Embed, Embedder
@@ -50,9 +50,10 @@ from .persona_expand import (CLUSTER_DEFINITION, EXPAND_PROMPT, QUESTIONS_PROMPT
                              load_seed_texts)
 
 STAGE = "personas"
-FILES = {"attributes": "attributes.jsonl", "profiles": "profiles.jsonl", "rejections": "rejections.jsonl",
-         "questions": "personas_questions.jsonl", "replies": "personas_replies.jsonl",
-         "checks": "personas_checks.jsonl"}
+FILES = {"attributes": layout.ATTRIBUTES, "profiles": layout.PROFILES, "rejections": layout.PERSONA_REJECTIONS,
+         "questions": layout.PERSONA_QUESTIONS, "replies": layout.PERSONA_REPLIES, "checks": layout.PERSONA_CHECKS}
+INPUTS = ()  # the seed attributes come from the recipe (personas.seeds) or the package
+OUTPUTS = tuple(FILES.values())
 
 
 class PairCheck(BaseModel):

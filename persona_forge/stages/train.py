@@ -32,25 +32,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import plots, ui
+from .. import layout, plots, ui
 from ..config import Recipe, TrainConfig
 from ..errors import UserError
 from ..store import RunDir, atomic_open, iter_json_lines
 
 STAGE = "train"
-OUTPUTS = ("adapter", "checkpoints", "log.jsonl", "loss.png", "merged")
+INPUTS = (layout.training_file("sft"), layout.training_file("dpo"))  # by train.method, or train.data
+OUTPUTS = (layout.ADAPTER, "checkpoints", "log.jsonl", "loss.png", "merged")  # inside train/<name>/
 ROLES = ("system", "user", "assistant")
 
 
 # --- data ------------------------------------------------------------------------------------
 
 def default_data(recipe: Recipe, method: str) -> Path:
-    return recipe.run_dir / "curated" / f"{method}.jsonl"
+    return recipe.run_dir / layout.training_file(method)
 
 
 def out_dir(recipe: Recipe) -> Path:
     cfg = recipe.train
-    return recipe.run_dir / "train" / (cfg.name or cfg.method)
+    return layout.train_dir(recipe.run_dir, cfg.name or cfg.method)
 
 
 def _messages(value: Any, path: Path, line_no: int, key: str) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import ui
+from .. import layout, ui
 from ..config import Recipe
 from ..errors import UserError
 from ..store import RunDir, file_sha256, iter_json_lines
@@ -29,7 +29,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def out_dir(recipe: Recipe) -> Path:
-    return recipe.run_dir / "train" / (recipe.train.name or "openai")
+    return layout.train_dir(recipe.run_dir, recipe.train.name or "openai")
 
 
 def check_data(path: Path) -> int:
@@ -69,7 +69,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, sleep=time.s
     if model.startswith("packaged:") or Path(model).expanduser().exists():
         raise UserError(f"'{model}' is a local model; give the hosted base model to fine-tune, e.g. "
                         f"--model gpt-4o-mini-2024-07-18 (or train.model in the recipe)")
-    data = Path(cfg.data) if cfg.data else recipe.run_dir / "curated" / "openai.jsonl"
+    data = Path(cfg.data) if cfg.data else recipe.run_dir / layout.training_file("openai")
     examples = check_data(data)
     folder = out_dir(recipe)
     config = {"train": {"backend": "openai", "base_url": backend.base_url, "model": model,
