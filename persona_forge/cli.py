@@ -365,54 +365,43 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
                       interactive, chat_model.has_adapter)
 
 
-PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
-
-
 @forge.command("run")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path), required=False)
 @click.option("--stages", default=None, metavar="A,B,...",
-              help=f"Only these stages, in pipeline order (default: all of {', '.join(PIPELINE)}).")
-@click.pass_context
-def run_pipeline(ctx: click.Context, recipe_path: Path | None, stages: str | None) -> None:
+              help="Only these stages, in pipeline order (default: all of personas, pair, generate, curate, train, "
+                   "eval, judge).")
+@click.pass_obj
+def run_pipeline(obj: Context, recipe_path: Path | None, stages: str | None) -> None:
     """The whole pipeline from one recipe: personas, pair, generate, curate, train, eval, judge,
     then report.md. Every stage resumes, so a killed run started again picks up where it stopped.
 
     Example: forge run recipes/quickstart.yaml
     """
-    obj: Context = ctx.obj
+    from . import pipeline
+
     if recipe_path is not None:
         obj.recipe_path = recipe_path
-    chosen = _pipeline_stages(stages)
+    chosen = pipeline.choose(stages.split(",") if stages else None)
     recipe = obj.recipe()
-    commands = {"personas": personas, "pair": pair, "generate": generate, "curate": curate, "train": train,
-                "eval": eval_, "judge": judge}
-    for number, name in enumerate(chosen, 1):
-        ui.info(f"[bold]forge run[/bold] {number}/{len(chosen)}: {name}")
-        kwargs: dict[str, Any] = {}
-        if name == "eval":
-            kwargs["adapters"] = _trained_adapters(recipe.run_dir)
-        ctx.invoke(commands[name], **kwargs)
-    from . import report
-
-    path = report.write(recipe.run_dir)
-    ui.summary("forge run", {"stages": ", ".join(chosen), "report": str(path)})
+    pipeline.run(recipe, chosen, force=obj.force, progress=ui.verbosity() >= 0, on_result=lambda result: _show_stage(result, recipe))
+    ui.summary("forge run", {"stages": ", ".join(chosen), "report": str(Path(recipe.run_dir) / "report.md")})
 
 
-def _pipeline_stages(stages: str | None) -> list[str]:
-    if not stages:
-        return list(PIPELINE)
-    wanted = [s.strip() for s in stages.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in PIPELINE]
-    if unknown:
-        raise UserError(f"--stages: unknown stage {unknown[0]!r}; choose from {', '.join(PIPELINE)}")
-    return [s for s in PIPELINE if s in wanted]
+def _show_stage(result, recipe: Recipe) -> None:
+    """A finished stage as its own command prints it: eval's and judge's tables, then the summary."""
+    if result.stage == "eval":
+        from .stages import evaluation
 
+        click.echo(evaluation.markdown_table(result.data))
+    elif result.stage == "judge":
+        from .stages import judging
 
-def _trained_adapters(run_dir: Path) -> tuple[str, ...]:
-    """NAME=DIR for every adapter `forge train` finished in this run directory."""
-    from .layout import trained_adapters
-
-    return tuple(f"{p.parent.name}={p}" for p in trained_adapters(run_dir))
+        for key, table in (("rubric", judging.rubric_table), ("pairwise", judging.pairwise_table),
+                           ("bigfive", judging.bigfive_table)):
+            if result.data.get(key):
+                click.echo(table(result.data[key]))
+    title = f"forge train ({recipe.train.method})" if result.stage == "train" else f"forge {result.stage}"
+    ui.summary(title, result.summary)
 
 
 @forge.command("report")

@@ -7,15 +7,16 @@ import subprocess
 
 from conftest import REPO, forge_cmd
 from persona_forge import report
-from persona_forge.cli import _pipeline_stages, _trained_adapters
+from persona_forge.layout import trained_adapters
+from persona_forge.pipeline import choose
 from persona_forge.errors import UserError
 
 
 def test_stages_run_in_pipeline_order_and_unknown_ones_are_refused():
-    assert _pipeline_stages(None)[0] == "personas" and _pipeline_stages(None)[-1] == "judge"
-    assert _pipeline_stages("eval, train") == ["train", "eval"]
+    assert choose(None)[0] == "personas" and choose(None)[-1] == "judge"
+    assert choose(["eval", " train"]) == ["train", "eval"]
     try:
-        _pipeline_stages("train,evaluate")
+        choose(["train", "evaluate"])
     except UserError as exc:
         assert "unknown stage 'evaluate'" in str(exc)
     else:
@@ -27,8 +28,7 @@ def test_eval_is_given_every_adapter_train_finished(tmp_path):
         (tmp_path / "train" / name / "adapter").mkdir(parents=True)
         (tmp_path / "train" / name / "adapter" / "adapter_config.json").write_text("{}")
     (tmp_path / "train" / "broken").mkdir()
-    assert _trained_adapters(tmp_path) == (f"dpo={tmp_path / 'train/dpo/adapter'}",
-                                          f"sft={tmp_path / 'train/sft/adapter'}")
+    assert trained_adapters(tmp_path) == [tmp_path / "train/dpo/adapter", tmp_path / "train/sft/adapter"]
 
 
 def test_report_reads_generate_figures_from_the_manifest(tmp_path):
@@ -51,3 +51,45 @@ def test_forge_run_with_an_unknown_stage_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "forge: error: --stages: unknown stage 'nope'; choose from personas, pair, generate, curate, train, eval, judge"]
+
+
+def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
+    """pipeline.run without the CLI: each stage's result carries its manifest's counts and its outputs,
+    and report.md is written. The vectors are cached beforehand, so no model is loaded."""
+    import numpy as np
+
+    from persona_forge import pipeline
+    from persona_forge.config import load_recipe
+    from persona_forge.embeddings import VectorCache
+    from persona_forge.schema import Profile, record_id
+
+    profiles = [Profile(id=f"p{i}", attribute_ids=[f"a{i}", f"b{i}"], attributes=[f"I like {i}.", f"I own {i} cats."])
+                for i in range(6)]
+    path = tmp_path / "profiles.jsonl"
+    path.write_text("".join(p.model_dump_json() + "\n" for p in profiles))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rng = np.random.default_rng(0)
+    spec = "packaged:minilm-l6"
+    attributes = [a for p in profiles for a in p.attributes]
+    for name, label, texts, labels in (
+            ("pair_embeddings", "ids", [" ".join(p.attributes) for p in profiles], [p.id for p in profiles]),
+            ("pair_attribute_embeddings", "texts", attributes, attributes)):
+        cache = VectorCache(run_dir, name, label)
+        keys = [record_id(spec, t) for t in texts]
+        vectors = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        cache.vectors = dict(zip(keys, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
+        cache.labels = dict(zip(keys, labels))
+        cache.save(keys, spec)
+    recipe = load_recipe(None, {"run_dir": str(run_dir), "pair.profiles": str(path), "pair.low": -1.0,
+                                "pair.high": 1.0, "pair.threads": 1})
+
+    seen = []
+    results = pipeline.run(recipe, ["pair"], progress=False, on_result=seen.append)
+
+    result = results["pair"]
+    assert list(results) == ["pair"] and seen == [result]
+    assert (result.stage, result.failed, result.counts["profiles"]) == ("pair", 0, 6)
+    assert result.counts["pairs"] == 3 == len((run_dir / "pairs.jsonl").read_text().splitlines())
+    assert result.counts["profiles_embedded"] == 0  # every vector came from the cache
+    assert all(p.is_file() for p in result.outputs) and (run_dir / "report.md").is_file()

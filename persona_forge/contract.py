@@ -1,0 +1,35 @@
+"""What a stage is handed and what it hands back: the contract between the stages and whoever runs them.
+
+A stage is given its own config section, the shared things it needs (a chat backend, the NLI, the
+sentence encoder) and a `StageContext` (where, whether to redo, whether to draw progress). It hands
+back a `StageResult`: typed figures that the CLI prints, the pipeline collects and the report reads,
+instead of a dict of display strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageContext:
+    run_dir: Path
+    force: bool = False      # redo a stage whose config or input changed (old outputs go to .trash/)
+    progress: bool = True    # progress bars on the terminal
+
+
+@dataclass
+class StageResult:
+    stage: str                                          # the stage's name, as in its manifest
+    summary: dict[str, Any]                             # the rows `forge <stage>` prints
+    counts: dict[str, int] = field(default_factory=dict)       # from the stage's manifest
+    figures: dict[str, Any] = field(default_factory=dict)      # from the stage's manifest
+    outputs: list[Path] = field(default_factory=list)          # what it wrote, in the run directory
+    failed: int = 0                                     # requests that failed after retries (a re-run retries them)
+    data: dict[str, Any] | None = None                  # eval's metrics.json, judge's judge.json
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
