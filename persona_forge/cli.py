@@ -182,7 +182,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
     backend = build_backend(recipe.backend, progress=show)
     embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
     rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
-                     embed=embed, force=obj.force)
+                     embed=embed, force=obj.force, default_profiles=recipe.pair.profiles)
     ui.summary("forge generate", rows)
     if rows.get("failed (re-run to retry)"):
         raise UserError(f"{rows['failed (re-run to retry)']} candidates failed after retries; run the same "
@@ -246,7 +246,8 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
     recipe = _context(obj, sub_recipe).recipe(**{
         "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
         "judge.pairwise": pairwise, "judge.bigfive": bigfive})
-    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0,
+                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
         return

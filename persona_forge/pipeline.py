@@ -120,7 +120,8 @@ def _generate(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
     from .stages import generate
 
     embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
-    rows = generate.run(recipe, shared.backend(), shared.nli, embed=embed, force=context.force)
+    rows = generate.run(recipe, shared.backend(), shared.nli, embed=embed, force=context.force,
+                        default_profiles=recipe.pair.profiles)
     return _result(generate.STAGE, rows, context, generate.OUTPUTS)
 
 
@@ -153,7 +154,8 @@ def _eval(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
 def _judge(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import judging
 
-    data = judging.run(recipe, force=context.force, progress=context.progress)
+    data = judging.run(recipe, force=context.force, progress=context.progress,
+                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
     summary = {"examples": data["examples"], "judge": data["judge"]["model"],
                "outputs": str(context.run_dir / judging.FOLDER)}
     return _result(judging.STAGE, summary, context, judging.OUTPUTS, data=data)

@@ -395,3 +395,13 @@ def test_generate_on_the_packaged_model_end_to_end(tmp_path, embedded_nli):
             assert 0.0 <= d.scores["contradiction"] <= 1.0 and 0.0 <= d.scores["critic"] <= 1.0
     manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["models"]["nli"].startswith("embedded")
+
+
+def test_profiles_come_from_generate_then_what_the_caller_hands_then_the_run_dir(tmp_path):
+    """generate reads no other stage's config: the caller hands pairing's profiles file on."""
+    write_inputs(tmp_path)
+    other = tmp_path / "elsewhere.jsonl"
+    other.write_text((tmp_path / "profiles.jsonl").read_text())
+    assert stage.input_paths(recipe(tmp_path))[1] == tmp_path / "profiles.jsonl"
+    assert stage.input_paths(recipe(tmp_path), default_profiles=other)[1] == other
+    assert stage.input_paths(recipe(tmp_path, profiles=str(other)), default_profiles=tmp_path / "x")[1] == other

@@ -77,13 +77,15 @@ class Work:
 
 # --- inputs --------------------------------------------------------------------------------
 
-def input_paths(recipe: Recipe) -> tuple[Path, Path]:
+def input_paths(recipe: Recipe, default_profiles: Path | None = None) -> tuple[Path, Path]:
+    """pairs.jsonl and the profiles the pairs name: generate.profiles, else `default_profiles` (the
+    file pairing read, which the caller hands on), else the personas stage's profiles.jsonl."""
     cfg = recipe.generate
     pairs = Path(cfg.pairs) if cfg.pairs else recipe.run_dir / layout.PAIRS
     if cfg.profiles:
         profiles = Path(cfg.profiles)
-    elif recipe.pair.profiles:
-        profiles = Path(recipe.pair.profiles)
+    elif default_profiles:
+        profiles = Path(default_profiles)
     else:
         profiles = recipe.run_dir / layout.PROFILES
     for path, made_by in ((pairs, "forge pair"), (profiles, "forge personas")):
@@ -132,10 +134,11 @@ def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
 
 
 def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[list[str]], np.ndarray] | None = None,
-        force: bool = False) -> dict[str, Any]:
-    """Run (or resume) the stage; `nli` is an NLI model or a function that loads one."""
+        force: bool = False, default_profiles: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the stage; `nli` is an NLI model or a function that loads one; `default_profiles`:
+    the profiles file when generate.profiles is unset (pairing's pair.profiles)."""
     cfg = recipe.generate
-    pairs_path, profiles_path = input_paths(recipe)
+    pairs_path, profiles_path = input_paths(recipe, default_profiles)
     pairs, profiles = load_pairs(pairs_path, profiles_path, cfg.limit)
     prompts = library(recipe.prompts_dir)
     mode = resolve_mode(cfg, recipe.backend.kind)

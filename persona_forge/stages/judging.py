@@ -244,7 +244,9 @@ def stage_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, bootstrap: tuple[int, int] = (1000, 0)) -> dict[str, Any]:
+    """Judge eval's replies; `bootstrap` is (resamples, seed) of the rubric's intervals (the caller
+    hands eval's, so both stages' intervals are drawn alike)."""
     from ..backends import build_backend
 
     cfg = recipe.judge
@@ -281,7 +283,7 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
     result: dict[str, Any] = {"judge": {"backend": judge_cfg.kind, "model": judge_cfg.model},
                               "source": str(source), "examples": len(examples), "models": models}
     if cfg.rubric:
-        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend, failed)
+        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend, failed, bootstrap)
     if cfg.pairwise:
         result["pairwise"] = _pairwise(recipe, generations, folder, prompts, judge_backend, failed)
     if cfg.bigfive:
@@ -322,7 +324,8 @@ def _provenance(backend, prompts, name: str, request) -> Provenance:
                       prompt_hash=prompts.ref(name).hash, params=request.params())
 
 
-def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[str]) -> dict[str, Any]:
+def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[str],
+            bootstrap: tuple[int, int]) -> dict[str, Any]:
     cfg = recipe.judge
     store = JsonlStore(folder / "judgements.jsonl", RubricJudgement)
     digest = prompts.ref(RUBRIC).hash
@@ -345,7 +348,7 @@ def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[st
                                           provenance=_provenance(backend, prompts, RUBRIC, request)))
     wanted = set(ids.values())
     records = [r for r in store.read() if r.id in wanted]
-    return summarize_rubric(records, recipe.eval.bootstrap, recipe.eval.seed)
+    return summarize_rubric(records, *bootstrap)
 
 
 def summarize_rubric(records: Sequence[RubricJudgement], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
