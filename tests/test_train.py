@@ -1,5 +1,6 @@
 """forge train and forge chat on a tiny random llama (training mechanics in seconds): the label mask,
-context fitting, outputs, resuming, config changes, bad data, and chat through a pipe."""
+context fitting, outputs, resuming, config changes, bad data, and chat through a pipe. The tests that
+train with trl are marked integration (torch-heavy: run them under the shared lock, one at a time)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ class StopAfter:
         self.callback = Callback()
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 8)
     recipe = recipe_for(tmp_path / "run", tiny)
@@ -110,6 +112,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     assert [row["step"] for row in log if "loss" in row] == [1, 2, 3, 4]
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_outputs_manifest_and_reruns(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
     recipe = recipe_for(tmp_path / "run", tiny, max_steps=2)
@@ -143,6 +146,7 @@ def test_outputs_manifest_and_reruns(tiny, tmp_path):
     assert any((tmp_path / "run" / "train" / "sft" / ".trash").iterdir())
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_the_adapter_loads_with_the_shared_loader(tiny, tmp_path):
     import torch
 
@@ -157,6 +161,7 @@ def test_the_adapter_loads_with_the_shared_loader(tiny, tmp_path):
         assert not torch.allclose(base(**ids).logits, tuned(**ids).logits)
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_dpo_trains_from_preference_pairs_and_from_an_sft_adapter(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
     write_dpo(tmp_path / "run" / "curated" / "dpo.jsonl", 4)
@@ -279,6 +284,7 @@ def test_chat_loop_uses_the_training_form_and_commands():
     assert [(m["role"], m["content"]) for m in seen[4][0][1:]] == [("user", "again")]
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_forge_chat_through_a_pipe(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
     train.run(recipe_for(tmp_path / "run", tiny, max_steps=2), progress=False)
