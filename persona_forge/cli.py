@@ -384,7 +384,8 @@ def run_pipeline(obj: Context, recipe_path: Path | None, stages: str | None) -> 
         obj.recipe_path = recipe_path
     chosen = pipeline.choose(stages.split(",") if stages else None)
     recipe = obj.recipe()
-    pipeline.run(recipe, chosen, force=obj.force, progress=ui.verbosity() >= 0, on_result=lambda result: _show_stage(result, recipe))
+    pipeline.run(recipe, chosen, force=obj.force, progress=ui.verbosity() >= 0,
+                 on_result=lambda result: _show_stage(result, recipe))
     ui.summary("forge run", {"stages": ", ".join(chosen), "report": str(Path(recipe.run_dir) / "report.md")})
 
 
