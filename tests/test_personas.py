@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from persona_forge.stages import personas
 from persona_forge.stages.persona_expand import (FALLBACK_QUESTION, dedup_key, parse_attributes, parse_questions,
                                                  load_seed_texts, read_seed_file)
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, one_line_error, run_forge
 
 SEEDS = [
     "I have two dogs.", "I do not have any pets.", "I have pets.", "My cat is called Tom.", "I love horses.",
@@ -432,15 +432,7 @@ def test_the_packaged_seed_file_is_the_distinct_spc_persona_sentences():
     assert all(t == t.strip() and t[-1] in ".!?" for t in texts)
 
 
-def forge(*args: str, cwd=REPO, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(forge_cmd() + list(args), cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+forge = partial(run_forge, process=True)  # a fresh process: the models load there, not here
 
 
 @pytest.mark.parametrize("name,content,column,message", [
@@ -506,7 +498,7 @@ def test_the_real_nli_rejects_a_contradiction_and_a_redundancy(tmp_path):
 def test_forge_personas_end_to_end_with_real_embeddings(tmp_path):
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("attribute\n" + "\n".join(f'"{s}"' for s in SEEDS) + "\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"}
     args = ["--run-dir", str(tmp_path / "run"), "--set", "backend.kind=fake",
             "--set", f"backend.default_reply={EXPANSION_REPLY}", "--set", "personas.topics=3",
             "--set", "personas.questions_per_topic=1", "--set", "personas.requests_per_question=1",
