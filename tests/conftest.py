@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,24 @@ def fake() -> ScriptedBackend:
 def forge_cmd() -> list[str]:
     """The installed `forge` entry point of this interpreter's environment."""
     return [sys.executable, "-m", "persona_forge.cli"]
+
+
+def make_recipe(run_dir: Path, **sections: Any):
+    """The one recipe builder of the tests: `run_dir` and sections as dicts, checked as a recipe file
+    would be, e.g. make_recipe(tmp_path, backend={"kind": "fake"}, eval={"limit": 3})."""
+    from persona_forge.config import load_recipe
+
+    return load_recipe(None, {"run_dir": str(run_dir), **_dotted(sections)})
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 @dataclass

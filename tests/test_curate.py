@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe
 from persona_forge import corpora, selection
-from persona_forge.config import CurateConfig, load_recipe
+from persona_forge.config import CurateConfig
 from persona_forge.errors import UserError
 from persona_forge.exports import (TemplateCheck, dpo_row, openai_file_errors, openai_row_errors, sharegpt_row,
                                    transcript)
@@ -294,7 +294,7 @@ def write_run(run_dir: Path, n: int = 40) -> None:
 
 
 def recipe(run_dir: Path, **curate_cfg):
-    return load_recipe(None, {"run_dir": str(run_dir), **{f"curate.{k}": v for k, v in curate_cfg.items()}})
+    return make_recipe(run_dir, curate=curate_cfg)
 
 
 def read_jsonl(path: Path) -> list[dict]:

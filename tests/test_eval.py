@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe
 from persona_forge import metrics as M
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
@@ -161,8 +161,7 @@ def test_corpus_perplexity_weights_tokens():
 # --- protocol ----------------------------------------------------------------------------------------
 
 def _recipe(tmp_path: Path, **eval_cfg):
-    return load_recipe(None, {"run_dir": str(tmp_path / "run"), "backend.kind": "fake",
-                              **{f"eval.{k}": v for k, v in eval_cfg.items()}})
+    return make_recipe(tmp_path / "run", backend={"kind": "fake"}, eval=eval_cfg)
 
 
 def test_examples_follow_the_study_protocol(tmp_path):

@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe
 from persona_forge.backends import ScriptedBackend
 from persona_forge.backends.base import Completion
-from persona_forge.config import CriticConfig, GenerateConfig, load_recipe
+from persona_forge.config import CriticConfig, GenerateConfig
 from persona_forge.schema import Dialogue, Pair, Profile, SharedTopic, Turn
 from persona_forge.stages import critic
 from persona_forge.stages import generate as stage
@@ -267,20 +267,9 @@ def write_inputs(tmp_path, n_pairs: int = 4):
 
 
 def recipe(tmp_path, **generate):
-    settings = {"run_dir": str(tmp_path), "backend": {"kind": "fake"},
-                "generate": {"min_turns": 4, "max_turns": 4, "candidates": 2, "rounds": 2, "examples": 1,
-                             "example_pool": 1, **generate}}
-    return load_recipe(None, _flatten(settings))
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return make_recipe(tmp_path, backend={"kind": "fake"},
+                       generate={"min_turns": 4, "max_turns": 4, "candidates": 2, "rounds": 2, "examples": 1,
+                                 "example_pool": 1, **generate})
 
 
 def test_whole_mode_writes_scored_candidates_best_preferences_and_hands_over_examples(tmp_path):

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 
 from persona_forge.backends import ScriptedBackend
-from persona_forge.config import NLIConfig, PersonasConfig, Recipe
+from persona_forge.config import NLIConfig, Recipe
 from persona_forge.errors import UserError
 from persona_forge.prompts import library
 from persona_forge.stages import personas
 from persona_forge.stages.persona_expand import (FALLBACK_QUESTION, dedup_key, parse_attributes, parse_questions,
                                                  load_seed_texts, read_seed_file)
 
-from conftest import REPO, one_line_error, run_forge
+from conftest import REPO, make_recipe, one_line_error, run_forge
 
 SEEDS = [
     "I have two dogs.", "I do not have any pets.", "I have pets.", "My cat is called Tom.", "I love horses.",
@@ -96,7 +96,7 @@ def recipe_for(tmp_path, seed_file, **personas_overrides) -> Recipe:
     settings = dict(seeds=seed_file, topics=4, questions_per_topic=2, requests_per_question=1, per_request=3,
                     examples=3, n=8, k=3, baseline=8, threads=1)
     settings.update(personas_overrides)
-    return Recipe(run_dir=tmp_path / "run", personas=PersonasConfig(**settings))
+    return make_recipe(tmp_path / "run", personas=settings)
 
 
 def run_stage(recipe, backend=None, nli=None, force=False):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe
 from persona_forge.chat import converse, read_persona
 from persona_forge.config import TrainConfig, load_recipe
 from persona_forge.errors import UserError
@@ -26,10 +26,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def recipe_for(run_dir: Path, model: Path, **train_overrides):
-    overrides = {"run_dir": str(run_dir), "train.model": str(model), "train.max_steps": 4,
-                 "train.logging_steps": 1, "train.save_steps": 2, "train.threads": 1}
-    overrides.update({f"train.{k}": v for k, v in train_overrides.items()})
-    return load_recipe(None, overrides)
+    return make_recipe(run_dir, train={"model": str(model), "max_steps": 4, "logging_steps": 1, "save_steps": 2,
+                                       "threads": 1, **train_overrides})
 
 
 def test_loss_covers_the_target_reply_only(tiny, tmp_path):
