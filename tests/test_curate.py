@@ -441,4 +441,5 @@ def test_random_strategy_is_compared_with_kcenter_and_conversations_export_too(t
     selected = read_jsonl(out / "selected.jsonl")
     assert len(selected) == 8 and {s["kind"] for s in selected} == {"conversation"}
     assert all(openai_row_errors(r) == [] for r in read_jsonl(out / "openai.jsonl"))
-    assert rows["samples built"].startswith("82 ")  # 41 conversations, one sample per persona
+    counts = json.loads((tmp_path / "curate.manifest.json").read_text())["counts"]
+    assert counts["samples"] == 82 and "samples built" in rows  # 41 conversations, one sample per persona

@@ -293,7 +293,9 @@ def test_whole_mode_writes_scored_candidates_best_preferences_and_hands_over_exa
     best = read_jsonl(tmp_path / "best.jsonl", Dialogue)
     assert len(best) == 4 and all(d.turns[0].text == "Hi, I have two dogs." for d in best)
     assert len(read_jsonl(tmp_path / "preferences.jsonl")) == 4
-    assert rows["contradiction rate: single-shot -> selected"] == "1.000 -> 0.000"
+    overall = json.loads((tmp_path / "generate.manifest.json").read_text())["figures"]["overall"]
+    assert (overall["contradiction_rate_single_shot"], overall["contradiction_rate_selected"]) == (1.0, 0.0)
+    assert "contradiction rate: single-shot -> selected" in rows
     # round 2's requests show round 1's best conversation as the example
     round1_best = format_transcript(best[0].turns)
     generator_prompts = [r.messages[-1]["content"] for r in backend.seen if not r.json]
