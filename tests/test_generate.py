@@ -396,3 +396,28 @@ def test_profiles_come_from_generate_then_what_the_caller_hands_then_the_run_dir
     assert stage.input_paths(recipe(tmp_path))[1] == tmp_path / "profiles.jsonl"
     assert stage.input_paths(recipe(tmp_path), default_profiles=other)[1] == other
     assert stage.input_paths(recipe(tmp_path, profiles=str(other)), default_profiles=tmp_path / "x")[1] == other
+
+
+def test_one_event_loop_serves_every_chunk_and_turn_and_the_backend_is_closed_once(tmp_path):
+    """The backend keeps one loop (and so one client and its connections) for the whole stage."""
+    import asyncio
+
+    write_inputs(tmp_path, n_pairs=2)
+    rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, chunk_pairs=1, critic={"judge": False})
+
+    class Watching(ScriptedBackend):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.loops, self.closed = [], 0
+
+        async def complete(self, requests, progress=None):
+            self.loops.append(asyncio.get_running_loop())
+            return await super().complete(requests, progress)
+
+        async def aclose(self):
+            self.closed += 1
+
+    backend = Watching(default=lambda r: f"line {len(r.messages)}.")
+    stage.run(rec, backend, KeywordNLI())
+    assert len(backend.loops) == 2 * 4  # two chunks (one pair each) x four turns
+    assert len(set(map(id, backend.loops))) == 1 and backend.closed == 1

@@ -22,6 +22,7 @@ from dialogues.jsonl at the end, in one atomic write each.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -195,6 +196,18 @@ class Loop:
         return self._nli
 
     def run(self, pairs: list[Pair]) -> None:
+        # One event loop for the whole stage: the backend keeps its client and connections from chunk
+        # to chunk (complete_sync would open a new loop and client for every chunk and every turn).
+        with asyncio.Runner() as self._runner:
+            try:
+                self._rounds(pairs)
+            finally:
+                self._runner.run(self.backend.aclose())
+
+    def _complete(self, requests: list) -> list:
+        return self._runner.run(self.backend.complete(requests))
+
+    def _rounds(self, pairs: list[Pair]) -> None:
         cfg = self.cfg
         pool = corpus_examples(SPC_EXAMPLES, cfg.seed) if cfg.examples else []
         for round_no in range(cfg.rounds):
@@ -261,7 +274,7 @@ class Loop:
                                            min_turns=cfg.min_turns, max_turns=cfg.max_turns)
             requests.append(ChatRequest.of(rendered.messages, max_tokens=cfg.max_tokens,
                                            temperature=cfg.temperature, seed=self._seed(work)))
-        for work, completion in zip(chunk, self.backend.complete_sync(requests)):
+        for work, completion in zip(chunk, self._complete(requests)):
             if not completion.ok:
                 work.error = completion.error
                 continue
@@ -283,7 +296,7 @@ class Loop:
             requests = [ChatRequest.of(self._agent_messages(w, step), max_tokens=self.cfg.turn_max_tokens,
                                        temperature=self.cfg.temperature, seed=self._seed(w, step),
                                        stop=("\n\n",)) for w in active]
-            for work, completion in zip(active, self.backend.complete_sync(requests)):
+            for work, completion in zip(active, self._complete(requests)):
                 if not completion.ok:
                     work.error = completion.error
                     continue
@@ -327,7 +340,7 @@ class Loop:
             self.nli_counts[key] += value
         if cfg.judge:
             requests = [critic.judge_request(candidates[w.id], self.prompts, cfg) for w in scored]
-            for work, completion in zip(scored, self.backend.complete_sync(requests)):
+            for work, completion in zip(scored, self._complete(requests)):
                 critic.read_judgement(candidates[work.id], completion)
         siblings: dict[str, list[Candidate]] = defaultdict(list)
         for work in scored:
