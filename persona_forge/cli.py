@@ -140,13 +140,14 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
 
     Example: forge --run-dir runs/spc pair --profiles corpora/spc/train.jsonl.gz --per-user 2
     """
+    from .contract import StageContext
     from .stages import pairing as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
         "pair.profiles": str(profiles_path) if profiles_path else None, "pair.strategy": strategy,
         "pair.low": low, "pair.high": high, "pair.per_user": per_user, "pair.model": model, "pair.seed": seed})
-    rows = stage.run(recipe, force=obj.force)
-    ui.summary("forge pair", rows)
+    result = stage.run(recipe.pair, StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0))
+    ui.summary("forge pair", result.summary)
 
 
 @forge.command()

@@ -8,6 +8,7 @@ instead of a dict of display strings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,3 +34,14 @@ class StageResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @classmethod
+    def read(cls, stage: str, summary: dict[str, Any], run_dir: Path, outputs: Sequence[str], failed: int = 0,
+             data: dict[str, Any] | None = None, manifest_dir: Path | None = None) -> "StageResult":
+        """The result of a stage that has written its manifest: counts and figures read from it."""
+        from .store import RunDir
+
+        manifest = RunDir(manifest_dir or run_dir).manifest(stage)
+        return cls(stage=stage, summary=summary, counts=dict(manifest.counts) if manifest else {},
+                   figures=dict(manifest.figures) if manifest else {},
+                   outputs=[Path(run_dir) / name for name in outputs], failed=failed, data=data)

@@ -24,7 +24,6 @@ from . import layout, ui
 from .config import Recipe
 from .contract import StageContext, StageResult
 from .errors import UserError
-from .store import RunDir
 
 PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
 FAILED = "failed (re-run to retry)"
@@ -93,12 +92,9 @@ def run(recipe: Recipe, stages: Sequence[str] | None = None, force: bool = False
 
 def _result(stage: str, summary: dict[str, Any], context: StageContext, outputs: Sequence[str],
             manifest_dir: Path | None = None, data: dict[str, Any] | None = None) -> StageResult:
-    manifest = RunDir(manifest_dir or context.run_dir).manifest(stage)
-    return StageResult(stage=stage, summary=summary,
-                       counts=dict(manifest.counts) if manifest else {},
-                       figures=dict(manifest.figures) if manifest else {},
-                       outputs=[context.run_dir / name for name in outputs],
-                       failed=int(summary.get(FAILED) or 0), data=data)
+    """A StageResult for a stage whose `run` still returns its summary rows."""
+    return StageResult.read(stage, summary, context.run_dir, outputs, failed=int(summary.get(FAILED) or 0),
+                            data=data, manifest_dir=manifest_dir)
 
 
 def _personas(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
@@ -112,7 +108,7 @@ def _personas(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
 def _pair(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import pairing
 
-    return _result(pairing.STAGE, pairing.run(recipe, force=context.force), context, pairing.OUTPUTS)
+    return pairing.run(recipe.pair, context)
 
 
 def _generate(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe
 from persona_forge import report
 from persona_forge.layout import trained_adapters
 from persona_forge.pipeline import choose
@@ -53,13 +54,11 @@ def test_forge_run_with_an_unknown_stage_is_one_line(tmp_path):
         "forge: error: --stages: unknown stage 'nope'; choose from personas, pair, generate, curate, train, eval, judge"]
 
 
-def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
-    """pipeline.run without the CLI: each stage's result carries its manifest's counts and its outputs,
-    and report.md is written. The vectors are cached beforehand, so no model is loaded."""
+def cached_pair_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """Six profiles and a run directory whose vector caches already hold every text pairing embeds,
+    so pairing runs without loading a model. Returns (profiles file, run directory)."""
     import numpy as np
 
-    from persona_forge import pipeline
-    from persona_forge.config import load_recipe
     from persona_forge.embeddings import VectorCache
     from persona_forge.schema import Profile, record_id
 
@@ -81,8 +80,16 @@ def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
         cache.vectors = dict(zip(keys, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
         cache.labels = dict(zip(keys, labels))
         cache.save(keys, spec)
-    recipe = load_recipe(None, {"run_dir": str(run_dir), "pair.profiles": str(path), "pair.low": -1.0,
-                                "pair.high": 1.0, "pair.threads": 1})
+    return path, run_dir
+
+
+def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
+    """pipeline.run without the CLI: each stage's result carries its manifest's counts and its outputs,
+    and report.md is written. The vectors are cached beforehand, so no model is loaded."""
+    from persona_forge import pipeline
+
+    path, run_dir = cached_pair_inputs(tmp_path)
+    recipe = make_recipe(run_dir, pair={"profiles": str(path), "low": -1.0, "high": 1.0, "threads": 1})
 
     seen = []
     results = pipeline.run(recipe, ["pair"], progress=False, on_result=seen.append)
@@ -93,3 +100,16 @@ def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
     assert result.counts["pairs"] == 3 == len((run_dir / "pairs.jsonl").read_text().splitlines())
     assert result.counts["profiles_embedded"] == 0  # every vector came from the cache
     assert all(p.is_file() for p in result.outputs) and (run_dir / "report.md").is_file()
+
+
+def test_forge_run_prints_each_stage_and_a_rerun_finds_it_done(tmp_path, forge):
+    path, run_dir = cached_pair_inputs(tmp_path)
+    args = ("--run-dir", str(run_dir), "--set", f"pair.profiles={path}", "--set", "pair.low=-1",
+            "--set", "pair.high=1", "--set", "pair.threads=1", "run", "--stages", "pair")
+    first = forge(*args)
+    assert first.returncode == 0, first.stderr
+    assert "forge pair" in first.stderr and "forge run" in first.stderr
+    manifest = json.loads((run_dir / "pair.manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["counts"]["pairs"] == 3
+    pairs = (run_dir / "pairs.jsonl").read_bytes()
+    assert forge(*args).returncode == 0 and (run_dir / "pairs.jsonl").read_bytes() == pairs

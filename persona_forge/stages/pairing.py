@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import layout, plots
-from ..config import PairConfig, Recipe
+from ..config import PairConfig
+from ..contract import StageContext, StageResult
 from ..corpora import ProfileSet, load_profiles
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
@@ -387,9 +388,14 @@ def stage_config(cfg: PairConfig) -> dict[str, Any]:
     return {"pair": cfg.identity()}
 
 
-def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
-    cfg = recipe.pair
-    run_dir = RunDir(recipe.run_dir)
+def run(cfg: PairConfig, context: StageContext) -> StageResult:
+    """Pair the profiles (pair.profiles, else the run directory's profiles.jsonl); the stage contract:
+    its own config section and the context in, a StageResult out."""
+    rows = _run(cfg, RunDir(context.run_dir), context.force)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS)
+
+
+def _run(cfg: PairConfig, run_dir: RunDir, force: bool) -> dict[str, Any]:
     path = Path(cfg.profiles) if cfg.profiles else run_dir.file(layout.PROFILES)
     if not path.is_file():
         what = "no such file" if cfg.profiles else "no profiles here yet (the personas stage writes them)"
