@@ -279,14 +279,15 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 
     Example: forge --run-dir runs/spc curate --n 200 --data corpora/spc/train.jsonl.gz
     """
+    from .contract import StageContext
     from .stages import curate as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
         "curate.n": n, "curate.strategy": strategy, "curate.data": str(data_path) if data_path else None,
         "curate.kind": kind, "curate.quality_weight": quality_weight, "curate.dedup_threshold": dedup_threshold,
         "curate.heldout": heldout})
-    rows = stage.run(recipe, force=obj.force)
-    ui.summary("forge curate", rows)
+    result = stage.run(recipe.curate, StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0), recipe.backend)
+    ui.summary("forge curate", result.summary)
 
 
 @forge.command()

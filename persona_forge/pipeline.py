@@ -124,7 +124,7 @@ def _generate(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
 def _curate(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import curate
 
-    return _result(curate.STAGE, curate.run(recipe, force=context.force), context, curate.OUTPUTS)
+    return curate.run(recipe.curate, context, recipe.backend)
 
 
 def _train(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, forge_cmd, make_recipe
 from persona_forge import corpora, selection
 from persona_forge.config import CurateConfig
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.exports import (TemplateCheck, dpo_row, openai_file_errors, openai_row_errors, sharegpt_row,
                                    transcript)
@@ -297,6 +298,12 @@ def recipe(run_dir: Path, **curate_cfg):
     return make_recipe(run_dir, curate=curate_cfg)
 
 
+def run_curate(recipe, force: bool = False, **handed) -> dict:
+    """The stage as the CLI runs it; its summary rows."""
+    return curate.run(recipe.curate, StageContext(recipe.run_dir, force, progress=False), recipe.backend,
+                      **handed).summary
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -307,7 +314,7 @@ def test_the_stage_writes_every_export_and_each_loads_with_its_consumer(tmp_path
 
     write_run(tmp_path)
     encoder = FakeEncoder()
-    rows = curate.run(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
+    rows = run_curate(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
     out = tmp_path / "curated"
     assert rows["pool after cleaning"] == 39  # 41 built, one below the floor, one exact copy
     rejections = read_jsonl(out / "curate_rejections.jsonl")
@@ -352,12 +359,12 @@ def test_the_stage_writes_every_export_and_each_loads_with_its_consumer(tmp_path
     assert manifest["status"] == "done" and manifest["counts"]["selected"] == 20
     assert manifest["prompts"]["curate/dpo_conversation"]
 
-    again = curate.run(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
+    again = run_curate(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
     assert again["status"].startswith("already done")
     with pytest.raises(UserError, match="pass --force"):
-        curate.run(recipe(tmp_path, n=10), encoder=encoder, check=TemplateCheck())
+        run_curate(recipe(tmp_path, n=10), encoder=encoder, check=TemplateCheck())
     calls = encoder.calls
-    smaller = curate.run(recipe(tmp_path, n=10), force=True, encoder=encoder, check=TemplateCheck())
+    smaller = run_curate(recipe(tmp_path, n=10), force=True, encoder=encoder, check=TemplateCheck())
     assert smaller["chosen"].startswith("10 by kcenter") and encoder.calls == calls  # embeddings came from the cache
 
 
@@ -371,7 +378,7 @@ def test_rows_the_template_rejects_are_replaced(tmp_path):
                 raise RenderError("no")
             return 10
 
-    curate.run(recipe(tmp_path, n=39), encoder=FakeEncoder(), check=Picky())
+    run_curate(recipe(tmp_path, n=39), encoder=FakeEncoder(), check=Picky())
     out = tmp_path / "curated"
     assert len(read_jsonl(out / "sft.jsonl")) == 38
     assert [r["subject_id"] for r in read_jsonl(out / "curate_rejections.jsonl")
@@ -433,7 +440,7 @@ def test_real_curate_on_spc_renders_through_smollm2_and_trl(tmp_path):
 
 def test_random_strategy_is_compared_with_kcenter_and_conversations_export_too(tmp_path):
     write_run(tmp_path)
-    rows = curate.run(recipe(tmp_path, n=8, strategy="random", kind="conversation"), encoder=FakeEncoder(),
+    rows = run_curate(recipe(tmp_path, n=8, strategy="random", kind="conversation"), encoder=FakeEncoder(),
                       check=TemplateCheck())
     out = tmp_path / "curated"
     report = json.loads((out / "selection.json").read_text())

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import layout, selection, ui
-from ..config import CurateConfig, Recipe
+from .. import layout, selection
+from ..config import BackendConfig, CurateConfig
+from ..contract import StageContext, StageResult
 from ..corpora import Conversations, load_conversations, load_preferences
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
@@ -230,12 +231,11 @@ def near_duplicates(vectors: np.ndarray, samples: list[Sample], threshold: float
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def stage_config(recipe: Recipe, check: str) -> dict[str, Any]:
-    return {"curate": recipe.curate.identity(), "template": check}
+def stage_config(cfg: CurateConfig, check: str) -> dict[str, Any]:
+    return {"curate": cfg.identity(), "template": check}
 
 
-def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
-    cfg = recipe.curate
+def inputs_of(cfg: CurateConfig, run_dir: RunDir) -> tuple[Path, Path | None]:
     data = Path(cfg.data) if cfg.data else run_dir.file(layout.BEST)
     if not data.is_file():
         what = "no such file" if cfg.data else "no conversations here yet (forge generate writes best.jsonl)"
@@ -256,14 +256,20 @@ def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
     return data, prefs
 
 
-def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: TemplateCheck | None = None) -> dict[str, Any]:
-    """Curate; `encoder` (with .spec and .encode(texts, label)) and `check` may be given (tests)."""
-    cfg = recipe.curate
-    run_dir = RunDir(recipe.run_dir)
-    data, prefs_path = inputs_of(recipe, run_dir)
+def run(cfg: CurateConfig, context: StageContext, backend: BackendConfig, encoder: Any = None,
+        check: TemplateCheck | None = None) -> StageResult:
+    """Curate for the chat model `backend` names (every row must pass its chat template); `encoder`
+    (with .spec and .encode(texts, label)) and `check` may be given (tests)."""
+    rows = _run(cfg, RunDir(context.run_dir), backend, context.force, context.progress, encoder, check)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS)
+
+
+def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool, progress: bool, encoder: Any,
+         check: TemplateCheck | None) -> dict[str, Any]:
+    data, prefs_path = inputs_of(cfg, run_dir)
     inputs = [data] + ([prefs_path] if prefs_path else [])
-    check_spec = "injected" if check is not None else f"{recipe.backend.kind}:{recipe.backend.model}"
-    config = stage_config(recipe, check_spec)
+    check_spec = "injected" if check is not None else f"{backend.kind}:{backend.model}"
+    config = stage_config(cfg, check_spec)
     done = already_done(run_dir, config, inputs)
     if done is not None:
         return done
@@ -298,7 +304,7 @@ def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: Templat
     vectors = vectors[keep]
     timings["dedup_s"] = time.time() - t
 
-    check = check or template_check(recipe.backend.model, recipe.backend.kind, progress=ui.verbosity() >= 0)
+    check = check or template_check(backend.model, backend.kind, progress=progress)
     t = time.time()
     chosen, tokens, render_drops, selection_s = choose(cfg, pool, vectors, check)
     rejections += render_drops
