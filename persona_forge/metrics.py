@@ -180,7 +180,7 @@ def load_bertscore(layer: int) -> BertScore:
 def max_contradiction(nli, personas: Sequence[Sequence[str]], replies: Sequence[str]) -> list[float | None]:
     """Per reply, the largest contradiction probability over its persona's attributes
     (premise = attribute, hypothesis = reply); None for an empty reply (nothing to contradict)."""
-    from .nli.base import CONTRADICTION
+    from .nli.labels import CONTRADICTION
 
     pairs, owner = [], []
     for i, (persona, reply) in enumerate(zip(personas, replies)):

@@ -39,7 +39,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .. import layout, ui
 from ..config import Recipe
-from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL, identity as nli_identity
+from ..nli.base import identity as nli_identity
+from ..nli.labels import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
 from ..embeddings import Embed, Embedder
 from ..errors import UserError
 from ..resources import data_dir
