@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from conftest import REPO, forge_cmd, make_recipe
+from conftest import make_recipe, one_line_error
 from persona_forge import report
 from persona_forge.layout import trained_adapters
 from persona_forge.pipeline import choose
@@ -46,12 +45,10 @@ def test_report_reads_generate_figures_from_the_manifest(tmp_path):
     assert "| all | 2 | 6 |" in text
 
 
-def test_forge_run_with_an_unknown_stage_is_one_line(tmp_path):
-    result = subprocess.run([*forge_cmd(), "--run-dir", str(tmp_path), "run", "--stages", "pair,nope"],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "forge: error: --stages: unknown stage 'nope'; choose from personas, pair, generate, curate, train, eval, judge"]
+def test_forge_run_with_an_unknown_stage_is_one_line(tmp_path, forge):
+    result = forge("--run-dir", str(tmp_path), "run", "--stages", "pair,nope")
+    assert one_line_error(result) == ("forge: error: --stages: unknown stage 'nope'; choose from personas, pair, "
+                                      "generate, curate, train, eval, judge")
 
 
 def cached_pair_inputs(tmp_path: Path) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, forge_cmd, make_recipe
+from conftest import REPO, forge_cmd, make_recipe, one_line_error
 from persona_forge.chat import converse, read_persona
 from persona_forge.config import TrainConfig, load_recipe
 from persona_forge.errors import UserError
@@ -303,10 +303,8 @@ def test_forge_chat_through_a_pipe(tiny, tmp_path):
                                            "attribute a line")
 
 
-def test_forge_train_without_data_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run(forge_cmd() + ["--run-dir", str(tmp_path / "run"), "train", "--dpo"],
-                            capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_forge_train_without_data_is_one_line_and_exit_2(tmp_path, forge):
+    result = forge("--run-dir", str(tmp_path / "run"), "train", "--dpo")
+    assert [one_line_error(result)] == [
         f"forge: error: {tmp_path / 'run' / 'curated' / 'dpo.jsonl'}: no training data; run forge curate first, "
         f"or give --data FILE"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, STANDIN_KEY_ENV, forge_cmd, standin_fixtures
+from conftest import STANDIN_KEY_ENV, run_forge, standin_fixtures
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
 from persona_forge.stages import train_openai
@@ -109,10 +108,9 @@ def test_bad_key_local_model_and_bad_rows(server, tmp_path, monkeypatch):
 
 def test_cli_backend_openai(server, tmp_path):
     make_run(tmp_path, server.url)
-    cmd = forge_cmd() + ["--run-dir", str(tmp_path / "run"), "--set", f"backend.base_url={server.url}",
+    cmd = ["--run-dir", str(tmp_path / "run"), "--set", f"backend.base_url={server.url}",
                          "--set", f"backend.api_key_env={KEY_ENV}", "--set", "train.openai.poll_s=0.01",
                          "train", "--backend", "openai", "--model", "gpt-4o-mini-2024-07-18"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60,
-                            env={**__import__("os").environ, KEY_ENV: SECRET})
+    result = run_forge(*cmd, env={KEY_ENV: SECRET})
     assert result.returncode == 0, result.stderr
     assert "ft:gpt-4o-mini-2024-07-18:standin:model:ftjob-standin1" in result.stderr
