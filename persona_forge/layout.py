@@ -61,6 +61,8 @@ def training_file(method: str) -> str:
 # --- train ---------------------------------------------------------------------------------------
 TRAIN = "train"                                            # train/<name>/, one folder per adapter
 ADAPTER = "adapter"                                        # inside train/<name>/
+LOSS_CURVE = "loss.png"                                    # inside train/<name>/
+TRAIN_MANIFEST = "train.manifest.json"                     # inside train/<name>/, beside the adapter
 
 
 def train_dir(run_dir: Path, name: str) -> Path:

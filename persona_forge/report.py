@@ -126,14 +126,14 @@ def _train(runs: RunDir) -> list[str] | None:
     if not folder.is_dir():
         return None
     lines = ["## 5. Train"]
-    for manifest in sorted(folder.glob("*/train.manifest.json")):
+    for manifest in sorted(folder.glob(f"*/{layout.TRAIN_MANIFEST}")):
         m = json.loads(manifest.read_text(encoding="utf-8"))
         name = manifest.parent.name
         figures = m.get("figures", {})
         keep = {k: v for k, v in figures.items() if not isinstance(v, (dict, list))}
         lines += ["", f"### `{name}` ({_status(m)})", "", *_table(sorted(keep.items()))]
-        if (manifest.parent / "loss.png").is_file():
-            lines += ["", f"![loss]({layout.TRAIN}/{name}/loss.png)"]
+        if (manifest.parent / layout.LOSS_CURVE).is_file():
+            lines += ["", f"![loss]({layout.TRAIN}/{name}/{layout.LOSS_CURVE})"]
     return lines
 
 

@@ -39,7 +39,7 @@ from ..store import RunDir, atomic_open, iter_json_lines
 
 STAGE = "train"
 INPUTS = (layout.training_file("sft"), layout.training_file("dpo"))  # by train.method, or train.data
-OUTPUTS = (layout.ADAPTER, "checkpoints", "log.jsonl", "loss.png", "merged")  # inside train/<name>/
+OUTPUTS = (layout.ADAPTER, "checkpoints", "log.jsonl", layout.LOSS_CURVE, "merged")  # inside train/<name>/
 ROLES = ("system", "user", "assistant")
 
 
@@ -380,7 +380,7 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
     steps_this_run = state.global_step - live.start_step
     history = [row for row in state.log_history]
     _write_log(log_path, history)
-    plot_loss(history, folder / "loss.png",
+    plot_loss(history, folder / layout.LOSS_CURVE,
               f"{cfg.method.upper()} LoRA r={cfg.lora.r} on {len(rows)} samples ({Path(spec).name})")
 
     adapter = folder / "adapter"
@@ -497,7 +497,7 @@ def _summary(folder: Path, figures: dict[str, Any], status: str) -> dict[str, An
                        ("peak_rss_mb", "peak RSS (MB)"), ("resumed_from", "resumed from"), ("mode", "mode")):
         if figures.get(key) is not None:
             rows[label] = figures[key]
-    rows["loss curve"] = str(folder / "loss.png")
+    rows["loss curve"] = str(folder / layout.LOSS_CURVE)
     if (folder / "merged" / "config.json").is_file():
         rows["merged"] = str(folder / "merged")
     return rows
