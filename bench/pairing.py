@@ -39,8 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from persona_forge.embeddings import Encoder  # noqa: E402
 from persona_forge.config import PairConfig  # noqa: E402
+from persona_forge.embeddings import Encoder  # noqa: E402
 from persona_forge.schema import Profile  # noqa: E402
 from persona_forge.stages import pairing  # noqa: E402
 from persona_forge.store import atomic_write_jsonl  # noqa: E402

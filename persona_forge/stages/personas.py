@@ -39,10 +39,10 @@ from pydantic import BaseModel, ConfigDict
 
 from .. import layout, ui
 from ..config import Recipe
-from ..nli.base import identity as nli_identity
-from ..nli.labels import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
 from ..embeddings import Embed, Embedder
 from ..errors import UserError
+from ..nli.base import identity as nli_identity
+from ..nli.labels import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
 from ..resources import data_dir
 from ..schema import Attribute, Profile, Record, Rejection, record_id
 from ..store import JsonlStore, RunDir, atomic_write_jsonl
