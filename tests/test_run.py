@@ -110,3 +110,11 @@ def test_forge_run_prints_each_stage_and_a_rerun_finds_it_done(tmp_path, forge):
     assert manifest["status"] == "done" and manifest["counts"]["pairs"] == 3
     pairs = (run_dir / "pairs.jsonl").read_bytes()
     assert forge(*args).returncode == 0 and (run_dir / "pairs.jsonl").read_bytes() == pairs
+
+
+def test_forge_pair_alone_hands_the_stage_its_section(tmp_path, forge):
+    path, run_dir = cached_pair_inputs(tmp_path)
+    result = forge("--run-dir", str(run_dir), "--set", "pair.threads=1", "pair", "--profiles", str(path),
+                   "--low", "-1", "--high", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "pair.manifest.json").read_text())["counts"]["pairs"] == 3
