@@ -384,7 +384,7 @@ def run_pipeline(obj: Context, recipe_path: Path | None, stages: str | None) -> 
 
     if recipe_path is not None:
         obj.recipe_path = recipe_path
-    chosen = pipeline.choose(stages.split(",") if stages else None)
+    chosen = pipeline.choose(stages or None)
     recipe = obj.recipe()
     pipeline.run(recipe, chosen, force=obj.force, progress=ui.verbosity() >= 0,
                  on_result=lambda result: _show_stage(result, recipe))

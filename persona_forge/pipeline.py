@@ -29,10 +29,12 @@ PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
 FAILED = "failed (re-run to retry)"
 
 
-def choose(stages: Iterable[str] | None) -> list[str]:
-    """The stages asked for, in pipeline order; an unknown name is a UserError."""
+def choose(stages: Iterable[str] | str | None) -> list[str]:
+    """The stages asked for ("pair,generate" or a list), in pipeline order; an unknown name is a UserError."""
     if stages is None:
         return list(PIPELINE)
+    if isinstance(stages, str):
+        stages = stages.split(",")
     wanted = [s.strip() for s in stages if s.strip()]
     unknown = [s for s in wanted if s not in PIPELINE]
     if unknown:
@@ -61,7 +63,7 @@ class Shared:
         return self._nli
 
 
-def run(recipe: Recipe, stages: Sequence[str] | None = None, force: bool = False, progress: bool = True,
+def run(recipe: Recipe, stages: Sequence[str] | str | None = None, force: bool = False, progress: bool = True,
         on_result: Callable[[StageResult], None] | None = None) -> dict[str, StageResult]:
     """Run the chosen stages (all by default) in pipeline order, then write <run_dir>/report.md.
 

@@ -14,7 +14,7 @@ from persona_forge.errors import UserError
 
 def test_stages_run_in_pipeline_order_and_unknown_ones_are_refused():
     assert choose(None)[0] == "personas" and choose(None)[-1] == "judge"
-    assert choose(["eval", " train"]) == ["train", "eval"]
+    assert choose(["eval", " train"]) == ["train", "eval"] == choose("eval, train")
     try:
         choose(["train", "evaluate"])
     except UserError as exc:
