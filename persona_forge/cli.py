@@ -317,12 +317,13 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
     if backend_kind == "openai":
+        from .contract import StageContext
         from .stages import train_openai as stage
 
         overrides["backend.kind"] = "openai"
         recipe = _context(obj, sub_recipe).recipe(**overrides)
-        rows = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
-        ui.summary("forge train (openai)", rows)
+        context = StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0)
+        ui.summary("forge train (openai)", stage.run(recipe.train, context, recipe.backend).summary)
         return
     from .stages import train as stage
 
