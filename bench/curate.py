@@ -53,6 +53,7 @@ def speed(n_pool: int, n: int) -> None:
 
 
 def real(limit: int | None, n: int) -> None:
+    from persona_forge.corpora import load_conversations
     from persona_forge.config import CurateConfig
     from persona_forge.hardware import set_torch_threads
     from persona_forge.models import sentence_transformer
@@ -61,7 +62,7 @@ def real(limit: int | None, n: int) -> None:
     set_torch_threads(2)
     cfg = CurateConfig(n=n)
     data = ROOT / "corpora" / "spc" / "train.jsonl.gz"
-    conv = curate.load_conversations(data)
+    conv = load_conversations(data)
     if limit:
         conv.dialogues = conv.dialogues[:limit]
     samples, _ = curate.build_samples(conv, cfg, str(data))

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_forge.config import PairConfig  # noqa: E402
+from persona_forge.embeddings import Encoder  # noqa: E402
 from persona_forge.schema import Profile  # noqa: E402
 from persona_forge.stages import pairing  # noqa: E402
 from persona_forge.store import atomic_write_jsonl  # noqa: E402
@@ -191,7 +192,7 @@ def spc_profiles(limit: int) -> list[Profile]:
 def bench_embedding(limit: int, target: int, batch_size: int) -> np.ndarray:
     profiles = spc_profiles(limit)
     print(f"\n== embedding {len(profiles):,} real Synthetic-Persona-Chat profiles with packaged:minilm-l6 ==")
-    encoder = pairing.Encoder("packaged:minilm-l6", batch_size)
+    encoder = Encoder("packaged:minilm-l6", batch_size)
     _, t_load = timed(encoder._load)
     texts = [pairing.profile_text(p) for p in profiles]
     emb, t = timed(encoder.encode, texts, "embedding profiles")

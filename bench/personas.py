@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_forge.config import NLIConfig, PersonasConfig  # noqa: E402
+from persona_forge.embeddings import Embedder  # noqa: E402
 from persona_forge.nli.base import load_nli  # noqa: E402
 from persona_forge.schema import Attribute, record_id  # noqa: E402
 from persona_forge.stages import personas  # noqa: E402
-from persona_forge.stages.persona_expand import Embedder, cluster_topics, load_seed_texts  # noqa: E402
+from persona_forge.stages.persona_expand import cluster_topics, load_seed_texts  # noqa: E402
 
 
 class Sink:

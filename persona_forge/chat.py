@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import layout
 from .config import BackendConfig
 from .errors import UserError
 from .schema import Turn
@@ -52,7 +53,7 @@ def trained_base(adapter: Path | None) -> str | None:
     """The base model `forge train` recorded for this adapter (adapter/../train.manifest.json), if any."""
     if adapter is None:
         return None
-    manifest = Path(adapter).parent / "train.manifest.json"
+    manifest = Path(adapter).parent / layout.TRAIN_MANIFEST
     try:
         return json.loads(manifest.read_text(encoding="utf-8"))["models"]["base"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -140,13 +140,14 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
 
     Example: forge --run-dir runs/spc pair --profiles corpora/spc/train.jsonl.gz --per-user 2
     """
+    from .contract import StageContext
     from .stages import pairing as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
         "pair.profiles": str(profiles_path) if profiles_path else None, "pair.strategy": strategy,
         "pair.low": low, "pair.high": high, "pair.per_user": per_user, "pair.model": model, "pair.seed": seed})
-    rows = stage.run(recipe, force=obj.force)
-    ui.summary("forge pair", rows)
+    result = stage.run(recipe.pair, StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0))
+    ui.summary("forge pair", result.summary)
 
 
 @forge.command()
@@ -169,6 +170,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
     Example: forge --recipe recipes/quickstart.yaml generate --limit 10
     """
     from .backends import build_backend
+    from .embeddings import Embedder
     from .nli.base import load_nli
     from .stages import generate as stage
 
@@ -179,9 +181,9 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
     backend = build_backend(recipe.backend, progress=show)
-    embed = _embedder(recipe) if recipe.generate.critic.prefilter > 0 else None
+    embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
     rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
-                     embed=embed, force=obj.force)
+                     embed=embed, force=obj.force, default_profiles=recipe.pair.profiles)
     ui.summary("forge generate", rows)
     if rows.get("failed (re-run to retry)"):
         raise UserError(f"{rows['failed (re-run to retry)']} candidates failed after retries; run the same "
@@ -245,7 +247,8 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
     recipe = _context(obj, sub_recipe).recipe(**{
         "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
         "judge.pairwise": pairwise, "judge.bigfive": bigfive})
-    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0,
+                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
         return
@@ -276,14 +279,15 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 
     Example: forge --run-dir runs/spc curate --n 200 --data corpora/spc/train.jsonl.gz
     """
+    from .contract import StageContext
     from .stages import curate as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
         "curate.n": n, "curate.strategy": strategy, "curate.data": str(data_path) if data_path else None,
         "curate.kind": kind, "curate.quality_weight": quality_weight, "curate.dedup_threshold": dedup_threshold,
         "curate.heldout": heldout})
-    rows = stage.run(recipe, force=obj.force)
-    ui.summary("forge curate", rows)
+    result = stage.run(recipe.curate, StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0), recipe.backend)
+    ui.summary("forge curate", result.summary)
 
 
 @forge.command()
@@ -313,12 +317,13 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
     if backend_kind == "openai":
+        from .contract import StageContext
         from .stages import train_openai as stage
 
         overrides["backend.kind"] = "openai"
         recipe = _context(obj, sub_recipe).recipe(**overrides)
-        rows = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
-        ui.summary("forge train (openai)", rows)
+        context = StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0)
+        ui.summary("forge train (openai)", stage.run(recipe.train, context, recipe.backend).summary)
         return
     from .stages import train as stage
 
@@ -364,53 +369,44 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
                       interactive, chat_model.has_adapter)
 
 
-PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
-
-
 @forge.command("run")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path), required=False)
 @click.option("--stages", default=None, metavar="A,B,...",
-              help=f"Only these stages, in pipeline order (default: all of {', '.join(PIPELINE)}).")
-@click.pass_context
-def run_pipeline(ctx: click.Context, recipe_path: Path | None, stages: str | None) -> None:
+              help="Only these stages, in pipeline order (default: all of personas, pair, generate, curate, train, "
+                   "eval, judge).")
+@click.pass_obj
+def run_pipeline(obj: Context, recipe_path: Path | None, stages: str | None) -> None:
     """The whole pipeline from one recipe: personas, pair, generate, curate, train, eval, judge,
     then report.md. Every stage resumes, so a killed run started again picks up where it stopped.
 
     Example: forge run recipes/quickstart.yaml
     """
-    obj: Context = ctx.obj
+    from . import pipeline
+
     if recipe_path is not None:
         obj.recipe_path = recipe_path
-    chosen = _pipeline_stages(stages)
+    chosen = pipeline.choose(stages or None)
     recipe = obj.recipe()
-    commands = {"personas": personas, "pair": pair, "generate": generate, "curate": curate, "train": train,
-                "eval": eval_, "judge": judge}
-    for number, name in enumerate(chosen, 1):
-        ui.info(f"[bold]forge run[/bold] {number}/{len(chosen)}: {name}")
-        kwargs: dict[str, Any] = {}
-        if name == "eval":
-            kwargs["adapters"] = _trained_adapters(recipe.run_dir)
-        ctx.invoke(commands[name], **kwargs)
-    from . import report
-
-    path = report.write(recipe.run_dir)
-    ui.summary("forge run", {"stages": ", ".join(chosen), "report": str(path)})
+    pipeline.run(recipe, chosen, force=obj.force, progress=ui.verbosity() >= 0,
+                 on_result=lambda result: _show_stage(result, recipe))
+    ui.summary("forge run", {"stages": ", ".join(chosen), "report": str(Path(recipe.run_dir) / "report.md")})
 
 
-def _pipeline_stages(stages: str | None) -> list[str]:
-    if not stages:
-        return list(PIPELINE)
-    wanted = [s.strip() for s in stages.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in PIPELINE]
-    if unknown:
-        raise UserError(f"--stages: unknown stage {unknown[0]!r}; choose from {', '.join(PIPELINE)}")
-    return [s for s in PIPELINE if s in wanted]
+def _show_stage(result, recipe: Recipe) -> None:
+    """A finished stage as its own command prints it: eval's and judge's tables, then the summary."""
+    if result.stage == "eval":
+        from .stages import evaluation
 
+        click.echo(evaluation.markdown_table(result.data))
+    elif result.stage == "judge":
+        from .stages import judging
 
-def _trained_adapters(run_dir: Path) -> tuple[str, ...]:
-    """NAME=DIR for every adapter `forge train` finished in this run directory."""
-    found = sorted(Path(run_dir).glob("train/*/adapter/adapter_config.json"))
-    return tuple(f"{p.parent.parent.name}={p.parent}" for p in found)
+        for key, table in (("rubric", judging.rubric_table), ("pairwise", judging.pairwise_table),
+                           ("bigfive", judging.bigfive_table)):
+            if result.data.get(key):
+                click.echo(table(result.data[key]))
+    title = f"forge train ({recipe.train.method})" if result.stage == "train" else f"forge {result.stage}"
+    ui.summary(title, result.summary)
 
 
 @forge.command("report")

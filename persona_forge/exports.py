@@ -16,11 +16,16 @@ would reject, or one longer than the limit, is dropped here with its reason inst
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .prompts import PromptLibrary, library
+from .samples import SYSTEM_PROMPT
 from .schema import Preference, Sample, Turn
 
 DPO_PROMPT = "curate/dpo_conversation"
@@ -234,3 +239,124 @@ def template_check(spec: str, backend_kind: str, progress: bool = True) -> Templ
     if not getattr(tokenizer, "chat_template", None):
         return TemplateCheck(None, f"{spec} (it has no chat template)")
     return TemplateCheck(tokenizer, spec)
+
+
+# --- the curated folder: datasets, parquet and the dataset card -----------------------------------
+
+def write_datasets(out: Path, train: list[dict], heldout: list[dict], dpo: list[dict]) -> None:
+    """dataset/ (DatasetDict.save_to_disk) and parquet/, each replaced whole: built beside, then swapped in."""
+    import datasets
+    from datasets import Dataset, DatasetDict
+
+    datasets.disable_progress_bars()
+    splits = {"train": Dataset.from_list(train)}
+    if heldout:
+        splits["heldout"] = Dataset.from_list(heldout)
+    for name, write in (("dataset", lambda tmp: DatasetDict(splits).save_to_disk(str(tmp))),
+                        ("parquet", lambda tmp: _write_parquet(tmp, splits, dpo))):
+        tmp = out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        final = out / name
+        old = out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_parquet(folder: Path, splits: dict[str, Any], dpo: list[dict]) -> None:
+    from datasets import Dataset
+
+    folder.mkdir(parents=True)
+    for name, ds in splits.items():
+        ds.to_parquet(str(folder / f"{name}.parquet"))
+    if dpo:
+        Dataset.from_list(dpo).to_parquet(str(folder / "dpo.parquet"))
+
+
+def dataset_card(cfg: Any, conv: Any, data: Path, prefs: Path | None, counts: dict[str, int],
+                 report: dict[str, Any], check: TemplateCheck, prompts, reasons: Counter, dpo_tokens: list[int]) -> str:
+    """README.md for the curated folder: Hugging Face metadata (licence, the parquet split) and what
+    was chosen, from what, how, and what was dropped (`cfg` is the CurateConfig, `conv` the corpora.Conversations)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    measures = report["measures"]
+    names = list(measures)
+    header = "| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    body = ""
+    for key, label in (("coverage_mean_distance", "coverage: mean distance to the nearest chosen (lower is better)"),
+                       ("max_distance", "worst-covered sample's distance"),
+                       ("clusters_covered", f"clusters covered (of {report['clusters']})"),
+                       ("mean_quality", "mean critic score"), ("distinct_personas", "distinct personas")):
+        body += f"| {label} | " + " | ".join(measure_cell(measures[n][key]) for n in names) + " |\n"
+    drops = "\n".join(f"| {reason} | {n:,} |" for reason, n in sorted(reasons.items())) or "| (none) | 0 |"
+    models = ", ".join(conv.models) if conv.models else "none recorded (conversations read from a file)"
+    tokens = report.get("tokens", {})
+    sample_form = ("next reply: the replying user's persona as the system prompt, up to "
+                   f"{cfg.context} earlier turns, the other user's turn as the last user message, the reply as "
+                   f"the assistant target ({'one per conversation, the reply at turn index ' + str(cfg.position) if cfg.positions == 'study' else 'every reply of both speakers'})"
+                   if cfg.kind == "next_reply" else
+                   "whole conversation played from one persona's side: that persona as the system prompt, the other "
+                   "user's turns as user messages, the persona's own turns as assistant messages")
+    heldout_line = f"- `dataset/` split `heldout`, `heldout_sft.jsonl`: {counts['heldout']:,} held-out samples " \
+                   f"from conversations the chosen samples do not come from\n" if counts["heldout"] else ""
+    metadata = DatasetCardData(license=cfg.licence, language=["en"], task_categories=["text-generation"],
+                               tags=["persona", "dialogue", "synthetic", "persona_forge"],
+                               configs=[{"config_name": "default",
+                                         "data_files": [{"split": "train", "path": "parquet/train.parquet"}]}])
+    return str(DatasetCard(f"---\n{metadata.to_yaml()}\n---\n\n" + f"""# Persona chat samples curated by persona_forge
+
+{counts['selected']:,} samples chosen from {report['pool']:,} (after cleaning) built from {conv.description}.
+Sample form: {sample_form}.
+
+## Files
+
+- `sft.jsonl`, `dataset/` (a `datasets.DatasetDict`, `load_from_disk`), `parquet/train.parquet`: {counts['selected']:,} rows of `{{"messages": [...]}}` (TRL conversational SFT)
+{heldout_line}- `dpo.jsonl` (and `parquet/dpo.parquet`): {counts['dpo_rows']:,} rows of `{{"prompt", "chosen", "rejected"}}` (TRL conversational preference): the request to write a conversation between two personas, and two conversations the critic ranked
+- `openai.jsonl`, `openai_dpo.jsonl`: OpenAI chat and preference fine-tuning format (checked: {_plain(report['openai_check'])})
+- `sharegpt.jsonl`: `{{"conversations": [{{"from", "value"}}]}}`
+- `samples.jsonl` (every sample built), `selected.jsonl` (the chosen, with ids, personas and scores), `curate_rejections.jsonl` (everything dropped, and why), `selection.json` (the figures below)
+
+## Sources and licences
+
+- Conversations: `{data}`{f'; preferences: `{prefs}`' if prefs else ''}.
+- Personas and, for `--data` corpora, conversations derive from Synthetic-Persona-Chat (Jandaghi et al. 2023,
+  Google Research), CC-BY 4.0: attribution required. This dataset: `{cfg.licence}`.
+- Conversation models: {models}.
+- Embeddings for duplicates and selection: {cfg.model}.
+- Render check: {check.describe()}; tokens per row: {_plain({k: v for k, v in tokens.items() if k != "counted_with"})}.
+
+## Prompts
+
+- `{SYSTEM_PROMPT}` (hash {prompts.ref(SYSTEM_PROMPT).hash}): the persona system prompt, shared with evaluation and chat.
+- `{DPO_PROMPT}` (hash {prompts.ref(DPO_PROMPT).hash}): the DPO request.
+
+## Cleaning
+
+Critic-score floor {cfg.min_quality} (unscored samples kept), exact duplicates, near-duplicates at cosine
+similarity >= {cfg.dedup_threshold} (FAISS range search; the better-scored sample kept), rows the chat
+template rejects or longer than {cfg.max_tokens} tokens. Dropped:
+
+| reason | samples |
+|---|---|
+{drops}
+
+## Selection
+
+Strategy `{cfg.strategy}`, quality weight {cfg.quality_weight} (a candidate's gain times
+(1 - w) + w * quality; unscored counts 0.5){f", density weight {cfg.density_weight} (k-center: distance times (1 - d) + d * density)" if cfg.strategy == "kcenter" else ""}, seed {cfg.seed}.
+Compared on the same pool:
+
+{header}{body}"""))
+
+
+def measure_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _plain(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)

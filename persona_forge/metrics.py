@@ -21,6 +21,39 @@ from typing import Any
 
 import numpy as np
 
+# --- the registry: every metric `forge eval` reports, once ------------------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    """How one key of metrics.json reads: its column title, its direction and its table format."""
+
+    key: str
+    title: str
+    higher_is_better: bool
+    scale: float = 1.0     # the table shows value x scale (ROUGE and BERTScore as 0-100)
+    decimals: int = 2
+    delta: bool = False    # shown as adapter - base (with a paired interval) and kept in the manifest
+
+    def cell(self, value: float) -> str:
+        return f"{value * self.scale:.{self.decimals}f}"
+
+
+METRICS = (
+    Metric("bleu_corpus", "BLEU (corpus)", True, delta=True),
+    Metric("bleu_sentence", "BLEU (sent.)", True),
+    Metric("rouge1", "ROUGE-1", True, 100.0),
+    Metric("rouge2", "ROUGE-2", True, 100.0),
+    Metric("rougeL", "ROUGE-L", True, 100.0, delta=True),
+    Metric("bertscore_p", "BERTScore P", True, 100.0),
+    Metric("bertscore_r", "BERTScore R", True, 100.0),
+    Metric("bertscore_f1", "BERTScore F1", True, 100.0, delta=True),
+    Metric("perplexity", "PPL (ref.)", False, delta=True),
+    Metric("contradiction_rate", "Contradiction %", False, 100.0, 1, delta=True),
+)
+BY_KEY = {m.key: m for m in METRICS}
+DELTA_METRICS = tuple(m for m in METRICS if m.delta)
+
+
 BLEU_DESCRIPTION = "sacrebleu {version}: 13a tokenisation, 4-grams, smoothing exp (sentence: effective order)"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -147,7 +180,7 @@ def load_bertscore(layer: int) -> BertScore:
 def max_contradiction(nli, personas: Sequence[Sequence[str]], replies: Sequence[str]) -> list[float | None]:
     """Per reply, the largest contradiction probability over its persona's attributes
     (premise = attribute, hypothesis = reply); None for an empty reply (nothing to contradict)."""
-    from .nli.base import CONTRADICTION
+    from .nli.labels import CONTRADICTION
 
     pairs, owner = [], []
     for i, (persona, reply) in enumerate(zip(personas, replies)):

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .store import RunDir, atomic_write_text
 
 STAGES = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
@@ -25,7 +26,7 @@ def build(run_dir: Path) -> str:
 
 
 def write(run_dir: Path) -> Path:
-    path = Path(run_dir) / "report.md"
+    path = Path(run_dir) / layout.REPORT
     atomic_write_text(path, build(Path(run_dir)))
     return path
 
@@ -74,7 +75,7 @@ def _pair(runs: RunDir) -> list[str] | None:
     for name, stats in sim.items() if isinstance(sim, dict) else []:
         if isinstance(stats, dict) and "mean" in stats:
             rows.append((f"similarity, {name} (mean)", stats["mean"]))
-    return ["## 2. Pairing", _status(m), "", *_table(rows), "", "![pair similarity](pair_similarity.png)"]
+    return ["## 2. Pairing", _status(m), "", *_table(rows), "", f"![pair similarity]({layout.PAIR_SIMILARITY})"]
 
 
 def _generate(runs: RunDir) -> list[str] | None:
@@ -96,7 +97,7 @@ def _generate(runs: RunDir) -> list[str] | None:
     lines += ["", "Single-shot: the first candidate of each pair, what a generator without a critic keeps. "
               "Contradiction rate: the share of conversations with an utterance the NLI finds contradicting "
               "its speaker's persona."]
-    best = runs.file("best.jsonl")
+    best = runs.file(layout.BEST)
     if best.is_file():
         first = best.read_text(encoding="utf-8").splitlines()[:1]
         if first:
@@ -113,7 +114,7 @@ def _curate(runs: RunDir) -> list[str] | None:
     if not m:
         return None
     lines = ["## 4. Curate", _status(m), "", *_table(sorted(m["counts"].items()))]
-    selection = runs.file("curated") / "selection.json"
+    selection = runs.file(layout.curated("selection.json"))
     if selection.is_file():
         lines += ["", "Selection report (chosen strategy vs random, same n): `curated/selection.json`; "
                       "dataset card: [curated/README.md](curated/README.md)."]
@@ -121,33 +122,33 @@ def _curate(runs: RunDir) -> list[str] | None:
 
 
 def _train(runs: RunDir) -> list[str] | None:
-    folder = runs.file("train")
+    folder = runs.file(layout.TRAIN)
     if not folder.is_dir():
         return None
     lines = ["## 5. Train"]
-    for manifest in sorted(folder.glob("*/train.manifest.json")):
+    for manifest in sorted(folder.glob(f"*/{layout.TRAIN_MANIFEST}")):
         m = json.loads(manifest.read_text(encoding="utf-8"))
         name = manifest.parent.name
         figures = m.get("figures", {})
         keep = {k: v for k, v in figures.items() if not isinstance(v, (dict, list))}
         lines += ["", f"### `{name}` ({_status(m)})", "", *_table(sorted(keep.items()))]
-        if (manifest.parent / "loss.png").is_file():
-            lines += ["", f"![loss](train/{name}/loss.png)"]
+        if (manifest.parent / layout.LOSS_CURVE).is_file():
+            lines += ["", f"![loss]({layout.TRAIN}/{name}/{layout.LOSS_CURVE})"]
     return lines
 
 
 def _eval(runs: RunDir) -> list[str] | None:
-    table = runs.file("eval") / "table.md"
+    table = runs.file(layout.EVAL_TABLE)
     if not table.is_file():
         return None
     lines = ["## 6. Evaluate (next reply on held-out conversations)", "", table.read_text(encoding="utf-8").strip()]
-    if (runs.file("eval") / "eval.png").is_file():
-        lines += ["", "![eval](eval/eval.png)"]
-    return lines + ["", "Details and examples: [eval/report.md](eval/report.md)."]
+    if runs.file(layout.EVAL_CHART).is_file():
+        lines += ["", f"![eval]({layout.EVAL_CHART})"]
+    return lines + ["", f"Details and examples: [{layout.EVAL_REPORT}]({layout.EVAL_REPORT})."]
 
 
 def _judge(runs: RunDir) -> list[str] | None:
-    report = runs.file("judge") / "report.md"
+    report = runs.file(layout.JUDGE_REPORT)
     if not report.is_file():
         return None
     body = report.read_text(encoding="utf-8").strip().splitlines()

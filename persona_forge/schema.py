@@ -149,6 +149,9 @@ class Preference(Record):
     rejected_score: float
 
 
+BASE = "base"  # the model under test without an adapter: eval names it so, judge compares adapters with it
+
+
 class EvalGeneration(Record):
     """One model's reply to one held-out prompt in `forge eval`, with its per-example metrics.
 
@@ -158,7 +161,7 @@ class EvalGeneration(Record):
 
     example_id: str
     source_id: str
-    model: str
+    model: str  # BASE, or an adapter's name
     model_digest: str
     messages: list[ChatMessage]
     persona: list[str]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,77 @@ def fake() -> ScriptedBackend:
 def forge_cmd() -> list[str]:
     """The installed `forge` entry point of this interpreter's environment."""
     return [sys.executable, "-m", "persona_forge.cli"]
+
+
+def make_recipe(run_dir: Path, **sections: Any):
+    """The one recipe builder of the tests: `run_dir` and sections as dicts, checked as a recipe file
+    would be, e.g. make_recipe(tmp_path, backend={"kind": "fake"}, eval={"limit": 3})."""
+    from persona_forge.config import load_recipe
+
+    return load_recipe(None, {"run_dir": str(run_dir), **_dotted(sections)})
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclass
+class Ran:
+    """What a user sees of one `forge` command: its exit code, stdout and stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_forge(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None, input: str | None = None,
+              process: bool = False, timeout: float = 300) -> Ran:
+    """`forge ARGS` through the same entry point as the installed script (cli.main: one-line errors, exit
+    codes). In this process under Click's CliRunner by default; `process=True` starts a fresh Python
+    (for a terminal width, an environment or a model load that must not leak into the test process)."""
+    if process:
+        # A wide terminal: rich wraps the summary table to the terminal's width.
+        done = subprocess.run(forge_cmd() + list(args), cwd=cwd, capture_output=True, text=True, input=input,
+                              timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+        return Ran(done.returncode, done.stdout, done.stderr)
+    from click.testing import CliRunner
+
+    from persona_forge import cli
+
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with CliRunner().isolation(input=input, env=env) as (out, err, _):
+            try:
+                cli.main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            return Ran(code, out.getvalue().decode(), err.getvalue().decode())
+    finally:
+        os.chdir(here)
+
+
+@pytest.fixture
+def forge():
+    """The `forge` command for a test: forge("--run-dir", str(tmp_path), "pair", ...) -> Ran."""
+    return run_forge
+
+
+def one_line_error(result: Ran, code: int | None = 2) -> str:
+    """The single stderr line a user error must be (no traceback, exit `code`), asserted."""
+    if code is not None:
+        assert result.returncode == code, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,12 @@ def test_same_seed_same_sampled_replies(local):
     first = [c.text for c in local.complete_sync(requests)]
     second = [c.text for c in local.complete_sync(requests)]
     assert first == second
+    # ... and the sampling is real: one prompt under other seeds gives other replies (a backend that
+    # ignored temperature, decoding greedily, would give one reply for every seed).
+    again = [ask("I love hiking.", "What did you do this weekend?", seed=s, temperature=0.9, max_tokens=20)
+             for s in (7, 11, 12, 13)]
+    texts = [c.text for c in local.complete_sync(again)]
+    assert len(set(texts)) > 1
 
 
 def test_stop_strings_cut_the_reply(local):

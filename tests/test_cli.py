@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
-from conftest import REPO, forge_cmd
-
-
-def forge(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(forge_cmd() + list(args), cwd=cwd, capture_output=True, text=True, timeout=120)
+from conftest import one_line_error
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
-
-def test_help_lists_every_command_with_one_line():
+def test_help_lists_every_command_with_one_line(forge):
     result = forge("--help")
     assert result.returncode == 0
     for command in ("complete", "models", "nli", "prompt", "recipe"):
         assert f"  {command} " in result.stdout
 
 
-def test_unknown_recipe_key_is_one_line_and_exit_2(tmp_path):
+def test_unknown_recipe_key_is_one_line_and_exit_2(forge, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("backend:\n  concurency: 3\n")
     result = forge("--recipe", str(recipe), "complete", "--input", "x.jsonl")
@@ -35,13 +23,13 @@ def test_unknown_recipe_key_is_one_line_and_exit_2(tmp_path):
                                       f"(did you mean 'concurrency'?)")
 
 
-def test_missing_input_file_is_one_line(tmp_path):
+def test_missing_input_file_is_one_line(forge, tmp_path):
     result = forge("--run-dir", str(tmp_path), "--set", "backend.kind=fake", "complete", "--input", "nope.jsonl")
     assert result.returncode == 2
     assert one_line_error(result) == "forge: error: nope.jsonl: no such file"
 
 
-def test_bad_prompt_line_names_file_and_line(tmp_path):
+def test_bad_prompt_line_names_file_and_line(forge, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "ok"}\n{"text": "wrong key"}\n')
     result = forge("--run-dir", str(tmp_path / "run"), "--set", "backend.kind=fake", "complete", "--input", str(prompts))
@@ -49,7 +37,7 @@ def test_bad_prompt_line_names_file_and_line(tmp_path):
     assert "p.jsonl:2: needs a non-empty \"prompt\" string" in one_line_error(result)
 
 
-def test_complete_writes_records_and_a_rerun_adds_nothing(tmp_path):
+def test_complete_writes_records_and_a_rerun_adds_nothing(forge, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(7)))
     args = ("--run-dir", str(tmp_path / "run"), "--set", "backend.kind=fake", "--set", "backend.default_reply=hello",
@@ -65,7 +53,7 @@ def test_complete_writes_records_and_a_rerun_adds_nothing(tmp_path):
     assert "already done" in second.stderr and "completed now" in second.stderr
 
 
-def test_changed_config_in_same_run_dir_needs_force(tmp_path):
+def test_changed_config_in_same_run_dir_needs_force(forge, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "q"}\n')
     base = ("--run-dir", str(tmp_path / "run"), "--set", "backend.kind=fake")
@@ -76,7 +64,7 @@ def test_changed_config_in_same_run_dir_needs_force(tmp_path):
     assert forge(*base, "--set", "backend.model=other", "--force", "complete", "--input", str(prompts)).returncode == 0
 
 
-def test_recipe_check_prints_the_resolved_recipe_as_json():
+def test_recipe_check_prints_the_resolved_recipe_as_json(forge):
     result = forge("recipe", "check", "recipes/quickstart.yaml")
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
@@ -84,13 +72,13 @@ def test_recipe_check_prints_the_resolved_recipe_as_json():
     assert resolved["backend"]["concurrency"] == 16  # a default filled in
 
 
-def test_prompt_command_shows_the_rendered_messages():
+def test_prompt_command_shows_the_rendered_messages(forge):
     result = forge("prompt", "nli/judge", "--vars", '{"premise": "P1", "hypothesis": "H1"}')
     assert result.returncode == 0, result.stderr
     assert "### system" in result.stdout and "Premise (known to be true of the person): P1" in result.stdout
 
 
-def test_openai_backend_without_key_is_one_line(tmp_path, monkeypatch):
+def test_openai_backend_without_key_is_one_line(forge, tmp_path, monkeypatch):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "q"}\n')
     monkeypatch.delenv("PF_NO_SUCH_KEY", raising=False)

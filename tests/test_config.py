@@ -54,7 +54,9 @@ def test_set_option_parses_yaml_values_and_rejects_garbage():
 def test_shipped_recipes_validate():
     from persona_forge.resources import data_dir
 
-    for path in sorted(data_dir("recipes").glob("*.yaml")):
+    paths = sorted(data_dir("recipes").glob("*.yaml"))
+    assert paths, f"no recipe found in {data_dir('recipes')}"
+    for path in paths:
         load_recipe(path)
 
 

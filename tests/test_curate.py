@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd
-from persona_forge import selection
-from persona_forge.config import CurateConfig, load_recipe
+from conftest import REPO, forge_cmd, make_recipe
+from persona_forge import corpora, selection
+from persona_forge.config import CurateConfig
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.exports import (TemplateCheck, dpo_row, openai_file_errors, openai_row_errors, sharegpt_row,
                                    transcript)
@@ -41,8 +42,8 @@ def dialogue(did: str, n: int = 10, critic: float | None = 0.8, tag: str = "t", 
                     turns=turns(n, tag), scores=scores)
 
 
-def conv(*dialogues: Dialogue) -> curate.Conversations:
-    return curate.Conversations(list(dialogues), "test", scored=True)
+def conv(*dialogues: Dialogue) -> corpora.Conversations:
+    return corpora.Conversations(list(dialogues), "test", scored=True)
 
 
 class FakeEncoder:
@@ -114,7 +115,7 @@ def test_spc_shaped_records_are_read_with_personas_normalised(tmp_path):
                                 "user2_persona": ["I like tea."],
                                 "turns": [{"speaker": "user1", "text": "hi"}, {"speaker": "user2", "text": "hey"}]})
                     + "\n")
-    read = curate.load_conversations(path)
+    read = corpora.load_conversations(path)
     assert not read.scored
     d = read.dialogues[0]
     assert (d.id, d.user1_persona, d.scores) == ("spc-1", ["I'm a nurse."], {})
@@ -124,7 +125,7 @@ def test_a_bad_conversation_record_is_one_clear_error(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"user1_persona": ["a"], "user2_persona": ["b"], "turns": [{"speaker": "x"}]}) + "\n")
     with pytest.raises(UserError, match=r"bad.jsonl:1: turns\[0\] must be"):
-        curate.load_conversations(path)
+        corpora.load_conversations(path)
 
 
 # --- cleaning ------------------------------------------------------------------------------------
@@ -294,7 +295,13 @@ def write_run(run_dir: Path, n: int = 40) -> None:
 
 
 def recipe(run_dir: Path, **curate_cfg):
-    return load_recipe(None, {"run_dir": str(run_dir), **{f"curate.{k}": v for k, v in curate_cfg.items()}})
+    return make_recipe(run_dir, curate=curate_cfg)
+
+
+def run_curate(recipe, force: bool = False, **handed) -> dict:
+    """The stage as the CLI runs it; its summary rows."""
+    return curate.run(recipe.curate, StageContext(recipe.run_dir, force, progress=False), recipe.backend,
+                      **handed).summary
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -307,7 +314,7 @@ def test_the_stage_writes_every_export_and_each_loads_with_its_consumer(tmp_path
 
     write_run(tmp_path)
     encoder = FakeEncoder()
-    rows = curate.run(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
+    rows = run_curate(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
     out = tmp_path / "curated"
     assert rows["pool after cleaning"] == 39  # 41 built, one below the floor, one exact copy
     rejections = read_jsonl(out / "curate_rejections.jsonl")
@@ -342,16 +349,22 @@ def test_the_stage_writes_every_export_and_each_loads_with_its_consumer(tmp_path
     assert report["measures"]["kcenter"]["chosen"] == 20
     card = (out / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "| coverage: mean distance" in card and "| low_quality | 1 |" in card
+    from huggingface_hub import DatasetCard
+
+    metadata = DatasetCard(card).data  # the Hub reads the card's metadata: licence and the parquet split
+    assert metadata.license == "cc-by-4.0"
+    assert metadata.configs == [{"config_name": "default", "data_files": [{"split": "train",
+                                                                          "path": "parquet/train.parquet"}]}]
     manifest = json.loads((tmp_path / "curate.manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["counts"]["selected"] == 20
     assert manifest["prompts"]["curate/dpo_conversation"]
 
-    again = curate.run(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
+    again = run_curate(recipe(tmp_path, n=20, heldout=5), encoder=encoder, check=TemplateCheck())
     assert again["status"].startswith("already done")
     with pytest.raises(UserError, match="pass --force"):
-        curate.run(recipe(tmp_path, n=10), encoder=encoder, check=TemplateCheck())
+        run_curate(recipe(tmp_path, n=10), encoder=encoder, check=TemplateCheck())
     calls = encoder.calls
-    smaller = curate.run(recipe(tmp_path, n=10), force=True, encoder=encoder, check=TemplateCheck())
+    smaller = run_curate(recipe(tmp_path, n=10), force=True, encoder=encoder, check=TemplateCheck())
     assert smaller["chosen"].startswith("10 by kcenter") and encoder.calls == calls  # embeddings came from the cache
 
 
@@ -365,7 +378,7 @@ def test_rows_the_template_rejects_are_replaced(tmp_path):
                 raise RenderError("no")
             return 10
 
-    curate.run(recipe(tmp_path, n=39), encoder=FakeEncoder(), check=Picky())
+    run_curate(recipe(tmp_path, n=39), encoder=FakeEncoder(), check=Picky())
     out = tmp_path / "curated"
     assert len(read_jsonl(out / "sft.jsonl")) == 38
     assert [r["subject_id"] for r in read_jsonl(out / "curate_rejections.jsonl")
@@ -413,7 +426,7 @@ def test_real_curate_on_spc_renders_through_smollm2_and_trl(tmp_path):
         assert text.startswith("<|im_start|>system\nYou are a person chatting")
         assert text.endswith(row["messages"][-1]["content"] + "<|im_end|>\n")
     # A DPO row built from two SPC conversations of the same file goes through trl's formatting as well.
-    from persona_forge.stages.curate import load_conversations
+    from persona_forge.corpora import load_conversations
 
     dialogues = load_conversations(spc).dialogues
     pref = Preference(id="p", pair_id="x", user1_persona=dialogues[0].user1_persona,
@@ -427,7 +440,7 @@ def test_real_curate_on_spc_renders_through_smollm2_and_trl(tmp_path):
 
 def test_random_strategy_is_compared_with_kcenter_and_conversations_export_too(tmp_path):
     write_run(tmp_path)
-    rows = curate.run(recipe(tmp_path, n=8, strategy="random", kind="conversation"), encoder=FakeEncoder(),
+    rows = run_curate(recipe(tmp_path, n=8, strategy="random", kind="conversation"), encoder=FakeEncoder(),
                       check=TemplateCheck())
     out = tmp_path / "curated"
     report = json.loads((out / "selection.json").read_text())
@@ -435,4 +448,5 @@ def test_random_strategy_is_compared_with_kcenter_and_conversations_export_too(t
     selected = read_jsonl(out / "selected.jsonl")
     assert len(selected) == 8 and {s["kind"] for s in selected} == {"conversation"}
     assert all(openai_row_errors(r) == [] for r in read_jsonl(out / "openai.jsonl"))
-    assert rows["samples built"].startswith("82 ")  # 41 conversations, one sample per persona
+    counts = json.loads((tmp_path / "curate.manifest.json").read_text())["counts"]
+    assert counts["samples"] == 82 and "samples built" in rows  # 41 conversations, one sample per persona

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe, one_line_error
 from persona_forge import metrics as M
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
@@ -161,8 +161,7 @@ def test_corpus_perplexity_weights_tokens():
 # --- protocol ----------------------------------------------------------------------------------------
 
 def _recipe(tmp_path: Path, **eval_cfg):
-    return load_recipe(None, {"run_dir": str(tmp_path / "run"), "backend.kind": "fake",
-                              **{f"eval.{k}": v for k, v in eval_cfg.items()}})
+    return make_recipe(tmp_path / "run", backend={"kind": "fake"}, eval=eval_cfg)
 
 
 def test_examples_follow_the_study_protocol(tmp_path):
@@ -294,12 +293,9 @@ def test_retrained_adapter_is_generated_anew(tmp_path):
     assert len(fakes.backends["a"].seen) == 4 and len(fakes.backends["base"].seen) == 2
 
 
-def test_cli_rejects_a_folder_that_is_not_an_adapter(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([*forge_cmd(), "--run-dir", str(tmp_path / "run"), "eval", "--limit", "2",
-                           "--adapter", f"x={tmp_path}"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+def test_cli_rejects_a_folder_that_is_not_an_adapter(tmp_path, forge):
+    proc = forge("--run-dir", str(tmp_path / "run"), "eval", "--limit", "2", "--adapter", f"x={tmp_path}", cwd=tmp_path)
+    assert [one_line_error(proc)] == [
         f"forge: error: {tmp_path}: not a LoRA adapter folder (no adapter_config.json); give the `adapter` "
         "folder that `forge train` wrote"]
 

@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe
 from persona_forge.backends import ScriptedBackend
 from persona_forge.backends.base import Completion
-from persona_forge.config import CriticConfig, GenerateConfig, load_recipe
+from persona_forge.config import CriticConfig, GenerateConfig
 from persona_forge.schema import Dialogue, Pair, Profile, SharedTopic, Turn
 from persona_forge.stages import critic
 from persona_forge.stages import generate as stage
@@ -267,20 +267,9 @@ def write_inputs(tmp_path, n_pairs: int = 4):
 
 
 def recipe(tmp_path, **generate):
-    settings = {"run_dir": str(tmp_path), "backend": {"kind": "fake"},
-                "generate": {"min_turns": 4, "max_turns": 4, "candidates": 2, "rounds": 2, "examples": 1,
-                             "example_pool": 1, **generate}}
-    return load_recipe(None, _flatten(settings))
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return make_recipe(tmp_path, backend={"kind": "fake"},
+                       generate={"min_turns": 4, "max_turns": 4, "candidates": 2, "rounds": 2, "examples": 1,
+                                 "example_pool": 1, **generate})
 
 
 def test_whole_mode_writes_scored_candidates_best_preferences_and_hands_over_examples(tmp_path):
@@ -304,7 +293,9 @@ def test_whole_mode_writes_scored_candidates_best_preferences_and_hands_over_exa
     best = read_jsonl(tmp_path / "best.jsonl", Dialogue)
     assert len(best) == 4 and all(d.turns[0].text == "Hi, I have two dogs." for d in best)
     assert len(read_jsonl(tmp_path / "preferences.jsonl")) == 4
-    assert rows["contradiction rate: single-shot -> selected"] == "1.000 -> 0.000"
+    overall = json.loads((tmp_path / "generate.manifest.json").read_text())["figures"]["overall"]
+    assert (overall["contradiction_rate_single_shot"], overall["contradiction_rate_selected"]) == (1.0, 0.0)
+    assert "contradiction rate: single-shot -> selected" in rows
     # round 2's requests show round 1's best conversation as the example
     round1_best = format_transcript(best[0].turns)
     generator_prompts = [r.messages[-1]["content"] for r in backend.seen if not r.json]
@@ -395,3 +386,38 @@ def test_generate_on_the_packaged_model_end_to_end(tmp_path, embedded_nli):
             assert 0.0 <= d.scores["contradiction"] <= 1.0 and 0.0 <= d.scores["critic"] <= 1.0
     manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["models"]["nli"].startswith("embedded")
+
+
+def test_profiles_come_from_generate_then_what_the_caller_hands_then_the_run_dir(tmp_path):
+    """generate reads no other stage's config: the caller hands pairing's profiles file on."""
+    write_inputs(tmp_path)
+    other = tmp_path / "elsewhere.jsonl"
+    other.write_text((tmp_path / "profiles.jsonl").read_text())
+    assert stage.input_paths(recipe(tmp_path))[1] == tmp_path / "profiles.jsonl"
+    assert stage.input_paths(recipe(tmp_path), default_profiles=other)[1] == other
+    assert stage.input_paths(recipe(tmp_path, profiles=str(other)), default_profiles=tmp_path / "x")[1] == other
+
+
+def test_one_event_loop_serves_every_chunk_and_turn_and_the_backend_is_closed_once(tmp_path):
+    """The backend keeps one loop (and so one client and its connections) for the whole stage."""
+    import asyncio
+
+    write_inputs(tmp_path, n_pairs=2)
+    rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, chunk_pairs=1, critic={"judge": False})
+
+    class Watching(ScriptedBackend):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.loops, self.closed = [], 0
+
+        async def complete(self, requests, progress=None):
+            self.loops.append(asyncio.get_running_loop())
+            return await super().complete(requests, progress)
+
+        async def aclose(self):
+            self.closed += 1
+
+    backend = Watching(default=lambda r: f"line {len(r.messages)}.")
+    stage.run(rec, backend, KeywordNLI())
+    assert len(backend.loops) == 2 * 4  # two chunks (one pair each) x four turns
+    assert len(set(map(id, backend.loops))) == 1 and backend.closed == 1

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
@@ -273,20 +272,13 @@ def test_bad_items_file(tmp_path):
         J.load_items(bad)
 
 
-def test_cli_judge_with_the_fake_backend(tmp_path):
-    import os
-    import subprocess
-
-    from conftest import forge_cmd
-
+def test_cli_judge_with_the_fake_backend(tmp_path, forge):
     run = tmp_path / "run"
     _generations(run / "eval" / "generations.jsonl", examples=2)
     always_a = CLEAN[:-1] + ', "winner": "A"}'   # rubric fields, a pairwise answer, and a 4 for the probes
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"backend: {{kind: fake, default_reply: {json.dumps(always_a)}}}\njudge: {{personas: 1}}\n")
-    proc = subprocess.run([*forge_cmd(), "--run-dir", str(run), "judge", "--recipe", str(recipe), "--json"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = forge("--run-dir", str(run), "judge", "--recipe", str(recipe), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["rubric"]["base"]["persona_consistency"]["value"] == 4.0

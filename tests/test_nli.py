@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
+from functools import partial
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ from persona_forge.nli.data import chatify, contradictions_of, normalize, read_l
 from persona_forge.nli.evaluate import metrics
 from persona_forge.nli.frames import check_frames
 
-from conftest import REPO, forge_cmd
+from conftest import run_forge
 
 
 def tiny_checkpoint(folder, id2label: dict[int, str], hot: int | None = None):
@@ -206,8 +206,7 @@ def test_reaction_pairs_restate_contrast_and_negate_one_persona():
     assert not [r for r in _REACTIONS if r.strip().lower() in ("no way!", "funny you ask,", "let me think...")]
 
 
-def forge(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(forge_cmd() + list(args), cwd=REPO, capture_output=True, text=True, timeout=120)
+forge = partial(run_forge, process=True)  # a fresh process: the NLI loads there, not here
 
 
 def test_eval_with_a_missing_data_file_is_one_line(tmp_path):

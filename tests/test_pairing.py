@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import subprocess
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from persona_forge.config import PairConfig
+from persona_forge.corpora import load_profiles
 from persona_forge.errors import UserError
 from persona_forge.schema import Pair, Profile, record_id
 from persona_forge.stages import pairing
-from persona_forge.stages.pairing import (Edges, candidate_edges, drop_self, greedy_pairs, load_profiles,
+from persona_forge.stages.pairing import (Edges, candidate_edges, drop_self, greedy_pairs,
                                           random_pairs, recall_at_k, shared_topics)
 from persona_forge.store import RunDir
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, Ran, one_line_error, run_forge
 
 SPC = REPO / "corpora" / "spc" / "train.jsonl.gz"
 THREADS = ("--set", "pair.threads=1")  # another engineer's torch jobs share the two cores
@@ -204,16 +204,7 @@ def test_malformed_input_is_one_clear_error(tmp_path, text, message):
 
 # --- the command, as a user meets it ---------------------------------------------------------
 
-def forge(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}  # rich wraps the summary table to the terminal width
-    return subprocess.run(forge_cmd() + list(args), cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+forge = partial(run_forge, process=True)  # a fresh process: the sentence model loads there, not here
 
 
 def test_empty_input_is_one_line(tmp_path):
@@ -265,7 +256,7 @@ def spc_small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spc_run(tmp_path_factory, spc_small) -> tuple[Path, subprocess.CompletedProcess]:
+def spc_run(tmp_path_factory, spc_small) -> tuple[Path, Ran]:
     run_dir = tmp_path_factory.mktemp("run") / "pair"
     result = forge("--run-dir", str(run_dir), *THREADS, "pair", "--profiles", str(spc_small))
     assert result.returncode == 0, result.stderr

@@ -10,21 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from persona_forge.backends import ScriptedBackend
-from persona_forge.config import NLIConfig, PersonasConfig, Recipe
+from persona_forge.config import NLIConfig, Recipe
 from persona_forge.errors import UserError
 from persona_forge.prompts import library
 from persona_forge.stages import personas
 from persona_forge.stages.persona_expand import (FALLBACK_QUESTION, dedup_key, parse_attributes, parse_questions,
                                                  load_seed_texts, read_seed_file)
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, make_recipe, one_line_error, run_forge
 
 SEEDS = [
     "I have two dogs.", "I do not have any pets.", "I have pets.", "My cat is called Tom.", "I love horses.",
@@ -96,7 +96,7 @@ def recipe_for(tmp_path, seed_file, **personas_overrides) -> Recipe:
     settings = dict(seeds=seed_file, topics=4, questions_per_topic=2, requests_per_question=1, per_request=3,
                     examples=3, n=8, k=3, baseline=8, threads=1)
     settings.update(personas_overrides)
-    return Recipe(run_dir=tmp_path / "run", personas=PersonasConfig(**settings))
+    return make_recipe(tmp_path / "run", personas=settings)
 
 
 def run_stage(recipe, backend=None, nli=None, force=False):
@@ -323,7 +323,7 @@ def test_contradiction_rates_built_and_random(tmp_path, seed_file):
                                                    "entailments": 0, "entailment_rate": 0.0}
     random_rate = figures["contradiction_rate_random"]
     assert random_rate["pairs"] == 180 and random_rate["contradictions"] > 0
-    assert rows["contradiction rate, built profiles"] == "0.00% (0 of 180 pairs)"
+    assert "contradiction rate, built profiles" in rows  # the summary shows it (its figures are above)
 
 
 def test_a_profile_that_cannot_be_completed_is_given_up_and_logged(tmp_path):
@@ -432,15 +432,7 @@ def test_the_packaged_seed_file_is_the_distinct_spc_persona_sentences():
     assert all(t == t.strip() and t[-1] in ".!?" for t in texts)
 
 
-def forge(*args: str, cwd=REPO, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(forge_cmd() + list(args), cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+forge = partial(run_forge, process=True)  # a fresh process: the models load there, not here
 
 
 @pytest.mark.parametrize("name,content,column,message", [
@@ -506,7 +498,7 @@ def test_the_real_nli_rejects_a_contradiction_and_a_redundancy(tmp_path):
 def test_forge_personas_end_to_end_with_real_embeddings(tmp_path):
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("attribute\n" + "\n".join(f'"{s}"' for s in SEEDS) + "\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"}
     args = ["--run-dir", str(tmp_path / "run"), "--set", "backend.kind=fake",
             "--set", f"backend.default_reply={EXPANSION_REPLY}", "--set", "personas.topics=3",
             "--set", "personas.questions_per_topic=1", "--set", "personas.requests_per_question=1",
@@ -522,3 +514,16 @@ def test_forge_personas_end_to_end_with_real_embeddings(tmp_path):
     again = forge(*args, env=env)
     assert again.returncode == 0, again.stderr
     assert len(rows_of(tmp_path / "run" / "profiles.jsonl")) == 6
+
+
+def test_nli_identity_holds_precision_and_trace():
+    """A resumed run must not mix bf16 and float32 (or traced and eager) judgements: both are in the
+    identity that every NLI-using stage hashes into its config."""
+    from persona_forge.nli.base import identity
+
+    fp32, bf16 = identity(NLIConfig(kind="hf", model="m", precision="fp32")), identity(
+        NLIConfig(kind="hf", model="m", precision="bf16"))
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    eager = identity(NLIConfig(kind="hf", model="m", precision="fp32", trace=False))
+    assert fp32["trace"] is True and eager["trace"] is False
+    assert "precision" not in identity(NLIConfig(kind="llm"))

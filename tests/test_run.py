@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
+from pathlib import Path
 
-from conftest import REPO, forge_cmd
+from conftest import make_recipe, one_line_error
 from persona_forge import report
-from persona_forge.cli import _pipeline_stages, _trained_adapters
+from persona_forge.layout import trained_adapters
+from persona_forge.pipeline import choose
 from persona_forge.errors import UserError
 
 
 def test_stages_run_in_pipeline_order_and_unknown_ones_are_refused():
-    assert _pipeline_stages(None)[0] == "personas" and _pipeline_stages(None)[-1] == "judge"
-    assert _pipeline_stages("eval, train") == ["train", "eval"]
+    assert choose(None)[0] == "personas" and choose(None)[-1] == "judge"
+    assert choose(["eval", " train"]) == ["train", "eval"] == choose("eval, train")
     try:
-        _pipeline_stages("train,evaluate")
+        choose(["train", "evaluate"])
     except UserError as exc:
         assert "unknown stage 'evaluate'" in str(exc)
     else:
@@ -27,8 +28,7 @@ def test_eval_is_given_every_adapter_train_finished(tmp_path):
         (tmp_path / "train" / name / "adapter").mkdir(parents=True)
         (tmp_path / "train" / name / "adapter" / "adapter_config.json").write_text("{}")
     (tmp_path / "train" / "broken").mkdir()
-    assert _trained_adapters(tmp_path) == (f"dpo={tmp_path / 'train/dpo/adapter'}",
-                                          f"sft={tmp_path / 'train/sft/adapter'}")
+    assert trained_adapters(tmp_path) == [tmp_path / "train/dpo/adapter", tmp_path / "train/sft/adapter"]
 
 
 def test_report_reads_generate_figures_from_the_manifest(tmp_path):
@@ -45,9 +45,76 @@ def test_report_reads_generate_figures_from_the_manifest(tmp_path):
     assert "| all | 2 | 6 |" in text
 
 
-def test_forge_run_with_an_unknown_stage_is_one_line(tmp_path):
-    result = subprocess.run([*forge_cmd(), "--run-dir", str(tmp_path), "run", "--stages", "pair,nope"],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "forge: error: --stages: unknown stage 'nope'; choose from personas, pair, generate, curate, train, eval, judge"]
+def test_forge_run_with_an_unknown_stage_is_one_line(tmp_path, forge):
+    result = forge("--run-dir", str(tmp_path), "run", "--stages", "pair,nope")
+    assert one_line_error(result) == ("forge: error: --stages: unknown stage 'nope'; choose from personas, pair, "
+                                      "generate, curate, train, eval, judge")
+
+
+def cached_pair_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """Six profiles and a run directory whose vector caches already hold every text pairing embeds,
+    so pairing runs without loading a model. Returns (profiles file, run directory)."""
+    import numpy as np
+
+    from persona_forge.embeddings import VectorCache
+    from persona_forge.schema import Profile, record_id
+
+    profiles = [Profile(id=f"p{i}", attribute_ids=[f"a{i}", f"b{i}"], attributes=[f"I like {i}.", f"I own {i} cats."])
+                for i in range(6)]
+    path = tmp_path / "profiles.jsonl"
+    path.write_text("".join(p.model_dump_json() + "\n" for p in profiles))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rng = np.random.default_rng(0)
+    spec = "packaged:minilm-l6"
+    attributes = [a for p in profiles for a in p.attributes]
+    for name, label, texts, labels in (
+            ("pair_embeddings", "ids", [" ".join(p.attributes) for p in profiles], [p.id for p in profiles]),
+            ("pair_attribute_embeddings", "texts", attributes, attributes)):
+        cache = VectorCache(run_dir, name, label)
+        keys = [record_id(spec, t) for t in texts]
+        vectors = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        cache.vectors = dict(zip(keys, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
+        cache.labels = dict(zip(keys, labels))
+        cache.save(keys, spec)
+    return path, run_dir
+
+
+def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
+    """pipeline.run without the CLI: each stage's result carries its manifest's counts and its outputs,
+    and report.md is written. The vectors are cached beforehand, so no model is loaded."""
+    from persona_forge import pipeline
+
+    path, run_dir = cached_pair_inputs(tmp_path)
+    recipe = make_recipe(run_dir, pair={"profiles": str(path), "low": -1.0, "high": 1.0, "threads": 1})
+
+    seen = []
+    results = pipeline.run(recipe, ["pair"], progress=False, on_result=seen.append)
+
+    result = results["pair"]
+    assert list(results) == ["pair"] and seen == [result]
+    assert (result.stage, result.failed, result.counts["profiles"]) == ("pair", 0, 6)
+    assert result.counts["pairs"] == 3 == len((run_dir / "pairs.jsonl").read_text().splitlines())
+    assert result.counts["profiles_embedded"] == 0  # every vector came from the cache
+    assert all(p.is_file() for p in result.outputs) and (run_dir / "report.md").is_file()
+
+
+def test_forge_run_prints_each_stage_and_a_rerun_finds_it_done(tmp_path, forge):
+    path, run_dir = cached_pair_inputs(tmp_path)
+    args = ("--run-dir", str(run_dir), "--set", f"pair.profiles={path}", "--set", "pair.low=-1",
+            "--set", "pair.high=1", "--set", "pair.threads=1", "run", "--stages", "pair")
+    first = forge(*args)
+    assert first.returncode == 0, first.stderr
+    assert "forge pair" in first.stderr and "forge run" in first.stderr
+    manifest = json.loads((run_dir / "pair.manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["counts"]["pairs"] == 3
+    pairs = (run_dir / "pairs.jsonl").read_bytes()
+    assert forge(*args).returncode == 0 and (run_dir / "pairs.jsonl").read_bytes() == pairs
+
+
+def test_forge_pair_alone_hands_the_stage_its_section(tmp_path, forge):
+    path, run_dir = cached_pair_inputs(tmp_path)
+    result = forge("--run-dir", str(run_dir), "--set", "pair.threads=1", "pair", "--profiles", str(path),
+                   "--low", "-1", "--high", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "pair.manifest.json").read_text())["counts"]["pairs"] == 3

@@ -1,5 +1,6 @@
 """forge train and forge chat on a tiny random llama (training mechanics in seconds): the label mask,
-context fitting, outputs, resuming, config changes, bad data, and chat through a pipe."""
+context fitting, outputs, resuming, config changes, bad data, and chat through a pipe. The tests that
+train with trl are marked integration (torch-heavy: run them under the shared lock, one at a time)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, forge_cmd
+from conftest import REPO, forge_cmd, make_recipe, one_line_error
 from persona_forge.chat import converse, read_persona
 from persona_forge.config import TrainConfig, load_recipe
 from persona_forge.errors import UserError
@@ -25,10 +26,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def recipe_for(run_dir: Path, model: Path, **train_overrides):
-    overrides = {"run_dir": str(run_dir), "train.model": str(model), "train.max_steps": 4,
-                 "train.logging_steps": 1, "train.save_steps": 2, "train.threads": 1}
-    overrides.update({f"train.{k}": v for k, v in train_overrides.items()})
-    return load_recipe(None, overrides)
+    return make_recipe(run_dir, train={"model": str(model), "max_steps": 4, "logging_steps": 1, "save_steps": 2,
+                                       "threads": 1, **train_overrides})
 
 
 def test_loss_covers_the_target_reply_only(tiny, tmp_path):
@@ -92,6 +91,7 @@ class StopAfter:
         self.callback = Callback()
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 8)
     recipe = recipe_for(tmp_path / "run", tiny)
@@ -110,6 +110,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     assert [row["step"] for row in log if "loss" in row] == [1, 2, 3, 4]
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_outputs_manifest_and_reruns(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
     recipe = recipe_for(tmp_path / "run", tiny, max_steps=2)
@@ -143,6 +144,7 @@ def test_outputs_manifest_and_reruns(tiny, tmp_path):
     assert any((tmp_path / "run" / "train" / "sft" / ".trash").iterdir())
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_the_adapter_loads_with_the_shared_loader(tiny, tmp_path):
     import torch
 
@@ -157,6 +159,7 @@ def test_the_adapter_loads_with_the_shared_loader(tiny, tmp_path):
         assert not torch.allclose(base(**ids).logits, tuned(**ids).logits)
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_dpo_trains_from_preference_pairs_and_from_an_sft_adapter(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
     write_dpo(tmp_path / "run" / "curated" / "dpo.jsonl", 4)
@@ -279,6 +282,7 @@ def test_chat_loop_uses_the_training_form_and_commands():
     assert [(m["role"], m["content"]) for m in seen[4][0][1:]] == [("user", "again")]
 
 
+@pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_forge_chat_through_a_pipe(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
     train.run(recipe_for(tmp_path / "run", tiny, max_steps=2), progress=False)
@@ -299,10 +303,8 @@ def test_forge_chat_through_a_pipe(tiny, tmp_path):
                                            "attribute a line")
 
 
-def test_forge_train_without_data_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run(forge_cmd() + ["--run-dir", str(tmp_path / "run"), "train", "--dpo"],
-                            capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_forge_train_without_data_is_one_line_and_exit_2(tmp_path, forge):
+    result = forge("--run-dir", str(tmp_path / "run"), "train", "--dpo")
+    assert [one_line_error(result)] == [
         f"forge: error: {tmp_path / 'run' / 'curated' / 'dpo.jsonl'}: no training data; run forge curate first, "
         f"or give --data FILE"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_forge.config import load_recipe
+from conftest import make_recipe
 from persona_forge.lm import load_chat_model
 from persona_forge.stages import train
 from train_data import spc_samples, write_dpo, write_sft
@@ -19,9 +19,7 @@ SPEC = "packaged:smollm2-135m-instruct"
 
 
 def recipe_for(run_dir: Path, **train_overrides):
-    overrides = {"run_dir": str(run_dir), "train.logging_steps": 1, "train.save_steps": 100, "train.threads": 2}
-    overrides.update({f"train.{k}": v for k, v in train_overrides.items()})
-    return load_recipe(None, overrides)
+    return make_recipe(run_dir, train={"logging_steps": 1, "save_steps": 100, "threads": 2, **train_overrides})
 
 
 def lora_tensors(adapter: Path) -> dict:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, STANDIN_KEY_ENV, forge_cmd, standin_fixtures
+from conftest import STANDIN_KEY_ENV, run_forge, standin_fixtures
 from persona_forge.config import load_recipe
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.stages import train_openai
 
@@ -36,9 +36,16 @@ def make_run(tmp_path: Path, url: str, model: str = "gpt-4o-mini-2024-07-18", **
     return load_recipe(None, overrides)
 
 
+def run_job(recipe, force: bool = False, progress: bool = False, sleep=None) -> dict:
+    """The stage as the CLI runs it (its own section, the context, the backend); its summary rows."""
+    handed = {"sleep": sleep} if sleep is not None else {}
+    return train_openai.run(recipe.train, StageContext(recipe.run_dir, force, progress), recipe.backend,
+                            **handed).summary
+
+
 def test_uploads_starts_polls_and_records_the_model(server, tmp_path):
     recipe = make_run(tmp_path, server.url, **{"openai.n_epochs": 2})
-    rows = train_openai.run(recipe, progress=False, sleep=lambda s: None)
+    rows = run_job(recipe, progress=False, sleep=lambda s: None)
     assert rows["status"] == "succeeded"
     assert rows["fine-tuned model"] == "ft:gpt-4o-mini-2024-07-18:standin:persona:ftjob-standin1"
     fine_tuning = server.stats()["fine_tuning"]
@@ -60,7 +67,7 @@ def test_uploads_starts_polls_and_records_the_model(server, tmp_path):
     assert [e.get("status") for e in events if e["event"] == "status"] == ["queued", "running", "succeeded"]
 
     # Done: a re-run makes no requests to the fine-tuning API.
-    assert train_openai.run(recipe, progress=False, sleep=lambda s: None)["status"] == "already finished"
+    assert run_job(recipe, progress=False, sleep=lambda s: None)["status"] == "already finished"
     assert len(server.stats()["fine_tuning"]["jobs"]) == 1
 
 
@@ -73,9 +80,9 @@ def test_a_rerun_polls_the_recorded_job_instead_of_starting_another(server, tmp_
         raise KeyboardInterrupt  # killed while waiting for the job
 
     with pytest.raises(KeyboardInterrupt):
-        train_openai.run(recipe, progress=False, sleep=interrupt)
+        run_job(recipe, progress=False, sleep=interrupt)
     assert server.stats()["fine_tuning"]["jobs"]["ftjob-standin1"]["status"] == "queued"  # one poll, then killed
-    rows = train_openai.run(recipe, progress=False, sleep=lambda s: None)
+    rows = run_job(recipe, progress=False, sleep=lambda s: None)
     assert rows["status"] == "succeeded (resumed)"
     stats = server.stats()["fine_tuning"]
     assert list(stats["jobs"]) == ["ftjob-standin1"] and list(stats["files"]) == ["file-standin1"]
@@ -85,34 +92,33 @@ def test_a_failed_job_is_one_line_and_force_starts_again(server, tmp_path):
     recipe = make_run(tmp_path, server.url, model="will-fail-model")
     with pytest.raises(UserError, match=r"fine-tuning job ftjob-standin1 failed: The base model cannot be "
                                         r"fine-tuned\.; fix the cause and re-run with --force"):
-        train_openai.run(recipe, progress=False, sleep=lambda s: None)
+        run_job(recipe, progress=False, sleep=lambda s: None)
     with pytest.raises(UserError, match="ftjob-standin1 failed"):
-        train_openai.run(recipe, progress=False, sleep=lambda s: None)
+        run_job(recipe, progress=False, sleep=lambda s: None)
     with pytest.raises(UserError, match="ftjob-standin2 failed"):
-        train_openai.run(recipe, force=True, progress=False, sleep=lambda s: None)
+        run_job(recipe, force=True, progress=False, sleep=lambda s: None)
 
 
 def test_bad_key_local_model_and_bad_rows(server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-wrong-key-123")
     with pytest.raises(UserError) as info:
-        train_openai.run(make_run(tmp_path, server.url), progress=False, sleep=lambda s: None)
+        run_job(make_run(tmp_path, server.url), progress=False, sleep=lambda s: None)
     assert "401" in str(info.value) and f"${KEY_ENV}" in str(info.value)
     assert "sk-wrong-key-123" not in str(info.value)
     with pytest.raises(UserError, match="is a local model; give the hosted base model"):
-        train_openai.run(make_run(tmp_path / "b", server.url, model="packaged:smollm2-135m-instruct"),
+        run_job(make_run(tmp_path / "b", server.url, model="packaged:smollm2-135m-instruct"),
                          progress=False)
     recipe = make_run(tmp_path / "c", server.url)
     (tmp_path / "c" / "run" / "curated" / "openai.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
     with pytest.raises(UserError, match=r"openai\.jsonl:1: no assistant message to learn from"):
-        train_openai.run(recipe, progress=False)
+        run_job(recipe, progress=False)
 
 
 def test_cli_backend_openai(server, tmp_path):
     make_run(tmp_path, server.url)
-    cmd = forge_cmd() + ["--run-dir", str(tmp_path / "run"), "--set", f"backend.base_url={server.url}",
+    cmd = ["--run-dir", str(tmp_path / "run"), "--set", f"backend.base_url={server.url}",
                          "--set", f"backend.api_key_env={KEY_ENV}", "--set", "train.openai.poll_s=0.01",
                          "train", "--backend", "openai", "--model", "gpt-4o-mini-2024-07-18"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60,
-                            env={**__import__("os").environ, KEY_ENV: SECRET})
+    result = run_forge(*cmd, env={KEY_ENV: SECRET})
     assert result.returncode == 0, result.stderr
     assert "ft:gpt-4o-mini-2024-07-18:standin:model:ftjob-standin1" in result.stderr

@@ -34,7 +34,7 @@ class OpenAIBackend(ChatBackend):
     def __init__(self, config: BackendConfig):
         super().__init__(config.model, config.sampling)
         self.config = config
-        self._api_key = _read_key(config)
+        self._api_key = read_key(config)
         self._client = None
         self._client_loop = None
         # Every connection failure counts here: when *no* request has ever succeeded, the
@@ -161,7 +161,8 @@ class OpenAIBackend(ChatBackend):
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-def _read_key(config: BackendConfig) -> str:
+def read_key(config: BackendConfig) -> str:
+    """The API key the endpoint takes: from the environment, or a placeholder for a local server."""
     key = os.environ.get(config.api_key_env, "")
     if key:
         return key

@@ -188,6 +188,26 @@ def resolve_precision(precision: str, device: str) -> str:
     return "fp32"
 
 
+def identity(config) -> dict[str, Any]:
+    """What decides the NLI's judgements (`config` is an NLIConfig), without loading or building it: a
+    stage's config hash includes it, so a resumed run never mixes judgements of two NLI set-ups
+    (bf16 and float32, traced and eager, or another build of the embedded model)."""
+    ident: dict[str, Any] = {"kind": config.kind, "model": config.model, "max_length": config.max_length,
+                             "quantize": config.quantize}
+    if config.kind == "llm":
+        return ident
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ident["precision"] = "int8" if config.quantize and device == "cpu" else resolve_precision(config.precision, device)
+    ident["trace"] = bool(config.trace and device == "cpu" and ident["precision"] != "int8")
+    if config.kind == "embedded":
+        from .train import build_key
+
+        ident["build"] = build_key()
+    return ident
+
+
 def _quantize(model):
     import torch
 

@@ -17,9 +17,11 @@ from ..config import Recipe
 from ..errors import UserError
 from ..schema import ChatMessage, CompletionRecord, Provenance, Usage, record_id
 from ..store import JsonlStore, RunDir, iter_jsonl
-from .. import ui
+from .. import layout, ui
 
 STAGE = "complete"
+INPUTS = ()  # complete.input
+OUTPUTS = (layout.COMPLETIONS,)
 
 
 def load_prompts(path: Path, seed: int) -> list[tuple[str, ChatRequest, list[ChatMessage]]]:
@@ -66,9 +68,9 @@ def run(recipe: Recipe, backend: ChatBackend, force: bool = False) -> dict[str, 
     run_dir = RunDir(recipe.run_dir)
     stage = run_dir.begin(STAGE, {"complete": cfg.model_dump(mode="json", exclude={"input"}),
                                   "backend": recipe.backend.identity()},
-                          inputs=[cfg.input], outputs=[f"{STAGE}.jsonl"], force=force)
+                          inputs=[cfg.input], outputs=OUTPUTS, force=force)
     stage.record_model("chat", str(backend.describe()))
-    store = JsonlStore(run_dir.file(f"{STAGE}.jsonl"), CompletionRecord)
+    store = JsonlStore(run_dir.file(layout.COMPLETIONS), CompletionRecord)
     done = store.ids()
     todo = [p for p in prompts if p[0] not in done]
     failed = asyncio.run(_complete_all(backend, todo, store, cfg.json_replies))

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import CriticConfig
 from ..errors import UserError
-from ..nli.base import CONTRADICTION, ENTAILMENT
+from ..nli.labels import CONTRADICTION, ENTAILMENT
 from ..resources import data_dir
 from ..schema import Turn
 from ..transcript import format_transcript

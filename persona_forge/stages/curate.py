@@ -21,110 +21,33 @@ The stage needs its whole input, so every file is written whole (atomically) at 
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import selection, ui
-from ..config import CurateConfig, Recipe
+from .. import layout, selection
+from ..config import BackendConfig, CurateConfig
+from ..contract import StageContext, StageResult
+from ..corpora import Conversations, load_conversations, load_preferences
+from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
-from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dpo_row, openai_dpo_row, openai_file_errors,
-                       sft_row, sharegpt_row, template_check)
+from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dataset_card, dpo_row, measure_cell, openai_dpo_row,
+                       openai_file_errors, sft_row, sharegpt_row, template_check, write_datasets)
 from ..prompts import library
 from ..samples import SYSTEM_PROMPT, next_reply, reply_messages
-from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, Turn, record_id
-from ..store import (RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash,
-                     file_sha256, iter_json_lines, validate_record)
-from .pairing import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
+from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, record_id
+from ..store import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, file_sha256
 
 STAGE = "curate"
-FOLDER = "curated"
+FOLDER = layout.CURATED
+INPUTS = (layout.BEST, layout.PREFERENCES)  # or curate.data (then no preferences)
 OUTPUTS = (FOLDER,)
-EMBEDDINGS = "curate_embeddings"
 DONE_FILES = ("samples.jsonl", "selected.jsonl", "curate_rejections.jsonl", "sft.jsonl", "dpo.jsonl",
               "openai.jsonl", "sharegpt.jsonl", "README.md", "selection.json")
 RENDER_ROUNDS = 5  # re-selections after the chat template rejects chosen rows
-
-
-# --- reading conversations -----------------------------------------------------------------------
-
-@dataclass
-class Conversations:
-    dialogues: list[Dialogue]
-    description: str
-    scored: bool
-    models: list[str] = field(default_factory=list)  # the generators' models, from provenance
-
-
-_DIALOGUE_KEYS = set(Dialogue.model_fields)
-
-
-def load_conversations(path: Path) -> Conversations:
-    """Dialogue records (from forge generate) or Synthetic-Persona-Chat-shaped records, told apart
-    by their keys: anything beyond a Dialogue's fields (e.g. SPC's `split`), or no `scores`, is read
-    as SPC-shaped (personas normalised like the seed attributes: "I m" -> "I'm")."""
-    from ..nli.data import normalize
-
-    dialogues: list[Dialogue] = []
-    seen: set[str] = set()
-    scored = False
-    models: set[str] = set()
-    skipped = 0
-    for line_no, row in iter_json_lines(path):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{line_no}: not a JSON object; expected a conversation with "
-                            f"user1_persona, user2_persona and turns")
-        if set(row) <= _DIALOGUE_KEYS and "scores" in row:
-            dialogue = validate_record(row, Dialogue, path, line_no)
-            scored = scored or bool(dialogue.scores)
-            if dialogue.provenance is not None:
-                models.add(dialogue.provenance.model)
-        else:
-            dialogue = _spc_dialogue(row, path, line_no, normalize)
-        if dialogue.id in seen:
-            skipped += 1
-            continue
-        seen.add(dialogue.id)
-        dialogues.append(dialogue)
-    if not dialogues:
-        raise UserError(f"{path}: no conversations in it")
-    kind = "Dialogue records" if scored else "unscored conversations"
-    note = f" ({skipped:,} repeated ids skipped)" if skipped else ""
-    return Conversations(dialogues, f"{kind}: {len(dialogues):,} conversations{note}", scored, sorted(models))
-
-
-def _spc_dialogue(row: dict[str, Any], path: Path, line_no: int, normalize) -> Dialogue:
-    personas = {}
-    for key in ("user1_persona", "user2_persona"):
-        persona = row.get(key)
-        if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
-            raise UserError(f"{path}:{line_no}: {key} must be a list of sentences (a Synthetic-Persona-Chat "
-                            f"record has user1_persona, user2_persona and turns)")
-        personas[key] = [s for s in (normalize(x) for x in persona) if s]
-    turns = row.get("turns")
-    if not isinstance(turns, list):
-        raise UserError(f"{path}:{line_no}: turns must be a list of {{speaker, text}}")
-    parsed = []
-    for i, turn in enumerate(turns):
-        if not (isinstance(turn, dict) and turn.get("speaker") in ("user1", "user2")
-                and isinstance(turn.get("text"), str)):
-            raise UserError(f"{path}:{line_no}: turns[{i}] must be {{\"speaker\": \"user1\"|\"user2\", "
-                            f"\"text\": \"...\"}}")
-        parsed.append(Turn(speaker=turn["speaker"], text=turn["text"].strip()))
-    did = row.get("id") if isinstance(row.get("id"), str) and row.get("id") else \
-        record_id(personas["user1_persona"], personas["user2_persona"], [t.model_dump() for t in parsed])
-    return Dialogue(id=did, user1_persona=personas["user1_persona"], user2_persona=personas["user2_persona"],
-                    turns=parsed, pair_id=row.get("pair_id") if isinstance(row.get("pair_id"), str) else None)
-
-
-def load_preferences(path: Path) -> list[Preference]:
-    return [validate_record(row, Preference, path, line_no) for line_no, row in iter_json_lines(path)]
 
 
 # --- building samples ----------------------------------------------------------------------------
@@ -308,13 +231,12 @@ def near_duplicates(vectors: np.ndarray, samples: list[Sample], threshold: float
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def stage_config(recipe: Recipe, check: str) -> dict[str, Any]:
-    return {"curate": recipe.curate.identity(), "template": check}
+def stage_config(cfg: CurateConfig, check: str) -> dict[str, Any]:
+    return {"curate": cfg.identity(), "template": check}
 
 
-def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
-    cfg = recipe.curate
-    data = Path(cfg.data) if cfg.data else run_dir.file("best.jsonl")
+def inputs_of(cfg: CurateConfig, run_dir: RunDir) -> tuple[Path, Path | None]:
+    data = Path(cfg.data) if cfg.data else run_dir.file(layout.BEST)
     if not data.is_file():
         what = "no such file" if cfg.data else "no conversations here yet (forge generate writes best.jsonl)"
         raise UserError(f"{data}: {what}; run forge generate first, or pass --data FILE (a Synthetic-Persona-Chat "
@@ -324,7 +246,7 @@ def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
         if not prefs.is_file():
             raise UserError(f"{prefs}: no such file; give the Preference JSONL forge generate wrote")
     else:
-        prefs = run_dir.file("preferences.jsonl") if not cfg.data else None
+        prefs = run_dir.file(layout.PREFERENCES) if not cfg.data else None
         prefs = prefs if prefs is not None and prefs.is_file() else None
     if not cfg.data:
         generate = run_dir.manifest("generate")
@@ -334,14 +256,20 @@ def inputs_of(recipe: Recipe, run_dir: RunDir) -> tuple[Path, Path | None]:
     return data, prefs
 
 
-def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: TemplateCheck | None = None) -> dict[str, Any]:
-    """Curate; `encoder` (with .spec and .encode(texts, label)) and `check` may be given (tests)."""
-    cfg = recipe.curate
-    run_dir = RunDir(recipe.run_dir)
-    data, prefs_path = inputs_of(recipe, run_dir)
+def run(cfg: CurateConfig, context: StageContext, backend: BackendConfig, encoder: Any = None,
+        check: TemplateCheck | None = None) -> StageResult:
+    """Curate for the chat model `backend` names (every row must pass its chat template); `encoder`
+    (with .spec and .encode(texts, label)) and `check` may be given (tests)."""
+    rows = _run(cfg, RunDir(context.run_dir), backend, context.force, context.progress, encoder, check)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS)
+
+
+def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool, progress: bool, encoder: Any,
+         check: TemplateCheck | None) -> dict[str, Any]:
+    data, prefs_path = inputs_of(cfg, run_dir)
     inputs = [data] + ([prefs_path] if prefs_path else [])
-    check_spec = "injected" if check is not None else f"{recipe.backend.kind}:{recipe.backend.model}"
-    config = stage_config(recipe, check_spec)
+    check_spec = "injected" if check is not None else f"{backend.kind}:{backend.model}"
+    config = stage_config(cfg, check_spec)
     done = already_done(run_dir, config, inputs)
     if done is not None:
         return done
@@ -366,7 +294,7 @@ def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: Templat
     t = time.time()
     encoder = encoder or Encoder(cfg.model, cfg.batch_size)
     vectors, embedded = cached_embeddings([embed_text(s) for s in pool], [s.id for s in pool], encoder,
-                                          VectorCache(run_dir.path, EMBEDDINGS, "ids").load(), "samples")
+                                          VectorCache(run_dir.path, layout.CURATE_EMBEDDINGS, "ids").load(), "samples")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     timings["embed_s"] = time.time() - t
     t = time.time()
@@ -376,7 +304,7 @@ def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: Templat
     vectors = vectors[keep]
     timings["dedup_s"] = time.time() - t
 
-    check = check or template_check(recipe.backend.model, recipe.backend.kind, progress=ui.verbosity() >= 0)
+    check = check or template_check(backend.model, backend.kind, progress=progress)
     t = time.time()
     chosen, tokens, render_drops, selection_s = choose(cfg, pool, vectors, check)
     rejections += render_drops
@@ -583,135 +511,12 @@ def write_outputs(run_dir: RunDir, cfg: CurateConfig, conv: Conversations, data:
     return counts
 
 
-def write_datasets(out: Path, train: list[dict], heldout: list[dict], dpo: list[dict]) -> None:
-    """dataset/ (DatasetDict.save_to_disk) and parquet/, each replaced whole: built beside, then swapped in."""
-    import datasets
-    from datasets import Dataset, DatasetDict
-
-    datasets.disable_progress_bars()
-    splits = {"train": Dataset.from_list(train)}
-    if heldout:
-        splits["heldout"] = Dataset.from_list(heldout)
-    for name, write in (("dataset", lambda tmp: DatasetDict(splits).save_to_disk(str(tmp))),
-                        ("parquet", lambda tmp: _write_parquet(tmp, splits, dpo))):
-        tmp = out / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        final = out / name
-        old = out / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_parquet(folder: Path, splits: dict[str, Any], dpo: list[dict]) -> None:
-    from datasets import Dataset
-
-    folder.mkdir(parents=True)
-    for name, ds in splits.items():
-        ds.to_parquet(str(folder / f"{name}.parquet"))
-    if dpo:
-        Dataset.from_list(dpo).to_parquet(str(folder / "dpo.parquet"))
-
-
 def _token_stats(values: list[int], check: TemplateCheck) -> dict[str, Any]:
     if not values:
         return {"rows": 0}
     arr = np.array(values)
     return {"counted_with": check.describe(), "rows": len(values), "total": int(arr.sum()),
             "mean": round(float(arr.mean()), 1), "max": int(arr.max())}
-
-
-def dataset_card(cfg: CurateConfig, conv: Conversations, data: Path, prefs: Path | None, counts: dict[str, int],
-                 report: dict[str, Any], check: TemplateCheck, prompts, reasons: Counter, dpo_tokens: list[int]) -> str:
-    measures = report["measures"]
-    names = list(measures)
-    header = "| measure | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
-    body = ""
-    for key, label in (("coverage_mean_distance", "coverage: mean distance to the nearest chosen (lower is better)"),
-                       ("max_distance", "worst-covered sample's distance"),
-                       ("clusters_covered", f"clusters covered (of {report['clusters']})"),
-                       ("mean_quality", "mean critic score"), ("distinct_personas", "distinct personas")):
-        body += f"| {label} | " + " | ".join(_cell(measures[n][key]) for n in names) + " |\n"
-    drops = "\n".join(f"| {reason} | {n:,} |" for reason, n in sorted(reasons.items())) or "| (none) | 0 |"
-    models = ", ".join(conv.models) if conv.models else "none recorded (conversations read from a file)"
-    tokens = report.get("tokens", {})
-    sample_form = ("next reply: the replying user's persona as the system prompt, up to "
-                   f"{cfg.context} earlier turns, the other user's turn as the last user message, the reply as "
-                   f"the assistant target ({'one per conversation, the reply at turn index ' + str(cfg.position) if cfg.positions == 'study' else 'every reply of both speakers'})"
-                   if cfg.kind == "next_reply" else
-                   "whole conversation played from one persona's side: that persona as the system prompt, the other "
-                   "user's turns as user messages, the persona's own turns as assistant messages")
-    heldout_line = f"- `dataset/` split `heldout`, `heldout_sft.jsonl`: {counts['heldout']:,} held-out samples " \
-                   f"from conversations the chosen samples do not come from\n" if counts["heldout"] else ""
-    return f"""---
-license: {cfg.licence}
-language: [en]
-task_categories: [text-generation]
-tags: [persona, dialogue, synthetic, persona_forge]
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: parquet/train.parquet
----
-
-# Persona chat samples curated by persona_forge
-
-{counts['selected']:,} samples chosen from {report['pool']:,} (after cleaning) built from {conv.description}.
-Sample form: {sample_form}.
-
-## Files
-
-- `sft.jsonl`, `dataset/` (a `datasets.DatasetDict`, `load_from_disk`), `parquet/train.parquet`: {counts['selected']:,} rows of `{{"messages": [...]}}` (TRL conversational SFT)
-{heldout_line}- `dpo.jsonl` (and `parquet/dpo.parquet`): {counts['dpo_rows']:,} rows of `{{"prompt", "chosen", "rejected"}}` (TRL conversational preference): the request to write a conversation between two personas, and two conversations the critic ranked
-- `openai.jsonl`, `openai_dpo.jsonl`: OpenAI chat and preference fine-tuning format (checked: {_plain(report['openai_check'])})
-- `sharegpt.jsonl`: `{{"conversations": [{{"from", "value"}}]}}`
-- `samples.jsonl` (every sample built), `selected.jsonl` (the chosen, with ids, personas and scores), `curate_rejections.jsonl` (everything dropped, and why), `selection.json` (the figures below)
-
-## Sources and licences
-
-- Conversations: `{data}`{f'; preferences: `{prefs}`' if prefs else ''}.
-- Personas and, for `--data` corpora, conversations derive from Synthetic-Persona-Chat (Jandaghi et al. 2023,
-  Google Research), CC-BY 4.0: attribution required. This dataset: `{cfg.licence}`.
-- Conversation models: {models}.
-- Embeddings for duplicates and selection: {cfg.model}.
-- Render check: {check.describe()}; tokens per row: {_plain({k: v for k, v in tokens.items() if k != "counted_with"})}.
-
-## Prompts
-
-- `{SYSTEM_PROMPT}` (hash {prompts.ref(SYSTEM_PROMPT).hash}): the persona system prompt, shared with evaluation and chat.
-- `{DPO_PROMPT}` (hash {prompts.ref(DPO_PROMPT).hash}): the DPO request.
-
-## Cleaning
-
-Critic-score floor {cfg.min_quality} (unscored samples kept), exact duplicates, near-duplicates at cosine
-similarity >= {cfg.dedup_threshold} (FAISS range search; the better-scored sample kept), rows the chat
-template rejects or longer than {cfg.max_tokens} tokens. Dropped:
-
-| reason | samples |
-|---|---|
-{drops}
-
-## Selection
-
-Strategy `{cfg.strategy}`, quality weight {cfg.quality_weight} (a candidate's gain times
-(1 - w) + w * quality; unscored counts 0.5){f", density weight {cfg.density_weight} (k-center: distance times (1 - d) + d * density)" if cfg.strategy == "kcenter" else ""}, seed {cfg.seed}.
-Compared on the same pool:
-
-{header}{body}"""
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
-
-
-def _plain(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
 
 
 def summary_rows(cfg: CurateConfig, conv: Conversations, data: Path, run_dir: RunDir, counts: dict[str, int],
@@ -721,7 +526,7 @@ def summary_rows(cfg: CurateConfig, conv: Conversations, data: Path, run_dir: Ru
     names = list(measures)
 
     def side(key: str) -> str:
-        return " | ".join(f"{n} {_cell(measures[n][key])}" for n in names)
+        return " | ".join(f"{n} {measure_cell(measures[n][key])}" for n in names)
 
     dropped = ", ".join(f"{k.removeprefix('dropped_')} {v:,}" for k, v in counts.items() if k.startswith("dropped_"))
     return {

@@ -31,32 +31,20 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from .. import ui
+from .. import layout, plots, ui
 from ..config import EvalConfig, Recipe
+from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
-from ..resources import data_dir
 from ..samples import next_reply
-from ..schema import ChatMessage, EvalGeneration, Provenance, Turn, record_id
-from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
+from ..schema import BASE, ChatMessage, EvalGeneration, Provenance, Turn, record_id
+from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "eval"
-FOLDER = "eval"
-BASE = "base"
+FOLDER = layout.EVAL
+INPUTS = ()  # eval.data, else the packaged SPC test split; adapters from train/<name>/adapter
+OUTPUTS = (FOLDER,)
 
-# (key in metrics.json, column title, scale for the table, decimals)
-COLUMNS = (
-    ("bleu_corpus", "BLEU (corpus)", 1.0, 2),
-    ("bleu_sentence", "BLEU (sent.)", 1.0, 2),
-    ("rouge1", "ROUGE-1", 100.0, 2),
-    ("rouge2", "ROUGE-2", 100.0, 2),
-    ("rougeL", "ROUGE-L", 100.0, 2),
-    ("bertscore_p", "BERTScore P", 100.0, 2),
-    ("bertscore_r", "BERTScore R", 100.0, 2),
-    ("bertscore_f1", "BERTScore F1", 100.0, 2),
-    ("perplexity", "PPL (ref.)", 1.0, 2),
-    ("contradiction_rate", "Contradiction %", 100.0, 1),
-)
-DELTA_KEYS = ("bleu_corpus", "rougeL", "bertscore_f1", "perplexity", "contradiction_rate")
+DELTA_KEYS = tuple(m.key for m in M.DELTA_METRICS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +64,7 @@ class ModelUnderTest:
 
 
 def default_data() -> Path:
-    return data_dir("corpora") / "spc" / "test.jsonl.gz"
+    return spc_file("test")
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -97,9 +85,7 @@ def load_examples(path: Path, cfg: EvalConfig) -> tuple[list[Example], int]:
             skipped += 1
             continue
         key = f"{turns[cfg.position].speaker}_persona"
-        persona = row.get(key)
-        if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
-            raise UserError(f"{path}:{line_no}: {key} must be a list of persona sentences")
+        persona = persona_sentences(row, key, f"{path}:{line_no}")
         sample = next_reply(persona, turns, cfg.position, cfg.context)
         if sample is None:
             skipped += 1
@@ -270,9 +256,8 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     from_backend = parse_adapter_options([str(recipe.backend.adapter)]) if recipe.backend.adapter else {}
     models = models_under_test(recipe, {**from_backend, **cfg.adapters, **(adapters or {})})
     run_dir = RunDir(recipe.run_dir)
-    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=[FOLDER], force=force)
-    folder = run_dir.file(FOLDER)
-    store = JsonlStore(folder / "generations.jsonl", EvalGeneration)
+    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=OUTPUTS, force=force)
+    store = JsonlStore(run_dir.file(layout.EVAL_GENERATIONS), EvalGeneration)
     scorers = scorers or default_scorers(recipe, progress)
     factory = generator_factory or Generator.for_model
 
@@ -307,10 +292,10 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     records = [r for r in store.read() if r.id in wanted]
     result = aggregate(records, examples, models, recipe)
     result.update(data=str(data), examples=len(examples), skipped_conversations=skipped)
-    atomic_write_json(folder / "metrics.json", result)
-    atomic_write_text(folder / "table.md", markdown_table(result))
-    save_chart(folder / "eval.png", result)
-    atomic_write_text(folder / "report.md", report(result, records, examples))
+    atomic_write_json(run_dir.file(layout.EVAL_METRICS), result)
+    atomic_write_text(run_dir.file(layout.EVAL_TABLE), markdown_table(result))
+    save_chart(run_dir.file(layout.EVAL_CHART), result)
+    atomic_write_text(run_dir.file(layout.EVAL_REPORT), report(result, records, examples))
     stage.set_count("examples", len(examples))
     stage.set_count("generations", len(records))
     stage.set_count("generated_this_run", generated)
@@ -438,21 +423,21 @@ def _clean(interval: dict[str, Any]) -> dict[str, Any]:
 
 # --- outputs -------------------------------------------------------------------------------------------
 
-def _cell(metric: dict[str, Any], scale: float, decimals: int) -> str:
-    if metric.get("value") is None:
+def _cell(interval: dict[str, Any], metric: M.Metric) -> str:
+    if interval.get("value") is None:
         return "n/a"
-    text = f"{metric['value'] * scale:.{decimals}f}"
-    if metric.get("low") is not None:
-        text += f" [{metric['low'] * scale:.{decimals}f}, {metric['high'] * scale:.{decimals}f}]"
+    text = metric.cell(interval["value"])
+    if interval.get("low") is not None:
+        text += f" [{metric.cell(interval['low'])}, {metric.cell(interval['high'])}]"
     return text
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """Rows: models; columns: the study's metrics, each with its 95% interval."""
-    lines = ["| Model | " + " | ".join(title for _, title, _, _ in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["| Model | " + " | ".join(m.title for m in M.METRICS) + " |",
+             "|---|" + "---:|" * len(M.METRICS)]
     for name, row in result["models"].items():
-        cells = [_cell(row["metrics"][key], scale, dec) for key, _, scale, dec in COLUMNS]
+        cells = [_cell(row["metrics"][m.key], m) for m in M.METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     n = next(iter(result["models"].values()))["n"]
     lines.append("")
@@ -467,32 +452,26 @@ def delta_table(result: dict[str, Any]) -> str:
     adapters = [(n, r) for n, r in result["models"].items() if "delta_vs_base" in r]
     if not adapters:
         return ""
-    titles = {key: title for key, title, _, _ in COLUMNS}
-    scales = {key: (scale, dec) for key, _, scale, dec in COLUMNS}
-    lines = ["| Adapter - base | " + " | ".join(titles[k] for k in DELTA_KEYS) + " |",
-             "|---|" + "---:|" * len(DELTA_KEYS)]
+    lines = ["| Adapter - base | " + " | ".join(m.title for m in M.DELTA_METRICS) + " |",
+             "|---|" + "---:|" * len(M.DELTA_METRICS)]
     for name, row in adapters:
-        lines.append(f"| {name} | " + " | ".join(_cell(row["delta_vs_base"][k], *scales[k]) for k in DELTA_KEYS)
+        lines.append(f"| {name} | " + " | ".join(_cell(row["delta_vs_base"][m.key], m) for m in M.DELTA_METRICS)
                      + " |")
     return "\n".join(lines) + "\n"
 
 
 def save_chart(path: Path, result: dict[str, Any]) -> None:
     """Grouped bars per metric (0-100 scale) with interval whiskers, and perplexity on its own axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [(k, t, s) for k, t, s, _ in COLUMNS if k != "perplexity"]
+    plt = plots.pyplot()
+    keys = [(m.key, m.title, m.scale) for m in M.METRICS if m.key != "perplexity"]
     names = list(result["models"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [5, 1]})
-    width = 0.8 / max(1, len(names))
     x = np.arange(len(keys))
     for j, name in enumerate(names):
         metrics = result["models"][name]["metrics"]
         vals, errs = _bars(metrics, [(k, s) for k, _, s in keys])
-        ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+        offset, width = plots.grouped_offsets(j, len(names))
+        ax.bar(x + offset, vals, width, yerr=errs, capsize=2, label=name)
     ax.set_xticks(x, [t for _, t, _ in keys], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("score (0-100)")
     ax.set_title(f"forge eval: n = {next(iter(result['models'].values()))['n']}, 95% bootstrap intervals")
@@ -502,10 +481,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
     ax2.bar(np.arange(len(names)), vals, 0.6, yerr=errs, capsize=3, color=[f"C{j}" for j in range(len(names))])
     ax2.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax2.set_title("reference perplexity" if any(v for v in vals) else "perplexity: n/a", fontsize=9)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def _bars(metrics: dict[str, Any], keys: Sequence[tuple[str, float]]) -> tuple[list[float], np.ndarray]:

@@ -22,6 +22,7 @@ from dialogues.jsonl at the end, in one atomic write each.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -31,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import ui
+from .. import layout, ui
 from ..config import GenerateConfig, Recipe
+from ..corpora import load_profiles, spc_file
 from ..errors import UserError
+from ..nli.base import identity as nli_identity
 from ..prompts import library
-from ..resources import data_dir
 from ..samples import reply_messages
 from ..schema import Dialogue, Pair, Preference, Profile, Provenance, Rejection, Turn, record_id
 from ..store import JsonlStore, RunDir, atomic_write_jsonl, iter_jsonl
@@ -44,8 +46,10 @@ from . import critic
 from .critic import Candidate
 
 STAGE = "generate"
-FILES = {"dialogues": "dialogues.jsonl", "best": "best.jsonl", "preferences": "preferences.jsonl",
-         "rejections": "generate_rejections.jsonl"}
+INPUTS = (layout.PAIRS, layout.PROFILES)  # or generate.pairs / generate.profiles
+FILES = {"dialogues": layout.DIALOGUES, "best": layout.BEST, "preferences": layout.PREFERENCES,
+         "rejections": layout.GENERATE_REJECTIONS}
+OUTPUTS = tuple(FILES.values())
 WHOLE_PROMPT, TURN_PROMPT = "generate/whole", "generate/turn"
 SPC_EXAMPLES = 200  # corpus conversations the first round draws its examples from
 
@@ -74,15 +78,17 @@ class Work:
 
 # --- inputs --------------------------------------------------------------------------------
 
-def input_paths(recipe: Recipe) -> tuple[Path, Path]:
+def input_paths(recipe: Recipe, default_profiles: Path | None = None) -> tuple[Path, Path]:
+    """pairs.jsonl and the profiles the pairs name: generate.profiles, else `default_profiles` (the
+    file pairing read, which the caller hands on), else the personas stage's profiles.jsonl."""
     cfg = recipe.generate
-    pairs = Path(cfg.pairs) if cfg.pairs else recipe.run_dir / "pairs.jsonl"
+    pairs = Path(cfg.pairs) if cfg.pairs else recipe.run_dir / layout.PAIRS
     if cfg.profiles:
         profiles = Path(cfg.profiles)
-    elif recipe.pair.profiles:
-        profiles = Path(recipe.pair.profiles)
+    elif default_profiles:
+        profiles = Path(default_profiles)
     else:
-        profiles = recipe.run_dir / "profiles.jsonl"
+        profiles = recipe.run_dir / layout.PROFILES
     for path, made_by in ((pairs, "forge pair"), (profiles, "forge personas")):
         if not path.is_file():
             raise UserError(f"{path}: not found; run `{made_by}` first or give generate.pairs / generate.profiles")
@@ -90,8 +96,6 @@ def input_paths(recipe: Recipe) -> tuple[Path, Path]:
 
 
 def load_pairs(pairs_path: Path, profiles_path: Path, limit: int) -> tuple[list[Pair], dict[str, Profile]]:
-    from .pairing import load_profiles
-
     pairs = list(iter_jsonl(pairs_path, Pair))
     if limit:
         pairs = pairs[:limit]
@@ -108,8 +112,7 @@ def load_pairs(pairs_path: Path, profiles_path: Path, limit: int) -> tuple[list[
 
 def corpus_examples(count: int, seed: int) -> list[list[Turn]]:
     """Synthetic-Persona-Chat training conversations: the first round's few-shot examples."""
-    path = data_dir("corpora") / "spc" / "train.jsonl.gz"
-    rows = [row for row in iter_jsonl(path)]
+    rows = [row for row in iter_jsonl(spc_file("train"))]
     rng = random.Random(seed)
     chosen = rng.sample(rows, min(count, len(rows)))
     return [[Turn(**t) for t in row["turns"]] for row in chosen]
@@ -124,8 +127,6 @@ def resolve_mode(cfg: GenerateConfig, backend_kind: str) -> str:
 
 
 def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
-    from .personas import nli_identity
-
     cfg = recipe.generate
     names = [critic.JUDGE_PROMPT] if cfg.critic.judge else []
     names.append(generator_prompt(mode))
@@ -134,16 +135,17 @@ def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
 
 
 def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[list[str]], np.ndarray] | None = None,
-        force: bool = False) -> dict[str, Any]:
-    """Run (or resume) the stage; `nli` is an NLI model or a function that loads one."""
+        force: bool = False, default_profiles: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the stage; `nli` is an NLI model or a function that loads one; `default_profiles`:
+    the profiles file when generate.profiles is unset (pairing's pair.profiles)."""
     cfg = recipe.generate
-    pairs_path, profiles_path = input_paths(recipe)
+    pairs_path, profiles_path = input_paths(recipe, default_profiles)
     pairs, profiles = load_pairs(pairs_path, profiles_path, cfg.limit)
     prompts = library(recipe.prompts_dir)
     mode = resolve_mode(cfg, recipe.backend.kind)
     config = stage_config(recipe, mode, prompts)
     inputs = [pairs_path, profiles_path] + ([Path(cfg.critic.blocklist)] if cfg.critic.blocklist else [])
-    stage = RunDir(recipe.run_dir).begin(STAGE, config, inputs=inputs, outputs=list(FILES.values()), force=force)
+    stage = RunDir(recipe.run_dir).begin(STAGE, config, inputs=inputs, outputs=list(OUTPUTS), force=force)
     for name, digest in config["prompts"].items():
         stage.record_prompt(name, digest)
     stage.record_model("generator", str(backend.describe()))
@@ -194,6 +196,18 @@ class Loop:
         return self._nli
 
     def run(self, pairs: list[Pair]) -> None:
+        # One event loop for the whole stage: the backend keeps its client and connections from chunk
+        # to chunk (complete_sync would open a new loop and client for every chunk and every turn).
+        with asyncio.Runner() as self._runner:
+            try:
+                self._rounds(pairs)
+            finally:
+                self._runner.run(self.backend.aclose())
+
+    def _complete(self, requests: list) -> list:
+        return self._runner.run(self.backend.complete(requests))
+
+    def _rounds(self, pairs: list[Pair]) -> None:
         cfg = self.cfg
         pool = corpus_examples(SPC_EXAMPLES, cfg.seed) if cfg.examples else []
         for round_no in range(cfg.rounds):
@@ -260,7 +274,7 @@ class Loop:
                                            min_turns=cfg.min_turns, max_turns=cfg.max_turns)
             requests.append(ChatRequest.of(rendered.messages, max_tokens=cfg.max_tokens,
                                            temperature=cfg.temperature, seed=self._seed(work)))
-        for work, completion in zip(chunk, self.backend.complete_sync(requests)):
+        for work, completion in zip(chunk, self._complete(requests)):
             if not completion.ok:
                 work.error = completion.error
                 continue
@@ -282,7 +296,7 @@ class Loop:
             requests = [ChatRequest.of(self._agent_messages(w, step), max_tokens=self.cfg.turn_max_tokens,
                                        temperature=self.cfg.temperature, seed=self._seed(w, step),
                                        stop=("\n\n",)) for w in active]
-            for work, completion in zip(active, self.backend.complete_sync(requests)):
+            for work, completion in zip(active, self._complete(requests)):
                 if not completion.ok:
                     work.error = completion.error
                     continue
@@ -326,7 +340,7 @@ class Loop:
             self.nli_counts[key] += value
         if cfg.judge:
             requests = [critic.judge_request(candidates[w.id], self.prompts, cfg) for w in scored]
-            for work, completion in zip(scored, self.backend.complete_sync(requests)):
+            for work, completion in zip(scored, self._complete(requests)):
                 critic.read_judgement(candidates[work.id], completion)
         siblings: dict[str, list[Candidate]] = defaultdict(list)
         for work in scored:

@@ -26,20 +26,21 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from .. import ui
+from .. import layout, plots, ui
 from ..config import BackendConfig, Recipe
 from ..errors import UserError
 from ..jsonparse import JsonParseError, parse_json
 from ..prompts import library
 from ..resources import data_dir
 from ..samples import reply_messages
-from ..schema import (BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
+from ..schema import (BASE, BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
                       record_id)
-from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
-from .evaluation import BASE
+from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "judge"
-FOLDER = "judge"
+FOLDER = layout.JUDGE
+INPUTS = (layout.EVAL_GENERATIONS,)  # or judge.input; eval's metrics.json beside it names the adapters
+OUTPUTS = (FOLDER,)
 CRITERIA = ("persona_consistency", "tone", "helpfulness", "naturalness")
 TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 RUBRIC, PAIRWISE, BIGFIVE = "judge/rubric", "judge/pairwise", "judge/bigfive"
@@ -243,18 +244,20 @@ def stage_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, bootstrap: tuple[int, int] = (1000, 0)) -> dict[str, Any]:
+    """Judge eval's replies; `bootstrap` is (resamples, seed) of the rubric's intervals (the caller
+    hands eval's, so both stages' intervals are drawn alike)."""
     from ..backends import build_backend
 
     cfg = recipe.judge
     run_dir = RunDir(recipe.run_dir)
-    source = Path(cfg.input) if cfg.input else run_dir.file("eval") / "generations.jsonl"
+    source = Path(cfg.input) if cfg.input else run_dir.file(layout.EVAL_GENERATIONS)
     generations = read_generations(source)
     items_path = Path(cfg.items) if cfg.items else default_items()
     items = load_items(items_path) if cfg.bigfive else []
     make = backend_factory or (lambda c: build_backend(c, progress=progress))
     stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[items_path] if cfg.bigfive else [],
-                          outputs=[FOLDER], force=force)
+                          outputs=OUTPUTS, force=force)
     folder = run_dir.file(FOLDER)
     prompts = library(str(recipe.prompts_dir) if recipe.prompts_dir else None)
     for name in (RUBRIC, PAIRWISE, BIGFIVE):
@@ -280,7 +283,7 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
     result: dict[str, Any] = {"judge": {"backend": judge_cfg.kind, "model": judge_cfg.model},
                               "source": str(source), "examples": len(examples), "models": models}
     if cfg.rubric:
-        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend, failed)
+        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend, failed, bootstrap)
     if cfg.pairwise:
         result["pairwise"] = _pairwise(recipe, generations, folder, prompts, judge_backend, failed)
     if cfg.bigfive:
@@ -288,8 +291,8 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
                                      probe_models(recipe, generations, source.parent / "metrics.json"), stage,
                                      failed)
     atomic_write_json(folder / "judge.json", result)
-    save_chart(folder / "judge.png", result)
-    atomic_write_text(folder / "report.md", report(result))
+    save_chart(run_dir.file(layout.JUDGE_CHART), result)
+    atomic_write_text(run_dir.file(layout.JUDGE_REPORT), report(result))
     stage.set_count("examples", len(examples))
     if failed:
         stage.set_count("failed", len(failed))
@@ -321,7 +324,8 @@ def _provenance(backend, prompts, name: str, request) -> Provenance:
                       prompt_hash=prompts.ref(name).hash, params=request.params())
 
 
-def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[str]) -> dict[str, Any]:
+def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[str],
+            bootstrap: tuple[int, int]) -> dict[str, Any]:
     cfg = recipe.judge
     store = JsonlStore(folder / "judgements.jsonl", RubricJudgement)
     digest = prompts.ref(RUBRIC).hash
@@ -344,7 +348,7 @@ def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[st
                                           provenance=_provenance(backend, prompts, RUBRIC, request)))
     wanted = set(ids.values())
     records = [r for r in store.read() if r.id in wanted]
-    return summarize_rubric(records, recipe.eval.bootstrap, recipe.eval.seed)
+    return summarize_rubric(records, *bootstrap)
 
 
 def summarize_rubric(records: Sequence[RubricJudgement], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -568,11 +572,7 @@ def bigfive_table(bigfive: dict[str, Any]) -> str:
 
 
 def save_chart(path: Path, result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     panels = [k for k in ("rubric", "bigfive") if result.get(k)]
     if not panels:
         return
@@ -581,7 +581,6 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         data = result[panel]
         names = list(data)
         keys = CRITERIA if panel == "rubric" else TRAITS
-        width = 0.8 / max(1, len(names))
         x = np.arange(len(keys))
         for j, name in enumerate(names):
             if panel == "rubric":
@@ -593,7 +592,8 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
             else:
                 vals = [data[name]["traits"][k]["mean"] or 0 for k in keys]
                 errs = None
-            ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+            offset, width = plots.grouped_offsets(j, len(names))
+            ax.bar(x + offset, vals, width, yerr=errs, capsize=2, label=name)
         empty = all((data[n][k]["value"] if panel == "rubric" else data[n]["traits"][k]["mean"]) is None
                     for n in names for k in keys)
         if empty:   # say so, rather than show an empty frame
@@ -603,10 +603,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         ax.set_title("judge rubric (1-5, 95% intervals)" if panel == "rubric" else "Big Five, in persona (1-5)",
                      fontsize=10)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def report(result: dict[str, Any]) -> str:

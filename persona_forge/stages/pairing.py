@@ -19,27 +19,25 @@ the greedy one should beat.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import ui
-from ..config import PairConfig, Recipe
+from .. import layout, plots
+from ..config import PairConfig
+from ..contract import StageContext, StageResult
+from ..corpora import ProfileSet, load_profiles
+from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
-from ..store import (RunDir, atomic_open, atomic_write_json, atomic_write_jsonl, config_hash, file_sha256,
-                     iter_json_lines, sniff_gzip, validate_record)
+from ..store import RunDir, atomic_write_jsonl, config_hash, file_sha256, sniff_gzip
 
 STAGE = "pair"
-OUTPUTS = ("pairs.jsonl", "pair_rejections.jsonl", "pair_similarity.png")
-EMBEDDINGS = "pair_embeddings"
-ATTRIBUTE_EMBEDDINGS = "pair_attribute_embeddings"
+INPUTS = (layout.PROFILES,)  # or pair.profiles
+OUTPUTS = (layout.PAIRS, layout.PAIR_REJECTIONS, layout.PAIR_SIMILARITY)
 
 # Why the default band is [0.50, 0.75] (config.PairConfig), measured with all-MiniLM-L6-v2 on
 # 3,000 distinct Synthetic-Persona-Chat personas (attributes joined into one text):
@@ -58,151 +56,10 @@ ATTRIBUTE_EMBEDDINGS = "pair_attribute_embeddings"
 # sentences are on one subject ("I go surfing any chance I get." / "I enjoy vacations at the beach.").
 
 
-# --- reading profiles --------------------------------------------------------------------------
-
-@dataclass
-class ProfileSet:
-    profiles: list[Profile]
-    description: str  # what was read, for the summary
-
-
-def load_profiles(path: Path) -> ProfileSet:
-    """Profiles from a Profile JSONL or a Synthetic-Persona-Chat JSONL(.gz), detected from the first record."""
-    rows = iter_json_lines(path)
-    first = next(rows, None)
-    if first is None:
-        raise UserError(f"{path}: no profiles in it; pairing needs at least two")
-    line_no, record = first
-    if isinstance(record, dict) and "user1_persona" in record and "user2_persona" in record:
-        return _spc_profiles(path, _chain(first, rows))
-    if isinstance(record, dict) and "attributes" in record:
-        return _profile_records(path, _chain(first, rows))
-    raise UserError(f"{path}:{line_no}: neither a Profile record (id, attribute_ids, attributes) nor a "
-                    f"Synthetic-Persona-Chat record (user1_persona, user2_persona)")
-
-
-def _chain(first: tuple[int, Any], rest: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-    yield first
-    yield from rest
-
-
-def _profile_records(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
-    profiles: dict[str, Profile] = {}
-    lines = 0
-    for line_no, row in rows:
-        lines += 1
-        profile = validate_record(row, Profile, path, line_no)
-        if profile.attributes:
-            profiles.setdefault(profile.id, profile)
-    skipped = lines - len(profiles)
-    note = f" ({skipped:,} repeated or empty skipped)" if skipped else ""
-    return ProfileSet(list(profiles.values()), f"Profile JSONL: {len(profiles):,} profiles{note}")
-
-
-def _spc_profiles(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
-    from ..nli.data import normalize
-
-    profiles: dict[str, Profile] = {}
-    dialogues = personas = 0
-    for line_no, row in rows:
-        dialogues += 1
-        for key in ("user1_persona", "user2_persona"):
-            persona = row.get(key) if isinstance(row, dict) else None
-            if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
-                raise UserError(f"{path}:{line_no}: {key} must be a list of sentences")
-            sentences = [s for s in (normalize(x) for x in persona) if s]
-            if sentences:
-                personas += 1
-                pid = record_id(sentences)
-                profiles.setdefault(pid, Profile(id=pid, attribute_ids=[record_id(s) for s in sentences],
-                                                 attributes=sentences))
-    return ProfileSet(list(profiles.values()),
-                      f"Synthetic-Persona-Chat JSONL: {dialogues:,} dialogues, {personas:,} personas, "
-                      f"{len(profiles):,} distinct profiles")
-
-
 # --- embeddings (cached in the run directory) ----------------------------------------------------
 
 def profile_text(profile: Profile) -> str:
     return " ".join(profile.attributes)
-
-
-class Encoder:
-    """A sentence-transformers model, loaded on first use; normalised float32 vectors out."""
-
-    def __init__(self, spec: str, batch_size: int = 64):
-        self.spec = spec
-        self.batch_size = batch_size
-        self.seconds = 0.0  # time spent encoding, without loading: the embedding rate's denominator
-
-    def encode(self, texts: list[str], label: str) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        from ..models import sentence_transformer
-
-        model = sentence_transformer(self.spec)
-        started = time.time()
-        chunk = max(self.batch_size, 1024)  # our own progress bar, advanced per chunk
-        parts = []
-        with ui.progress(label, total=len(texts)) as advance:
-            for start in range(0, len(texts), chunk):
-                batch = texts[start:start + chunk]
-                parts.append(model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
-                                          convert_to_numpy=True, show_progress_bar=False))
-                advance(len(batch))
-        self.seconds += time.time() - started
-        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-
-
-@dataclass
-class VectorCache:
-    """Vectors keyed by hash(model, text), stored as <name>.npy plus <name>.json: the keys in row
-    order and a label for each row (`label_name`: the profile ids, or the attribute texts)."""
-
-    folder: Path
-    name: str
-    label_name: str
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    stored: list[str] = field(default_factory=list)  # the keys in file order
-
-    def load(self) -> "VectorCache":
-        npy, meta = self.folder / f"{self.name}.npy", self.folder / f"{self.name}.json"
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            stored = json.loads(meta.read_text(encoding="utf-8"))
-            keys, labels = stored["keys"], stored[self.label_name]
-            array = np.load(npy)
-            # A kill between the two writes leaves them out of step: then the cache is ignored.
-            if len(keys) == len(array) == len(labels):
-                self.vectors, self.labels, self.stored = dict(zip(keys, array)), dict(zip(keys, labels)), keys
-        return self
-
-    def save(self, keys: list[str], model: str) -> None:
-        array = np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
-        _atomic_save_npy(self.folder / f"{self.name}.npy", array)
-        atomic_write_json(self.folder / f"{self.name}.json",
-                          {"model": model, "keys": keys, self.label_name: [self.labels[k] for k in keys]})
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_open(path, "wb") as fh:
-        np.save(fh, array)
-
-
-def cached_embeddings(texts: list[str], labels: list[str], encoder: Encoder, cache: VectorCache,
-                      what: str, keep_old: bool = False) -> tuple[np.ndarray, int]:
-    """Vectors for `texts` (in order), embedding only those the cache lacks; returns (vectors, newly embedded)."""
-    keys = [record_id(encoder.spec, t) for t in texts]
-    missing = list(dict.fromkeys(k_t for k_t in zip(keys, texts) if k_t[0] not in cache.vectors))
-    if missing:
-        fresh = encoder.encode([t for _, t in missing], f"embedding {what}")
-        cache.vectors.update(zip([k for k, _ in missing], fresh))
-    cache.labels.update(zip(keys, labels))
-    if keep_old and missing:  # attribute vectors from earlier pairings stay useful to later ones
-        cache.save(list(cache.vectors), encoder.spec)
-    elif not keep_old and (missing or cache.stored != keys):  # the file mirrors the profiles, in order
-        cache.save(keys, encoder.spec)
-    return np.stack([cache.vectors[k] for k in keys]).astype(np.float32), len(missing)
 
 
 # --- nearest neighbours --------------------------------------------------------------------------
@@ -501,11 +358,7 @@ def save_histogram(path: Path, chosen: np.ndarray, nearest: np.ndarray, candidat
                    baseline: np.ndarray, cfg: PairConfig) -> None:
     """Chosen-pair similarities as bars; as outlines the k nearest neighbours (near-copies included),
     the candidates (near-copies passed over) and the other strategy's pairs; the band shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     lowest = min(float(np.min(v, initial=0.0)) for v in (chosen, nearest, candidates, baseline))
     bins = np.linspace(min(-0.1, np.floor(lowest * 10) / 10), 1.0, 56)
@@ -526,10 +379,7 @@ def save_histogram(path: Path, chosen: np.ndarray, nearest: np.ndarray, candidat
     ax.set_xlabel("cosine similarity of the two profiles")
     ax.set_ylabel("density")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -538,10 +388,15 @@ def stage_config(cfg: PairConfig) -> dict[str, Any]:
     return {"pair": cfg.identity()}
 
 
-def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
-    cfg = recipe.pair
-    run_dir = RunDir(recipe.run_dir)
-    path = Path(cfg.profiles) if cfg.profiles else run_dir.file("profiles.jsonl")
+def run(cfg: PairConfig, context: StageContext) -> StageResult:
+    """Pair the profiles (pair.profiles, else the run directory's profiles.jsonl); the stage contract:
+    its own config section and the context in, a StageResult out."""
+    rows = _run(cfg, RunDir(context.run_dir), context.force)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS)
+
+
+def _run(cfg: PairConfig, run_dir: RunDir, force: bool) -> dict[str, Any]:
+    path = Path(cfg.profiles) if cfg.profiles else run_dir.file(layout.PROFILES)
     if not path.is_file():
         what = "no such file" if cfg.profiles else "no profiles here yet (the personas stage writes them)"
         raise UserError(f"{path}: {what}; pass --profiles FILE (a Profile JSONL, or a Synthetic-Persona-Chat "
@@ -588,7 +443,7 @@ def match(cfg: PairConfig, profiles: list[Profile], encoder: Encoder, run_dir: R
     threads = set_threads(cfg.threads)
     t = time.time()
     emb, embedded = cached_embeddings([profile_text(p) for p in profiles], [p.id for p in profiles], encoder,
-                                      VectorCache(run_dir.path, EMBEDDINGS, "ids").load(), "profiles")
+                                      VectorCache(run_dir.path, layout.PAIR_EMBEDDINGS, "ids").load(), "profiles")
     timings = {"embed_s": time.time() - t, "encode_s": encoder.seconds}
     t = time.time()
     found = nearest_neighbours(emb, cfg, attribute_codes(profiles))
@@ -616,11 +471,11 @@ def write(cfg: PairConfig, run_dir: RunDir, path: Path, loaded: ProfileSet, outc
     records = pair_records(outcome.chosen, profiles, attr_vecs, cfg)
     outcome.timings["topics_s"] = time.time() - t
     dropped = rejections(profiles, outcome.chosen, outcome.edges, cfg)
-    atomic_write_jsonl(run_dir.file("pairs.jsonl"), records)
-    atomic_write_jsonl(run_dir.file("pair_rejections.jsonl"), dropped)
+    atomic_write_jsonl(run_dir.file(layout.PAIRS), records)
+    atomic_write_jsonl(run_dir.file(layout.PAIR_REJECTIONS), dropped)
     sims, other_sims = outcome.similarities()
     nearest = outcome.found.nearest[~np.isnan(outcome.found.nearest)]
-    save_histogram(run_dir.file("pair_similarity.png"), sims, nearest, outcome.edges.similarity, other_sims, cfg)
+    save_histogram(run_dir.file(layout.PAIR_SIMILARITY), sims, nearest, outcome.edges.similarity, other_sims, cfg)
     outcome.counts.update(pairs=len(records), unpaired=len(dropped),
                           no_candidate=sum(r.reason.startswith("no nearest") for r in dropped))
     for key, value in outcome.counts.items():
@@ -638,26 +493,9 @@ def attribute_vectors(chosen: list[tuple[int, int, float]], profiles: list[Profi
                       run_dir: RunDir) -> tuple[dict[str, np.ndarray], int]:
     """Vectors for the attributes of paired users only (the rest need none), cached by text."""
     texts = sorted({a for i, j, _ in chosen for row in (i, j) for a in profiles[row].attributes})
-    cache = VectorCache(run_dir.path, ATTRIBUTE_EMBEDDINGS, "texts").load()
+    cache = VectorCache(run_dir.path, layout.PAIR_ATTRIBUTE_EMBEDDINGS, "texts").load()
     vectors, embedded = cached_embeddings(texts, texts, encoder, cache, "attributes", keep_old=True)
     return dict(zip(texts, vectors)), embedded
-
-
-def set_threads(threads: int | None) -> int:
-    """torch and FAISS threads: explicit, else the usable cores."""
-    import faiss
-
-    from ..hardware import set_torch_threads
-
-    n = set_torch_threads(threads)
-    faiss.omp_set_num_threads(n)
-    return n
-
-
-def describe_model(spec: str) -> str:
-    from ..models import resolve
-
-    return resolve(spec).describe()
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -716,8 +554,8 @@ def summary_rows(cfg: PairConfig, description: str, path: Path, run_dir: RunDir,
         "mean similarity": f"greedy {_mean(greedy)} | random {_mean(random_)}",
         "seconds (embed / kNN / match)": f"{timings['embed_s']:.1f} / {timings['knn_s']:.1f} / "
                                          f"{timings['match_s']:.1f} on {outcome.threads} thread(s)",
-        "histogram": str(run_dir.file("pair_similarity.png")),
-        "output": str(run_dir.file("pairs.jsonl")),
+        "histogram": str(run_dir.file(layout.PAIR_SIMILARITY)),
+        "output": str(run_dir.file(layout.PAIRS)),
         "seconds": round(seconds, 1),
     }
 
@@ -745,5 +583,5 @@ def refuse_unfinished_personas(run_dir: RunDir) -> None:
     """The personas stage appends profiles as they finish: pairing a partial file would pair a partial set."""
     personas = run_dir.manifest("personas")
     if personas is not None and personas.status != "done":
-        raise UserError(f"{run_dir.file('profiles.jsonl')}: the personas stage has not finished there; run it to "
+        raise UserError(f"{run_dir.file(layout.PROFILES)}: the personas stage has not finished there; run it to "
                         f"the end first (the same command resumes it), or pass --profiles to pair that file as it is")

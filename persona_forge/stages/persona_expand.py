@@ -28,19 +28,19 @@ import gzip
 import random
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..embeddings import Embed
 from ..errors import UserError
 from ..jsonparse import JsonParseError, parse_json
 from ..schema import Provenance, Record, record_id
 from ..store import iter_json_lines
 
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 FALLBACK_QUESTION = "What else would you tell someone about yourself?"
 
@@ -300,30 +300,6 @@ def parse_questions(text: str | None, limit: int) -> ParsedReply:
 
 
 # --- embeddings, topics, measures -------------------------------------------------------------
-
-class Embedder:
-    """Normalised sentence embeddings from a SentenceTransformer model, loaded on first use."""
-
-    def __init__(self, spec: str = "packaged:minilm-l6", batch_size: int = 64, threads: int | None = None):
-        self.spec = spec
-        self.batch_size = batch_size
-        self.threads = threads
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 1), dtype=np.float32)
-        model = self._load()
-        emb = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(emb, dtype=np.float32)
-
-    def _load(self):
-        from ..hardware import set_torch_threads
-        from ..models import sentence_transformer
-
-        set_torch_threads(self.threads)
-        return sentence_transformer(self.spec)
-
 
 def cluster_topics(emb: np.ndarray, topics: int, seed: int, threads: int | None = None) -> list[int]:
     """A topic per row: spherical k-means (FAISS, seeded); topic 0 is the largest."""

@@ -37,21 +37,24 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .. import ui
-from ..config import NLIConfig, Recipe
-from ..nli.base import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
+from .. import layout, ui
+from ..config import Recipe
+from ..embeddings import Embed, Embedder
 from ..errors import UserError
+from ..nli.base import identity as nli_identity
+from ..nli.labels import CONTRADICTION as CONTRA, ENTAILMENT as ENTAIL
 from ..resources import data_dir
 from ..schema import Attribute, Profile, Record, Rejection, record_id
 from ..store import JsonlStore, RunDir, atomic_write_jsonl
-from .persona_expand import (CLUSTER_DEFINITION, EXPAND_PROMPT, QUESTIONS_PROMPT, Embed, Embedder, Expander,
+from .persona_expand import (CLUSTER_DEFINITION, EXPAND_PROMPT, QUESTIONS_PROMPT, Expander,
                              ExpansionReply, SeenPool, TopicQuestions, cluster_topics, diversity,
                              load_seed_texts)
 
 STAGE = "personas"
-FILES = {"attributes": "attributes.jsonl", "profiles": "profiles.jsonl", "rejections": "rejections.jsonl",
-         "questions": "personas_questions.jsonl", "replies": "personas_replies.jsonl",
-         "checks": "personas_checks.jsonl"}
+FILES = {"attributes": layout.ATTRIBUTES, "profiles": layout.PROFILES, "rejections": layout.PERSONA_REJECTIONS,
+         "questions": layout.PERSONA_QUESTIONS, "replies": layout.PERSONA_REPLIES, "checks": layout.PERSONA_CHECKS}
+INPUTS = ()  # the seed attributes come from the recipe (personas.seeds) or the package
+OUTPUTS = tuple(FILES.values())
 
 
 class PairCheck(BaseModel):
@@ -73,17 +76,6 @@ class ProfileCheck(Record):
 
 def default_seed_file() -> Path:
     return data_dir("corpora") / "personas" / "seed_attributes.txt"
-
-
-def nli_identity(config: NLIConfig) -> dict[str, Any]:
-    """What decides the NLI's judgements, without loading (or building) it."""
-    ident: dict[str, Any] = {"kind": config.kind, "model": config.model, "max_length": config.max_length,
-                             "quantize": config.quantize}
-    if config.kind == "embedded":
-        from ..nli.train import build_key
-
-        ident["build"] = build_key()
-    return ident
 
 
 def run(recipe: Recipe, backend, nli, embed: Embed | None = None, force: bool = False) -> dict[str, Any]:

@@ -32,25 +32,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import ui
+from .. import layout, plots, ui
 from ..config import Recipe, TrainConfig
 from ..errors import UserError
 from ..store import RunDir, atomic_open, iter_json_lines
 
 STAGE = "train"
-OUTPUTS = ("adapter", "checkpoints", "log.jsonl", "loss.png", "merged")
+INPUTS = (layout.training_file("sft"), layout.training_file("dpo"))  # by train.method, or train.data
+OUTPUTS = (layout.ADAPTER, "checkpoints", "log.jsonl", layout.LOSS_CURVE, "merged")  # inside train/<name>/
 ROLES = ("system", "user", "assistant")
 
 
 # --- data ------------------------------------------------------------------------------------
 
 def default_data(recipe: Recipe, method: str) -> Path:
-    return recipe.run_dir / "curated" / f"{method}.jsonl"
+    return recipe.run_dir / layout.training_file(method)
 
 
 def out_dir(recipe: Recipe) -> Path:
     cfg = recipe.train
-    return recipe.run_dir / "train" / (cfg.name or cfg.method)
+    return layout.train_dir(recipe.run_dir, cfg.name or cfg.method)
 
 
 def _messages(value: Any, path: Path, line_no: int, key: str) -> list[dict[str, str]]:
@@ -264,11 +265,7 @@ def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     points = [(row["step"], row["loss"]) for row in history if "loss" in row and "step" in row]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     if points:
@@ -277,10 +274,7 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -386,7 +380,7 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
     steps_this_run = state.global_step - live.start_step
     history = [row for row in state.log_history]
     _write_log(log_path, history)
-    plot_loss(history, folder / "loss.png",
+    plot_loss(history, folder / layout.LOSS_CURVE,
               f"{cfg.method.upper()} LoRA r={cfg.lora.r} on {len(rows)} samples ({Path(spec).name})")
 
     adapter = folder / "adapter"
@@ -503,7 +497,7 @@ def _summary(folder: Path, figures: dict[str, Any], status: str) -> dict[str, An
                        ("peak_rss_mb", "peak RSS (MB)"), ("resumed_from", "resumed from"), ("mode", "mode")):
         if figures.get(key) is not None:
             rows[label] = figures[key]
-    rows["loss curve"] = str(folder / "loss.png")
+    rows["loss curve"] = str(folder / layout.LOSS_CURVE)
     if (folder / "merged" / "config.json").is_file():
         rows["merged"] = str(folder / "merged")
     return rows

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import ui
-from ..config import Recipe
+from .. import layout, ui
+from ..config import BackendConfig, TrainConfig
+from ..contract import StageContext, StageResult
 from ..errors import UserError
 from ..store import RunDir, file_sha256, iter_json_lines
 from .train import ROLES, STAGE
@@ -28,8 +29,8 @@ from .train import ROLES, STAGE
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def out_dir(recipe: Recipe) -> Path:
-    return recipe.run_dir / "train" / (recipe.train.name or "openai")
+def out_dir(run_dir: Path, cfg: TrainConfig) -> Path:
+    return layout.train_dir(run_dir, cfg.name or "openai")
 
 
 def check_data(path: Path) -> int:
@@ -50,18 +51,24 @@ def check_data(path: Path) -> int:
     return n
 
 
-def _client(recipe: Recipe):
+def _client(backend: BackendConfig):
     from openai import OpenAI
 
-    from ..backends.openai_compat import _read_key
+    from ..backends.openai_compat import read_key
 
-    backend = recipe.backend
-    return OpenAI(api_key=_read_key(backend), base_url=backend.base_url, timeout=backend.timeout_s,
+    return OpenAI(api_key=read_key(backend), base_url=backend.base_url, timeout=backend.timeout_s,
                   max_retries=backend.max_retries)
 
 
-def run(recipe: Recipe, force: bool = False, progress: bool = True, sleep=time.sleep) -> dict[str, Any]:
-    cfg, backend = recipe.train, recipe.backend
+def run(cfg: TrainConfig, context: StageContext, backend: BackendConfig, sleep=time.sleep) -> StageResult:
+    """Start (or poll) the hosted fine-tuning job at the endpoint `backend` names."""
+    rows = _job(cfg, context.run_dir, backend, context.force, context.progress, sleep)
+    return StageResult.read(STAGE, rows, context.run_dir, [str(out_dir(context.run_dir, cfg).relative_to(
+        context.run_dir))], manifest_dir=out_dir(context.run_dir, cfg))
+
+
+def _job(cfg: TrainConfig, run_dir: Path, backend: BackendConfig, force: bool, progress: bool,
+         sleep) -> dict[str, Any]:
     if backend.kind != "openai":
         raise UserError("forge train --backend openai needs an OpenAI-compatible backend: set backend.kind: openai "
                         "(and backend.base_url unless it is api.openai.com) in the recipe")
@@ -69,9 +76,9 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, sleep=time.s
     if model.startswith("packaged:") or Path(model).expanduser().exists():
         raise UserError(f"'{model}' is a local model; give the hosted base model to fine-tune, e.g. "
                         f"--model gpt-4o-mini-2024-07-18 (or train.model in the recipe)")
-    data = Path(cfg.data) if cfg.data else recipe.run_dir / "curated" / "openai.jsonl"
+    data = Path(cfg.data) if cfg.data else Path(run_dir) / layout.training_file("openai")
     examples = check_data(data)
-    folder = out_dir(recipe)
+    folder = out_dir(run_dir, cfg)
     config = {"train": {"backend": "openai", "base_url": backend.base_url, "model": model,
                         "suffix": cfg.openai.suffix, "n_epochs": cfg.openai.n_epochs, "seed": cfg.seed}}
     rundir = RunDir(folder)
@@ -84,9 +91,9 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, sleep=time.s
         figures.update(previous.figures)  # the file and job ids of the run before: poll, do not restart
     stage.set_count("examples", examples)
     stage.record_model("base", model)
-    client = _client(recipe)
+    client = _client(backend)
     try:
-        return _run(client, recipe, stage, figures, data, model, folder, progress, sleep)
+        return _run(client, cfg, stage, figures, data, model, folder, progress, sleep)
     except UserError:
         raise
     except Exception as exc:  # the openai client's errors: one line, the key never in it
@@ -107,9 +114,9 @@ def _redact(text: str, env: str) -> str:
     return text.replace(key, "***") if key else text
 
 
-def _run(client, recipe: Recipe, stage, figures: dict, data: Path, model: str, folder: Path,
+def _run(client, train: TrainConfig, stage, figures: dict, data: Path, model: str, folder: Path,
          progress: bool, sleep) -> dict[str, Any]:
-    cfg = recipe.train.openai
+    cfg = train.openai
     log_path = folder / "log.jsonl"
     digest = file_sha256(data)
     if figures.get("status") == "succeeded" and figures.get("fine_tuned_model"):
@@ -124,7 +131,7 @@ def _run(client, recipe: Recipe, stage, figures: dict, data: Path, model: str, f
         _log(log_path, {"event": "uploaded", "file_id": uploaded.id, "bytes": data.stat().st_size})
     resumed = bool(figures.get("job_id"))
     if not resumed:
-        kwargs: dict[str, Any] = {"model": model, "training_file": figures["file_id"], "seed": recipe.train.seed}
+        kwargs: dict[str, Any] = {"model": model, "training_file": figures["file_id"], "seed": train.seed}
         if cfg.suffix:
             kwargs["suffix"] = cfg.suffix
         if cfg.n_epochs:
