@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ..config import BackendConfig
+from ..config import BackendConfig, redact_url
 from ..errors import BackendUnavailable, UserError
 from .base import ChatBackend, ChatRequest, Completion
 
@@ -42,7 +42,8 @@ class OpenAIBackend(ChatBackend):
         self._successes = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "base_url": self.config.base_url or "api.openai.com"}
+        return {"backend": self.name, "model": self.model,
+                "base_url": redact_url(self.config.base_url) or "api.openai.com"}
 
     def _client_for_loop(self):
         loop = asyncio.get_running_loop()
@@ -121,9 +122,9 @@ class OpenAIBackend(ChatBackend):
             if not retry or attempt > self.config.max_retries or (never_reached and attempt >= 3):
                 if never_reached:
                     raise BackendUnavailable(
-                        f"cannot reach {self.config.base_url or 'the OpenAI API'} ({error}); "
+                        f"cannot reach {redact_url(self.config.base_url) or 'the OpenAI API'} ({error}); "
                         f"check backend.base_url and that the server is running") from None
-                return Completion(text=None, error=error, attempts=attempt)
+                return Completion(text=None, error=self._redact(error), attempts=attempt)
             await asyncio.sleep(self._delay(attempt, wait))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -151,14 +152,27 @@ class OpenAIBackend(ChatBackend):
         return body
 
     def _fatal_message(self, status: int, exc: Exception) -> str:
-        where = self.config.base_url or "the OpenAI API"
+        where = redact_url(self.config.base_url) or "the OpenAI API"
         hint = {401: f"check the key in ${self.config.api_key_env}",
                 403: f"check the key in ${self.config.api_key_env} and its permissions",
                 404: f"check backend.base_url and backend.model ('{self.model}')"}[status]
         return f"{where}: {FATAL_STATUS[status]} (HTTP {status}: {_short(self._redact(_error_text(exc)))}); {hint}"
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """`text` without the API key or a secret written into base_url (http://user:KEY@host)."""
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def _secrets(self) -> list[str]:
+        secrets = [self._api_key] if self._api_key and self._api_key != "not-needed" else []
+        url = self.config.base_url or ""
+        if "@" in url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            secrets += [s for s in (parts.password, parts.username) if s and len(s) >= 4]
+        return secrets
 
 
 def _read_key(config: BackendConfig) -> str:

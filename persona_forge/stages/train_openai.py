@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ui
-from ..config import Recipe
+from ..config import Recipe, redact_url
 from ..errors import UserError
 from ..store import RunDir, file_sha256, iter_json_lines
 from .train import ROLES, STAGE
@@ -72,7 +72,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, sleep=time.s
     data = Path(cfg.data) if cfg.data else recipe.run_dir / "curated" / "openai.jsonl"
     examples = check_data(data)
     folder = out_dir(recipe)
-    config = {"train": {"backend": "openai", "base_url": backend.base_url, "model": model,
+    config = {"train": {"backend": "openai", "base_url": redact_url(backend.base_url), "model": model,
                         "suffix": cfg.openai.suffix, "n_epochs": cfg.openai.n_epochs, "seed": cfg.seed}}
     rundir = RunDir(folder)
     previous = rundir.manifest(STAGE)
@@ -92,7 +92,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, sleep=time.s
     except Exception as exc:  # the openai client's errors: one line, the key never in it
         name = type(exc).__name__
         if name in ("APIConnectionError", "APITimeoutError"):
-            raise UserError(f"cannot reach {backend.base_url or 'the OpenAI API'} ({name}); check backend.base_url "
+            raise UserError(f"cannot reach {redact_url(backend.base_url) or 'the OpenAI API'} ({name}); check backend.base_url "
                             f"and the network, then re-run (a started job is polled, not restarted)") from None
         status = getattr(exc, "status_code", None)
         if status is not None:
