@@ -725,6 +725,45 @@ def prompt_render(name: str, vars_json: str) -> None:
     ui.info(f"prompt {rendered.ref.name} hash {rendered.ref.hash}")
 
 
+# --- defaults in --help ---
+# A stage option left unset takes the recipe's value, so its help shows the built-in default
+# from config.py (the one place defaults live) unless the help text already states it.
+_HELP_SECTIONS = {"complete": "complete", "personas": "personas", "pair": "pair", "generate": "generate",
+                  "eval": "eval", "judge": "judge", "curate": "curate", "train": "train"}
+_HELP_FIELDS = {"want_json": "json_replies"}
+
+
+def _document_defaults() -> None:
+    defaults = Recipe()
+    for command_name, section_name in _HELP_SECTIONS.items():
+        command = forge.commands.get(command_name)
+        section = getattr(defaults, section_name)
+        for param in getattr(command, "params", []):
+            if not isinstance(param, click.Option) or not param.help or "default" in param.help.lower():
+                continue
+            name = _HELP_FIELDS.get(param.name, param.name.removesuffix("_path"))
+            value = getattr(section, name, None) if name in type(section).model_fields else None
+            if value is None and param.default not in (None, False) and not param.multiple:
+                param.show_default = True
+                continue
+            if value is None or isinstance(value, (dict, list)):
+                continue
+            shown = ("on" if value else "off") if isinstance(value, bool) else value
+            param.help = f"{param.help.rstrip()} (default: {shown})"
+
+
+def _common_options_last(group: click.Group) -> None:
+    """Each command's own options first in its --help, then the group options it also takes."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _common_options_last(command)
+        command.params.sort(key=lambda p: bool(p.name) and p.name.startswith(("common_", "sub_recipe")))
+
+
+_document_defaults()
+_common_options_last(forge)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:

@@ -34,7 +34,9 @@ class BackendConfig(Section):
     model: str = Field("packaged:smollm2-135m-instruct",
                        description="Model: packaged:NAME, a local folder, or a hub name (local); "
                                    "the served model's name (openai).")
-    base_url: str | None = Field(None, description="Endpoint, e.g. http://127.0.0.1:8000/v1 (openai).")
+    base_url: str | None = Field(None, description="Endpoint, e.g. http://127.0.0.1:8000/v1 (openai). A key "
+                                                   "written into it (http://user:KEY@host/v1) is sent as the Bearer "
+                                                   "token when api_key_env is unset, and masked in manifests.")
     api_key_env: str = Field("OPENAI_API_KEY",
                              description="Name of the environment variable that holds the API key.")
     concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once (openai).")

@@ -56,7 +56,7 @@ class OpenAIBackend(ChatBackend):
 
             self._client_loop = loop
             self._client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.config.base_url,
+                api_key=self._api_key, base_url=_without_userinfo(self.config.base_url),
                 timeout=self.config.timeout_s, max_retries=0,  # we retry ourselves, with jitter
                 http_client=_http_client(self.config),
             )
@@ -175,10 +175,27 @@ class OpenAIBackend(ChatBackend):
         return secrets
 
 
+def _without_userinfo(url: str | None) -> str | None:
+    """The endpoint without `user:KEY@`: the key travels as the Bearer token (aiohttp refuses a URL
+    with credentials beside an Authorization header)."""
+    if not url or "@" not in url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def _read_key(config: BackendConfig) -> str:
     key = os.environ.get(config.api_key_env, "")
     if key:
         return key
+    if config.base_url and "@" in config.base_url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(config.base_url)
+        if parts.password or parts.username:  # http://user:KEY@host: the key was written into the URL
+            return parts.password or parts.username
     if config.base_url:
         # Local servers (vLLM, llama.cpp, Ollama) usually take any key.
         return "not-needed"
