@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import jsonlines
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError
@@ -212,14 +211,18 @@ class JsonlStore(Generic[R]):
 
 class Appender(Generic[R]):
     def __init__(self, fh, model: type[R]):
-        self._writer = jsonlines.Writer(fh, flush=True, compact=True)
+        self._fh = fh
         self._model = model
         self.written = 0
 
     def write(self, record: R) -> None:
+        """One record as one compact JSON line, flushed (a kill loses at most the line being written).
+        pydantic's own serializer: several times cheaper per record than model_dump + json.dumps,
+        which counts when thousands of replies a second come back on one event loop."""
         if not isinstance(record, self._model):
             raise TypeError(f"expected {self._model.__name__}, got {type(record).__name__}")
-        self._writer.write(record.model_dump(mode="json"))
+        self._fh.write(record.model_dump_json() + "\n")
+        self._fh.flush()
         self.written += 1
 
 

@@ -84,7 +84,7 @@ def run(recipe: Recipe, backend: ChatBackend, force: bool = False) -> dict[str, 
     done = store.ids()
     todo = [p for p in prompts if p[0] not in done]
     failed = asyncio.run(_complete_all(backend, todo, store, cfg.json_replies))
-    written = len(store.ids())
+    written = len(done) + len(todo) - failed  # each prompt's record written once, or it failed
     stage.set_count("prompts", len(prompts))
     stage.set_count("written", written)
     stage.set_count("failed_this_run", failed)
