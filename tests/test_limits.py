@@ -72,3 +72,11 @@ def test_chat_refuses_a_huge_persona_before_loading_a_model(tmp_path):
     many.write_text("".join(f"I have {i} dogs.\n" for i in range(40)))
     result = forge("chat", "--persona", str(many))
     assert result.returncode == 2 and "40 persona attributes, more than 30" in one_line_error(result)
+
+
+def test_a_huge_sentence_in_a_spc_shaped_file_is_one_line_not_an_internal_error(tmp_path):
+    from persona_forge.stages.pairing import _spc_profiles
+
+    row = {"user1_persona": ["I have a dog.", "x" * 1_000_000], "user2_persona": ["I like tea."], "turns": []}
+    with pytest.raises(UserError, match=r"spc\.jsonl:1: user1_persona: attribute 2 is 1,000,000 characters"):
+        _spc_profiles(tmp_path / "spc.jsonl", iter([(1, row)]))

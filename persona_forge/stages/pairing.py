@@ -32,6 +32,7 @@ import numpy as np
 from .. import ui
 from ..config import PairConfig, Recipe
 from ..errors import UserError
+from ..limits import blank_attribute_error
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
 from ..store import (RunDir, atomic_open, atomic_write_json, atomic_write_jsonl, config_hash, file_sha256,
                      iter_json_lines, sniff_gzip, validate_record)
@@ -111,6 +112,9 @@ def _spc_profiles(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
             if not isinstance(persona, list) or not all(isinstance(s, str) for s in persona):
                 raise UserError(f"{path}:{line_no}: {key} must be a list of sentences")
             sentences = [s for s in (normalize(x) for x in persona) if s]
+            too_long = blank_attribute_error(sentences)
+            if too_long:
+                raise UserError(f"{path}:{line_no}: {key}: {too_long}")
             if sentences:
                 personas += 1
                 pid = record_id(sentences)
