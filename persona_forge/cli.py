@@ -12,24 +12,108 @@ from typing import Any
 
 import click
 
-from . import __version__, ui
+from . import __version__, limits, ui
 from .config import Recipe, load_recipe, parse_set_option
 from .errors import UserError
 
 
 class Context:
-    def __init__(self, recipe_path: Path | None, run_dir: Path | None, sets: tuple[str, ...], force: bool):
+    def __init__(self, recipe_path: Path | None, run_dir: Path | None, sets: tuple[str, ...], force: bool,
+                 verbose: int = 0, quiet: bool = False):
         self.recipe_path = recipe_path
         self.run_dir = run_dir
         self.sets = sets
         self.force = force
+        self.verbose = verbose
+        self.quiet = quiet
 
-    def recipe(self, **overrides: Any) -> Recipe:
+    def recipe(self, writes: bool = True, **overrides: Any) -> Recipe:
+        """The recipe with --set and the command's flags applied; a bad value is blamed on its flag.
+        `writes`: the command writes into the run directory, so check it can first."""
         merged = parse_set_option(self.sets)
-        merged.update({k: v for k, v in overrides.items() if v is not None})
+        sources = {key: f"--set {key}" for key in merged}
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        merged.update(flags)
+        sources.update({key: _flag_name(key) for key in flags})
         if self.run_dir is not None:
             merged["run_dir"] = str(self.run_dir)
-        return load_recipe(self.recipe_path, merged)
+            sources["run_dir"] = "--run-dir"
+        resolved = load_recipe(self.recipe_path, merged, sources)
+        if writes:
+            check_run_dir(Path(resolved.run_dir), "--run-dir" if self.run_dir is not None else "run_dir")
+        return resolved
+
+
+# Flags whose name is not the config key's last part with dashes (curate.n -> --n).
+_FLAG_NAMES = {"complete.json_replies": "--json", "generate.critic.judge": "--no-judge", "train.method": "--dpo",
+               "eval.sample": "--sample/--greedy", "personas.seeds": "--seeds", "personas.expand": "--expand"}
+
+
+def _flag_name(dotted: str) -> str:
+    return _FLAG_NAMES.get(dotted) or "--" + dotted.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def check_run_dir(path: Path, label: str = "--run-dir") -> None:
+    """Refuse, before any work, a run directory that is a file or that cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{label} {path}: is a file, not a folder; give a folder (it is made if missing)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{label} {path}: {existing} is a file, so no folder can be made there; "
+                        f"choose another --run-dir")
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"{label} {path}: cannot write in {existing} ({exc.strerror}); "
+                        f"choose another --run-dir") from None
+
+
+def _common(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """The group's options given after a subcommand (`forge curate --run-dir runs/x --n 5`)."""
+    obj = ctx.find_object(Context)
+    if obj is None or value in (None, False, (), 0):
+        return
+    if param.name == "common_recipe":
+        obj.recipe_path = value
+    elif param.name == "common_run_dir":
+        obj.run_dir = value
+    elif param.name == "common_sets":
+        obj.sets = tuple(obj.sets) + tuple(value)
+    elif param.name == "common_force":
+        obj.force = True
+    elif param.name == "common_verbose":
+        obj.verbose += value
+    elif param.name == "common_quiet":
+        obj.quiet = True
+    ui.set_verbosity(-1 if obj.quiet else obj.verbose)
+
+
+def _common_options(f, with_recipe: bool = True):
+    """--run-dir, --set, --force, -v, -q (and --recipe) on a subcommand too: the same as before it."""
+    options = [
+        click.option("--run-dir", "common_run_dir", type=click.Path(path_type=Path), default=None,
+                     expose_value=False, callback=_common, help="Run directory (overrides the recipe)."),
+        click.option("--set", "common_sets", multiple=True, metavar="KEY=VALUE", expose_value=False,
+                     callback=_common, help="Override any recipe value, e.g. --set backend.concurrency=32."),
+        click.option("--force", "common_force", is_flag=True, expose_value=False, callback=_common,
+                     help="Redo a stage whose config or input changed (old outputs go to .trash/)."),
+        click.option("-v", "--verbose", "common_verbose", count=True, expose_value=False, callback=_common,
+                     help="More detail (and tracebacks on internal errors)."),
+        click.option("-q", "--quiet", "common_quiet", is_flag=True, expose_value=False, callback=_common,
+                     help="No progress bars or summaries."),
+    ]
+    if with_recipe:
+        options.insert(0, click.option("--recipe", "-r", "common_recipe", type=click.Path(path_type=Path),
+                                       default=None, expose_value=False, callback=_common,
+                                       help="Recipe YAML (same as the group option)."))
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 recipe_option = click.option("--recipe", "-r", type=click.Path(path_type=Path), default=None,
@@ -53,11 +137,13 @@ def forge(ctx: click.Context, recipe: Path | None, run_dir: Path | None, sets: t
     Example: forge --recipe recipes/quickstart.yaml complete --input prompts.jsonl
     """
     ui.set_verbosity(-1 if quiet else verbose)
-    ctx.obj = Context(recipe, run_dir, sets, force)
+    ctx.obj = Context(recipe, run_dir, sets, force, verbose, quiet)
 
 
 def _stage_recipe_option(f):
-    """Let `--recipe` also follow the subcommand (`forge complete --recipe r.yaml`)."""
+    """Let `--recipe` and the other group options also follow the subcommand
+    (`forge complete --recipe r.yaml --run-dir runs/x`)."""
+    f = _common_options(f, with_recipe=False)
     return click.option("--recipe", "-r", "sub_recipe", type=click.Path(path_type=Path), default=None,
                         help="Recipe YAML (same as the group option).")(f)
 
@@ -85,10 +171,21 @@ def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, wan
                                                  "complete.json_replies": want_json})
     backend = build_backend(recipe.backend, progress=ui.verbosity() >= 0)
     rows = stage.run(recipe, backend, force=obj.force)
-    ui.summary("forge complete", rows)
+    ui.summary("forge complete", _with_last_errors(rows, backend))
     if rows["failed (re-run to retry)"]:
-        raise UserError(f"{rows['failed (re-run to retry)']} prompts failed after retries; "
+        raise UserError(f"{rows['failed (re-run to retry)']} prompts failed after retries{_last_error(backend)}; "
                         f"run the same command again to retry only those")
+
+
+def _with_last_errors(rows: dict[str, Any], backend) -> dict[str, Any]:
+    """The summary rows plus the last error of each kind the backend met (keys redacted)."""
+    errors = getattr(getattr(backend, "usage", None), "last_errors", None) or {}
+    return {**rows, **{f"last error ({kind})": text for kind, text in errors.items()}}
+
+
+def _last_error(backend) -> str:
+    errors = getattr(getattr(backend, "usage", None), "last_errors", None) or {}
+    return f" (last: {list(errors.values())[-1]})" if errors else ""
 
 
 @forge.command()
@@ -116,7 +213,7 @@ def personas(obj: Context, sub_recipe: Path | None, n: int | None, seeds_path: P
     backend = build_backend(recipe.backend, progress=show) if recipe.personas.expand else None
     rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
                      force=obj.force)
-    ui.summary("forge personas", rows)
+    ui.summary("forge personas", _with_last_errors(rows, backend))
     if rows.get("failed (re-run to retry)"):
         raise UserError(f"{rows['failed (re-run to retry)']} requests failed after retries; run the same command "
                         f"again to retry only those (profiles are built once all are done)")
@@ -184,7 +281,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
     embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
     rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
                      embed=embed, force=obj.force, default_profiles=recipe.pair.profiles)
-    ui.summary("forge generate", rows)
+    ui.summary("forge generate", _with_last_errors(rows, backend))
     if rows.get("failed (re-run to retry)"):
         raise UserError(f"{rows['failed (re-run to retry)']} candidates failed after retries; run the same "
                         "command again to generate only those")
@@ -313,6 +410,9 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
 
     Example: forge --run-dir runs/quickstart train --epochs 3 --merge
     """
+    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {adapter_path}: no LoRA adapter there (no adapter_config.json); give the "
+                        f"adapter folder forge train wrote, e.g. runs/NAME/train/sft/adapter")
     overrides = {"train.data": str(data_path) if data_path else None, "train.method": "dpo" if dpo else None,
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
@@ -355,8 +455,11 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
 
     from . import chat as chat_mod
 
-    recipe = _context(obj, sub_recipe).recipe()
-    persona = chat_mod.read_persona(persona_path)
+    if compare_base and adapter_path is None:
+        raise UserError("--base shows the base model beside the adapter's reply; give --adapter DIR too")
+    recipe = _context(obj, sub_recipe).recipe(writes=False)
+    persona = limits.check_persona(chat_mod.read_persona(limits.check_file_size(persona_path, "--persona")),
+                                   persona_path)
     # The model an adapter was trained on: train.model, else the local backend's model.
     local_default = recipe.backend.model if recipe.backend.kind == "local" else "packaged:smollm2-135m-instruct"
     spec = model or chat_mod.trained_base(adapter_path) or recipe.train.model or local_default
@@ -371,6 +474,7 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
 
 @forge.command("run")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path), required=False)
+@_common_options
 @click.option("--stages", default=None, metavar="A,B,...",
               help="Only these stages, in pipeline order (default: all of personas, pair, generate, curate, train, "
                    "eval, judge).")
@@ -386,6 +490,9 @@ def run_pipeline(obj: Context, recipe_path: Path | None, stages: str | None) -> 
     if recipe_path is not None:
         obj.recipe_path = recipe_path
     chosen = pipeline.choose(stages or None)
+    if obj.recipe_path is None:  # the built-in defaults would start personas --n 1000 on the local model
+        raise click.UsageError("Missing argument 'RECIPE': the recipe to run, e.g. forge run "
+                               "recipes/quickstart.yaml", click.get_current_context())
     recipe = obj.recipe()
     pipeline.run(recipe, chosen, force=obj.force, progress=ui.verbosity() >= 0,
                  on_result=lambda result: _show_stage(result, recipe))
@@ -434,11 +541,12 @@ def _nli_model(obj: Context, sub_recipe: Path | None):
     from .backends import build_backend
     from .nli.base import load_nli
 
-    recipe = _context(obj, sub_recipe).recipe()
+    recipe = _context(obj, sub_recipe).recipe(writes=False)
     return load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress=ui.verbosity() >= 0)
 
 
 @nli.command("build")
+@_common_options
 @click.option("--rebuild", is_flag=True, help="Train again even if this machine already has the model.")
 def nli_build(rebuild: bool) -> None:
     """Train the embedded NLI into the user cache (once; other commands do it on first use).
@@ -522,6 +630,11 @@ def nli_check(obj: Context, sub_recipe: Path | None, premise: str, hypothesis: s
     """
     from .nli.base import LABELS
 
+    for name, text in (("PREMISE", premise), ("HYPOTHESIS", hypothesis)):
+        if not text.strip():
+            raise UserError(f"{name} is empty; give a sentence, e.g. forge nli check \"I have two dogs.\" "
+                            f"\"I have no pets.\"")
+        limits.check_text_length(text, name)
     probs = _nli_model(obj, sub_recipe).predict([(premise, hypothesis)])[0]
     for label, p in zip(LABELS, probs):
         ui.stdout.print(f"{label:14s} {p:.3f}")
@@ -533,6 +646,7 @@ def models() -> None:
 
 
 @models.command("list")
+@_common_options
 def models_list() -> None:
     """Show the packaged models and where they are.
 
@@ -545,10 +659,12 @@ def models_list() -> None:
     rows["SmolLM2 converted copy"] = str(target) if (target / ".complete").exists() else \
         "not yet (forge models prepare)"
     rows["cache"] = str(cache_dir())
-    ui.summary("models", rows)
+    for name, text in rows.items():  # stdout, plain: it is the command's output and can be piped
+        click.echo(f"{name}\t{text}")
 
 
 @models.command("prepare")
+@_common_options
 def models_prepare() -> None:
     """Convert the packaged SmolLM2 to safetensors in the cache once (about 30 s).
 
@@ -567,6 +683,7 @@ def recipe() -> None:
 
 
 @recipe.command("check")
+@_common_options
 @click.argument("path", type=click.Path(path_type=Path))
 @click.pass_obj
 def recipe_check(obj: Context, path: Path) -> None:
@@ -575,11 +692,12 @@ def recipe_check(obj: Context, path: Path) -> None:
     Example: forge recipe check recipes/quickstart.yaml
     """
     obj.recipe_path = path
-    resolved = obj.recipe()
+    resolved = obj.recipe(writes=False)
     ui.stdout.print_json(json.dumps(resolved.model_dump(mode="json")))
 
 
 @forge.command("prompt")
+@_common_options
 @click.argument("name")
 @click.option("--vars", "vars_json", default="{}", help="Template variables as a JSON object.")
 def prompt_render(name: str, vars_json: str) -> None:
@@ -593,6 +711,9 @@ def prompt_render(name: str, vars_json: str) -> None:
         variables = json.loads(vars_json)
     except json.JSONDecodeError as exc:
         raise UserError(f"--vars: not valid JSON ({exc.msg}); give an object like '{{\"name\": \"value\"}}'") from None
+    if not isinstance(variables, dict):
+        raise UserError(f"--vars: a JSON object of variables is needed, not a {type(variables).__name__}; "
+                        f"give e.g. '{{\"text\": \"hi\"}}'")
     rendered = render(name, **variables)
     for message in rendered.messages:
         ui.stdout.print(f"[bold]### {message['role']}[/bold]")
@@ -689,6 +810,45 @@ def annotate(obj: Context, sub_recipe: Path | None, run_dir_arg: Path, task: str
         raise UserError(f"--annotator {annotator!r}: use 1-64 letters, digits, '_', '.', '-' or '@'")
     query = f"/annotate?task={task}" + (f"&annotator={annotator}" if annotator else "")
     _serve_web(run_dir, recipe.annotate, host, port, query, task=task, annotator=annotator)
+
+
+# --- defaults in --help ---
+# A stage option left unset takes the recipe's value, so its help shows the built-in default
+# from config.py (the one place defaults live) unless the help text already states it.
+_HELP_SECTIONS = {"complete": "complete", "personas": "personas", "pair": "pair", "generate": "generate",
+                  "eval": "eval", "judge": "judge", "curate": "curate", "train": "train"}
+_HELP_FIELDS = {"want_json": "json_replies"}
+
+
+def _document_defaults() -> None:
+    defaults = Recipe()
+    for command_name, section_name in _HELP_SECTIONS.items():
+        command = forge.commands.get(command_name)
+        section = getattr(defaults, section_name)
+        for param in getattr(command, "params", []):
+            if not isinstance(param, click.Option) or not param.help or "default" in param.help.lower():
+                continue
+            name = _HELP_FIELDS.get(param.name, param.name.removesuffix("_path"))
+            value = getattr(section, name, None) if name in type(section).model_fields else None
+            if value is None and param.default not in (None, False) and not param.multiple:
+                param.show_default = True
+                continue
+            if value is None or isinstance(value, (dict, list)):
+                continue
+            shown = ("on" if value else "off") if isinstance(value, bool) else value
+            param.help = f"{param.help.rstrip()} (default: {shown})"
+
+
+def _common_options_last(group: click.Group) -> None:
+    """Each command's own options first in its --help, then the group options it also takes."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _common_options_last(command)
+        command.params.sort(key=lambda p: bool(p.name) and p.name.startswith(("common_", "sub_recipe")))
+
+
+_document_defaults()
+_common_options_last(forge)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,11 +7,12 @@ keys, so a typo in a recipe is an error naming its path (and the key it probably
 from __future__ import annotations
 
 import difflib
+from urllib.parse import urlsplit, urlunsplit
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -33,7 +34,9 @@ class BackendConfig(Section):
     model: str = Field("packaged:smollm2-135m-instruct",
                        description="Model: packaged:NAME, a local folder, or a hub name (local); "
                                    "the served model's name (openai).")
-    base_url: str | None = Field(None, description="Endpoint, e.g. http://127.0.0.1:8000/v1 (openai).")
+    base_url: str | None = Field(None, description="Endpoint, e.g. http://127.0.0.1:8000/v1 (openai). A key "
+                                                   "written into it (http://user:KEY@host/v1) is sent as the Bearer "
+                                                   "token when api_key_env is unset, and masked in manifests.")
     api_key_env: str = Field("OPENAI_API_KEY",
                              description="Name of the environment variable that holds the API key.")
     concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once (openai).")
@@ -55,16 +58,51 @@ class BackendConfig(Section):
     default_reply: str = Field("ok", description="Reply once the script runs out (fake).")
     delay_s: float = Field(0.0, ge=0, description="Seconds each reply takes (fake).")
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str | None) -> str | None:
+        """A malformed endpoint is a config error at once, not 30 retries of a request."""
+        if value is None:
+            return None
+        example = "give e.g. http://127.0.0.1:8000/v1"
+        shown = redact_url(value)
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{shown!r} is not an http:// or https:// URL; {example}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{shown!r}: the port is not a number from 1 to 65535; {example}") from None
+        if not parts.hostname:
+            raise ValueError(f"{shown!r} names no host; {example}")
+        if port == 0:
+            raise ValueError(f"{shown!r}: the port is not a number from 1 to 65535; {example}")
+        return value.strip()
+
     def identity(self) -> dict[str, Any]:
-        """What decides the outputs, for config hashes: not concurrency, timeouts or keys."""
+        """What decides the outputs, for config hashes: not concurrency, timeouts or keys (a key
+        written into base_url as http://user:KEY@host is masked)."""
         ident = {"kind": self.kind, "model": self.model, "sampling": self.sampling.model_dump()}
         if self.kind == "openai":
-            ident["base_url"] = self.base_url
+            ident["base_url"] = redact_url(self.base_url)
         if self.kind == "local":
             ident["repetition_penalty"] = self.repetition_penalty
             if self.adapter is not None:
                 ident["adapter"] = _adapter_digest(self.adapter)
         return ident
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` with any password (or lone user token) in it masked: http://u:KEY@host -> http://u:***@host."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, _password = userinfo.partition(":")
+    masked = f"{user}:***" if sep else "***"
+    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
 
 
 def _adapter_digest(folder: Path) -> str:
@@ -493,8 +531,12 @@ class Recipe(Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
 
 
-def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a recipe (or the defaults), apply dotted-key overrides, validate."""
+def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,
+                sources: dict[str, str] | None = None) -> Recipe:
+    """Read a recipe (or the defaults), apply dotted-key overrides, validate.
+
+    `sources` names where an override came from (dotted key -> "--n", "--set curate.n"): a bad
+    value is then blamed on that flag instead of the recipe file."""
     data: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -504,14 +546,23 @@ def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)
-    return validate_recipe(data, where)
+    return validate_recipe(data, where, sources)
 
 
-def validate_recipe(data: dict[str, Any], where: str) -> Recipe:
+def validate_recipe(data: dict[str, Any], where: str, sources: dict[str, str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{where}: {_explain(exc.errors()[0])}") from None
+        error = exc.errors()[0]
+        return_where = _blame(error, where, sources or {})
+        raise UserError(f"{return_where}: {_explain(error)}") from None
+
+
+def _blame(error: dict[str, Any], where: str, sources: dict[str, str]) -> str:
+    """The flag that set the bad value (the most specific one covering its path), else `where`."""
+    dotted = ".".join(str(p) for p in error["loc"])
+    covering = [key for key in sources if dotted == key or dotted.startswith(key + ".")]
+    return sources[max(covering, key=len)] if covering else where
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -570,7 +621,7 @@ def _explain(error: dict[str, Any]) -> str:
             hint = f" (did you mean '{close[0]}'?)" if close else \
                 f" (known keys: {', '.join(parent.model_fields)})"
         return f"{where}: unknown key{hint}"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .limits import blank_attribute_error
 from .nli.data import normalize
 from .resources import data_dir
 from .schema import Dialogue, Preference, Profile, Turn, record_id
@@ -87,6 +88,9 @@ def _spc_profiles(path: Path, rows: Iterator[tuple[int, Any]]) -> ProfileSet:
         dialogues += 1
         for key in PERSONA_KEYS:
             sentences = [s for s in (normalize(x) for x in persona_sentences(row, key, f"{path}:{line_no}")) if s]
+            unusable = blank_attribute_error(sentences)
+            if unusable:
+                raise UserError(f"{path}:{line_no}: {key}: {unusable}")
             if sentences:
                 personas += 1
                 pid = record_id(sentences)

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Record(BaseModel):
@@ -61,6 +61,16 @@ class Profile(Record):
 
     attribute_ids: list[str]
     attributes: list[str]
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes_are_sentences(cls, attributes: list[str]) -> list[str]:
+        from .limits import blank_attribute_error
+
+        error = blank_attribute_error(attributes)
+        if error:
+            raise ValueError(error)
+        return attributes
 
 
 class SharedTopic(BaseModel):

@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import jsonlines
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError
@@ -212,14 +211,18 @@ class JsonlStore(Generic[R]):
 
 class Appender(Generic[R]):
     def __init__(self, fh, model: type[R]):
-        self._writer = jsonlines.Writer(fh, flush=True, compact=True)
+        self._fh = fh
         self._model = model
         self.written = 0
 
     def write(self, record: R) -> None:
+        """One record as one compact JSON line, flushed (a kill loses at most the line being written).
+        pydantic's own serializer: several times cheaper per record than model_dump + json.dumps,
+        which counts when thousands of replies a second come back on one event loop."""
         if not isinstance(record, self._model):
             raise TypeError(f"expected {self._model.__name__}, got {type(record).__name__}")
-        self._writer.write(record.model_dump(mode="json"))
+        self._fh.write(record.model_dump_json() + "\n")
+        self._fh.flush()
         self.written += 1
 
 
@@ -283,10 +286,15 @@ class RunDir:
     def check(self, stage: str, config: dict[str, Any], inputs: Iterable[Path] = (),
               force: bool = False) -> str:
         """Refuse, writing nothing, if `stage` ran here with another config or input (unless
-        forced); returns what changed ("" when nothing did). Stages that begin late call it first."""
+        forced); returns what changed ("" when nothing did). Stages that begin late call it first.
+
+        Inputs are compared by content, as a set: the same file named by another path is the same
+        input; another file, or one more or one fewer, is a change. A stage that produced nothing
+        (not finished and every output missing or empty, e.g. it failed at its first request)
+        holds no claim on its config: the corrected command simply starts it again."""
         planned = Manifest(stage=stage, config_hash=config_hash(config), config=config,
                            inputs={str(p): file_sha256(p) for p in inputs})
-        previous = self.manifest(stage)
+        previous = self.held_manifest(stage)
         changed = _describe_change(previous, planned) if previous is not None else ""
         if changed and not force:
             raise UserError(
@@ -296,16 +304,26 @@ class RunDir:
             )
         return changed
 
+    def held_manifest(self, stage: str) -> Manifest | None:
+        """The stage's manifest if it holds its config here: it finished, or wrote something."""
+        previous = self.manifest(stage)
+        if previous is None or previous.status == "done":
+            return previous
+        if any(_has_content(self.path / name) for name in previous.outputs):
+            return previous
+        return None
+
     def begin(self, stage: str, config: dict[str, Any], inputs: Iterable[Path] = (),
               outputs: Iterable[str] = (), force: bool = False) -> "StageRun":
         """Start or resume `stage`; refuse to mix configs in one run directory unless forced."""
         inputs = list(inputs)
         changed = self.check(stage, config, inputs, force)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._clean_stale_temporaries(stage)
         manifest = Manifest(stage=stage, config_hash=config_hash(config), config=config,
                             inputs={str(p): file_sha256(p) for p in inputs}, outputs=list(outputs),
                             started_at=time.time())
-        previous = self.manifest(stage)
+        previous = self.held_manifest(stage)
         if previous is not None:
             if changed:
                 self._trash(stage, previous)
@@ -317,22 +335,57 @@ class RunDir:
         atomic_write_json(self.manifest_path(stage), manifest.model_dump())
         return StageRun(self, manifest)
 
+    def _clean_stale_temporaries(self, stage: str, older_than_s: float = 10.0) -> None:
+        """Remove half-written manifests (`.<stage>.manifest.json.*.tmp`) a killed process left;
+        a write takes milliseconds, so one older than a few seconds has no writer any more."""
+        now = time.time()
+        for tmp in self.path.glob(f".{stage}.manifest.json.*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+
     def _trash(self, stage: str, previous: Manifest) -> None:
-        target = self.path / ".trash" / f"{stage}-{int(time.time())}"
-        target.mkdir(parents=True, exist_ok=True)
+        """Move the old outputs to a new folder under .trash/; an existing entry is never reused."""
+        trash = self.path / ".trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+        for n in range(1, 10_000):
+            target = trash / (f"{stage}-{stamp}" if n == 1 else f"{stage}-{stamp}-{n}")
+            try:
+                target.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - ten thousand forced runs in one second
+            target = Path(tempfile.mkdtemp(prefix=f"{stage}-{stamp}-", dir=trash))
         for name in [*previous.outputs, f"{stage}.manifest.json"]:
             src = self.path / name
             if src.exists():
                 os.replace(src, target / name)
 
 
+def _has_content(path: Path) -> bool:
+    """A non-empty file, or a folder holding one."""
+    if path.is_file():
+        return path.stat().st_size > 0
+    if path.is_dir():
+        return any(p.is_file() and p.stat().st_size > 0 for p in path.rglob("*"))
+    return False
+
+
 def _describe_change(previous: Manifest, current: Manifest) -> str:
     if previous.config_hash != current.config_hash:
         diffs = _dict_diff(previous.config, current.config)
         return "another config (" + "; ".join(diffs[:3]) + ")" if diffs else "another config"
-    for path, digest in current.inputs.items():
-        if previous.inputs.get(path) not in (None, digest):
-            return f"another version of its input {path}"
+    if sorted(previous.inputs.values()) != sorted(current.inputs.values()):
+        old = set(previous.inputs.values())
+        new = [path for path, digest in current.inputs.items() if digest not in old]
+        for path in new:
+            if path in previous.inputs:
+                return f"another version of its input {path}"
+        if new:
+            return f"another input ({new[0]} is not a file it read)"
+        return "other inputs (was: " + ", ".join(sorted(previous.inputs)) + ")"
     return ""
 
 

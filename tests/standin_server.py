@@ -314,8 +314,13 @@ class StandinServer:
         finally:
             stats.handling_s += time.monotonic() - started - self.settings.latency_s
 
-    async def _chat(self, stats: Stats, request: dict[str, Any], auth: str, writer: asyncio.StreamWriter) -> bool:
-        messages = request.get("messages") or []
+    async def _chat(self, stats: Stats, request: Any, auth: str, writer: asyncio.StreamWriter) -> bool:
+        try:
+            messages = _read_messages(request)
+        except ValueError as exc:  # what it cannot read gets a 400 saying why, as OpenAI's API does
+            stats.by_behaviour["unreadable"] += 1
+            await self.send(writer, 400, _error_body(400, str(exc)))
+            return True
         users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
         first_user = users[0] if users else ""
         stats.arrivals.setdefault(first_user[:200], []).append(round(time.monotonic() - stats.started, 4))
@@ -387,6 +392,36 @@ class StandinServer:
             return False
         await self.send(writer, 200, body)
         return True
+
+
+def _read_messages(request: Any) -> list[dict[str, str]]:
+    """The request's messages with each `content` as one string. OpenAI's API takes a string or a
+    list of parts (`[{"type": "text", "text": ...}]`, which NVIDIA Data Designer always sends);
+    the text parts are joined. ValueError (answered with 400) for anything else."""
+    if not isinstance(request, dict):
+        raise ValueError("the request body must be a JSON object")
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty array")
+    out = []
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ValueError(f"messages[{number}] must be an object with a string 'role'")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(f"messages[{number}].content: only text parts "
+                                     f"({{\"type\": \"text\", \"text\": ...}}) are understood here")
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        elif not isinstance(content, str):
+            raise ValueError(f"messages[{number}].content must be a string or an array of parts")
+        out.append({**message, "content": content})
+    return out
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str, bytes]]:

@@ -257,6 +257,30 @@ def test_key_echoed_in_an_error_is_redacted_from_completions(server):
     assert SECRET not in repr(backend.describe()) and SECRET not in repr(backend.config)
 
 
+def test_content_as_a_list_of_text_parts_is_answered_like_a_string(server):
+    """OpenAI's API allows `content` as parts (NVIDIA Data Designer always sends them)."""
+    backend = make_backend(server.url)
+    parts = ChatRequest.of([{"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
+                            {"role": "user", "content": [{"type": "text", "text": "in"},
+                                                         {"type": "text", "text": "parts"}]}])
+    results = backend.complete_sync([parts, ask("a plain string")])
+    assert results[0].error is None and results[0].text == "echo: in\nparts"
+    assert_ok_echo(results[1], "a plain string")
+    assert server.stats()["chat"] == 2 and server.stats()["connections"] >= 1
+
+
+def test_content_the_server_cannot_read_is_a_400_not_a_dropped_connection(server):
+    backend = make_backend(server.url, max_retries=2)
+    image = ChatRequest.of([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    number = ChatRequest.of([{"role": "user", "content": 42}])
+    results = backend.complete_sync([image, number, ask("still fine")])
+    for bad in results[:2]:
+        assert bad.error.startswith("HTTP 400") and bad.attempts == 1  # a 400 is not retried
+    assert "only text parts" in results[0].error and "must be a string or an array" in results[1].error
+    assert_ok_echo(results[2], "still fine")
+    assert list(backend.usage.last_errors) == ["HTTP 400"]  # one kind, its latest message
+
+
 def test_unknown_model_raises_backend_unavailable(server):
     server.reset(models=["served-model"])
     backend = make_backend(server.url, model="no-such-model")

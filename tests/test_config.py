@@ -64,3 +64,29 @@ def test_identity_ignores_concurrency_and_keys():
     a = load_recipe(None, {"backend.concurrency": 1}).backend.identity()
     b = load_recipe(None, {"backend.concurrency": 64, "backend.api_key_env": "X"}).backend.identity()
     assert a == b
+
+
+@pytest.mark.parametrize("url, says", [("not-a-url", "is not an http:// or https:// URL"),
+                                       ("ftp://example.com/v1", "is not an http:// or https:// URL"),
+                                       ("http://127.0.0.1:99999/v1", "the port is not a number from 1 to 65535"),
+                                       ("http:///v1", "names no host")])
+def test_a_malformed_base_url_is_a_config_error(url, says):
+    with pytest.raises(UserError, match=says) as caught:
+        load_recipe(None, {"backend.base_url": url})
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("defaults: backend.base_url: ")
+
+
+def test_a_key_written_into_base_url_is_masked_in_the_identity_and_errors():
+    backend = load_recipe(None, {"backend.kind": "openai",
+                                 "backend.base_url": "http://user:KEY123456@host:8000/v1"}).backend
+    assert backend.identity()["base_url"] == "http://user:***@host:8000/v1"
+    with pytest.raises(UserError) as caught:
+        load_recipe(None, {"backend.base_url": "ftp://user:KEY123456@host/v1"})
+    assert "KEY123456" not in str(caught.value) and "user:***@host" in str(caught.value)
+
+
+def test_a_bad_override_is_blamed_on_its_flag():
+    with pytest.raises(UserError, match=r"^--n: curate\.n: Input should be greater than or equal to 1$"):
+        load_recipe(None, {"curate.n": 0}, {"curate.n": "--n"})
+    with pytest.raises(UserError, match=r"^--set curate\.nn: curate\.nn: unknown key"):
+        load_recipe(None, {"curate.nn": 3}, {"curate.nn": "--set curate.nn"})

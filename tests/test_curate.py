@@ -385,6 +385,13 @@ def test_rows_the_template_rejects_are_replaced(tmp_path):
             if r["reason"] == "template_rejected"] == [record_id("sample", "d3", "next_reply", 7)]
 
 
+def test_n_larger_than_the_pool_says_so(tmp_path):
+    write_run(tmp_path)
+    rows = curate.run(recipe(tmp_path, n=1000), encoder=FakeEncoder(), check=TemplateCheck())
+    assert rows["chosen"].startswith("39 by kcenter")
+    assert "fewer than the 1,000 asked for (--n): the pool after cleaning holds 39" in rows["chosen"]
+
+
 def test_cli_without_conversations_is_one_line(tmp_path):
     result = subprocess.run(forge_cmd() + ["--run-dir", str(tmp_path), "curate"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)

@@ -95,6 +95,15 @@ def test_empty_and_overlong_text_are_judged_with_a_warning_not_a_crash(tmp_path,
     assert "truncated" in capsys.readouterr().err
 
 
+def test_the_truncation_warning_prints_once_per_model_not_once_per_call(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path, {0: "entailment", 1: "neutral", 2: "contradiction"})
+    model = CrossEncoderNLI(path, max_length=32)
+    for _ in range(4):  # as a profile builder calls it, once per check
+        model.predict([("word " * 400, "I have a dog.")])
+    assert model.truncated == 4
+    assert capsys.readouterr().err.count("truncated") == 1
+
+
 def test_embedded_model_is_built_once_and_rebuilt_when_its_recipe_changes(tmp_path, monkeypatch):
     from persona_forge.nli import train
 

@@ -109,10 +109,67 @@ def test_changed_input_is_refused(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "x"}\n')
     run = RunDir(tmp_path / "run")
-    run.begin("complete", {"a": 1}, inputs=[source])
+    run.begin("complete", {"a": 1}, inputs=[source], outputs=["complete.jsonl"])
+    (tmp_path / "run" / "complete.jsonl").write_text("{}\n")
     source.write_text('{"prompt": "y"}\n')
     with pytest.raises(UserError, match="another version of its input"):
-        run.begin("complete", {"a": 1}, inputs=[source])
+        run.begin("complete", {"a": 1}, inputs=[source], outputs=["complete.jsonl"])
+
+
+def _begun_with_output(run: RunDir, inputs) -> None:
+    run.begin("complete", {"a": 1}, inputs=inputs, outputs=["complete.jsonl"])
+    (run.path / "complete.jsonl").write_text("{}\n")
+
+
+def test_another_input_file_is_refused_and_the_same_file_by_another_path_is_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"prompt": "a"}\n')
+    b.write_text('{"prompt": "b"}\n')
+    run = RunDir(tmp_path / "run")
+    _begun_with_output(run, [Path("a.jsonl")])
+    run.begin("complete", {"a": 1}, inputs=[a.resolve()], outputs=["complete.jsonl"])  # same file, absolute
+    with pytest.raises(UserError, match=r"another input \(b\.jsonl is not a file it read\)"):
+        run.begin("complete", {"a": 1}, inputs=[Path("b.jsonl")], outputs=["complete.jsonl"])
+    with pytest.raises(UserError, match="other inputs"):  # one input fewer is a change too
+        run.begin("complete", {"a": 1}, inputs=[], outputs=["complete.jsonl"])
+    a.write_text('{"prompt": "changed"}\n')
+    with pytest.raises(UserError, match="another"):  # a changed file, given by its absolute path
+        run.begin("complete", {"a": 1}, inputs=[a.resolve()], outputs=["complete.jsonl"])
+
+
+def test_two_forced_runs_in_one_second_keep_both_trash_entries(tmp_path):
+    run = RunDir(tmp_path)
+    for n in range(3):
+        run.begin("complete", {"n": n}, outputs=["complete.jsonl"], force=True)
+        (tmp_path / "complete.jsonl").write_text(f"run {n}\n")
+    trashed = sorted((tmp_path / ".trash").iterdir())
+    assert len(trashed) == 2
+    assert sorted((t / "complete.jsonl").read_text() for t in trashed) == ["run 0\n", "run 1\n"]
+
+
+def test_a_stage_that_produced_nothing_does_not_hold_its_config(tmp_path):
+    run = RunDir(tmp_path)
+    run.begin("complete", {"url": "http://127.0.0.1:9"}, outputs=["complete.jsonl", "side"])
+    (tmp_path / "complete.jsonl").write_text("")  # opened for appending, nothing written
+    (tmp_path / "side").mkdir()
+    stage = run.begin("complete", {"url": "http://127.0.0.1:8000"}, outputs=["complete.jsonl"])
+    assert stage.manifest.config == {"url": "http://127.0.0.1:8000"}
+    assert not (tmp_path / ".trash").exists()
+    (tmp_path / "complete.jsonl").write_text("{}\n")  # now it has produced something
+    with pytest.raises(UserError, match="another config"):
+        run.begin("complete", {"url": "http://127.0.0.1:9"}, outputs=["complete.jsonl"])
+
+
+def test_a_manifest_temporary_left_by_a_kill_is_cleaned(tmp_path):
+    run = RunDir(tmp_path)
+    stale = tmp_path / ".complete.manifest.json.abc123.tmp"
+    fresh = tmp_path / ".complete.manifest.json.def456.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    run.begin("complete", {"a": 1})
+    assert not stale.exists() and fresh.exists()  # a fresh one may have a writer
 
 
 def _write_prompts(path: Path, n: int) -> None:

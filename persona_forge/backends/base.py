@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import SamplingConfig
@@ -68,6 +68,9 @@ class UsageTotals:
     parse_errors: int = 0
     repairs: int = 0
     seconds: float = 0.0
+    # The last error of each kind ("HTTP 500", "connection failed", "timeout", ...): why requests
+    # failed, for the summary and the manifest (backends redact keys before errors get here).
+    last_errors: dict[str, str] = field(default_factory=dict)
 
     def add(self, completion: Completion) -> None:
         self.requests += 1
@@ -75,9 +78,21 @@ class UsageTotals:
         self.completion_tokens += completion.completion_tokens
         self.retries += max(0, completion.attempts - 1)
         self.failures += completion.error is not None
+        if completion.error is not None:
+            self.last_errors[error_kind(completion.error)] = completion.error
 
-    def as_dict(self) -> dict[str, int | float]:
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["last_errors"] = dict(self.last_errors)
+        return out
+
+
+def error_kind(error: str) -> str:
+    """The kind of a Completion.error: "HTTP 429", "connection failed", "timeout", "unreadable response"."""
+    if error.startswith("no answer within"):
+        return "timeout"
+    head, sep, _ = error.partition(":")
+    return head.strip() if sep and len(head) <= 40 else "error"
 
 
 ProgressFn = Callable[[int], None]

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ..config import BackendConfig
+from ..config import BackendConfig, redact_url
 from ..errors import BackendUnavailable, UserError
 from .base import ChatBackend, ChatRequest, Completion
 
@@ -40,9 +40,13 @@ class OpenAIBackend(ChatBackend):
         # Every connection failure counts here: when *no* request has ever succeeded, the
         # endpoint is probably down or wrong, and we say so instead of failing each request.
         self._successes = 0
+        self._session = None
+        self._session_loop = None
+        self._proxy: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "base_url": self.config.base_url or "api.openai.com"}
+        return {"backend": self.name, "model": self.model,
+                "base_url": redact_url(self.config.base_url) or "api.openai.com"}
 
     def _client_for_loop(self):
         loop = asyncio.get_running_loop()
@@ -55,7 +59,7 @@ class OpenAIBackend(ChatBackend):
 
             self._client_loop = loop
             self._client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.config.base_url,
+                api_key=self._api_key, base_url=_without_userinfo(self.config.base_url),
                 timeout=self.config.timeout_s, max_retries=0,  # we retry ourselves, with jitter
                 http_client=_http_client(self.config),
             )
@@ -65,65 +69,105 @@ class OpenAIBackend(ChatBackend):
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_for_loop(self):
+        """One aiohttp session (a keep-alive pool sized to `concurrency`) per event loop.
+
+        Chat requests go straight through aiohttp rather than the openai SDK: the SDK's request
+        building, header merging and response wrapping cost about 2 ms of CPU per request, which
+        at 64+ requests in flight left connections idle between an answer and the next request
+        (bench/backends.py). Errors are mapped to the same kinds the SDK gave."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._session is not None and (self._session_loop is not loop or self._session.closed):
+            self._session = None  # made under an earlier event loop: its connections are dead
+        if self._session is None:
+            self._session_loop = loop
+            connector = aiohttp.TCPConnector(limit=self.config.concurrency, limit_per_host=self.config.concurrency,
+                                             ttl_dns_cache=300, enable_cleanup_closed=False)
+            # trust_env would look up proxies and .netrc in a thread for every request (two
+            # executor round trips each); the proxy is looked up once here instead.
+            self._proxy = _env_proxy(_chat_url(self.config.base_url))
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json",
+                         "Accept": "application/json", "User-Agent": "persona-forge"})
+        return self._session
 
     async def _stream_raw(self, requests: Sequence[ChatRequest]) -> AsyncIterator[tuple[int, Completion]]:
-        client = self._client_for_loop()
-        gate = asyncio.Semaphore(self.config.concurrency)
+        # `concurrency` workers take requests in order and put results on one queue: a fixed set
+        # of tasks instead of one per request waiting on a semaphore.
+        session = self._session_for_loop()
+        url = _chat_url(self.config.base_url)
+        pending = iter(enumerate(requests))
+        done: asyncio.Queue = asyncio.Queue()
 
-        async def run(index: int, request: ChatRequest) -> tuple[int, Completion]:
-            async with gate:
-                return index, await self._with_retries(client, request)
+        async def worker() -> None:
+            for index, request in pending:
+                try:
+                    done.put_nowait((index, await self._with_retries(session, url, request)))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                    done.put_nowait((index, exc))
+                    return
 
-        tasks = [asyncio.create_task(run(i, r)) for i, r in enumerate(requests)]
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(requests)))]
         try:
-            for next_done in asyncio.as_completed(tasks):
-                yield await next_done
+            for _ in range(len(requests)):
+                index, result = await done.get()
+                if isinstance(result, BaseException):
+                    raise result
+                yield index, result
         finally:
-            for task in tasks:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _with_retries(self, client, request: ChatRequest) -> Completion:
-        import openai
+    async def _post(self, session, url: str, request: ChatRequest) -> tuple[int, Any, bytes]:
+        async with session.post(url, data=json.dumps(self._body(request)).encode(), proxy=self._proxy) as response:
+            return response.status, response.headers, await response.read()
+
+    async def _with_retries(self, session, url: str, request: ChatRequest) -> Completion:
+        import aiohttp
 
         attempt = 0
         while True:
             attempt += 1
             connect_failed = False
+            wait = None
             try:
-                # A raw POST through the client (its auth, base_url, headers and error types)
-                # skips the SDK's per-request parameter transform and response model, which
-                # cost more CPU than the network wait at high concurrency (bench/backends.py).
-                response = await client.post("/chat/completions", body=self._body(request),
-                                             cast_to=_httpx().Response)
-                completion = _completion_from(_json_body(response), attempt)
-                self._successes += 1
-                return completion
-            except openai.APIStatusError as exc:
-                status = exc.status_code
+                status, headers, content = await self._post(session, url, request)
+                if status < 300:
+                    completion = _completion_from(_json_body(content), attempt)
+                    self._successes += 1
+                    return completion
                 if status in FATAL_STATUS:
-                    raise BackendUnavailable(self._fatal_message(status, exc)) from None
-                error = f"HTTP {status}: {_short(self._redact(_error_text(exc)))}"
+                    raise BackendUnavailable(self._fatal_message(status, _body_error_text(content)))
+                error = f"HTTP {status}: {_short(self._redact(_body_error_text(content)))}"
                 retry = status in RETRYABLE_STATUS
-                wait = _retry_after(exc.response.headers) if retry else None
-            except openai.APITimeoutError as exc:
-                error, retry, wait = _timeout_or_drop(exc, self.config.timeout_s), True, None
-                connect_failed = _connect_failed(exc)
-            except openai.APIConnectionError as exc:
-                error, retry, wait = f"connection failed: {_short(self._redact(str(exc.__cause__ or exc)))}", True, None
-                connect_failed = _connect_failed(exc)
-            except (openai.APIResponseValidationError, ValueError) as exc:
-                # A 200 whose body is not a chat completion (garbage from a proxy, a torn body).
-                error, retry, wait = f"unreadable response: {_short(self._redact(str(exc)))}", True, None
+                wait = _retry_after(headers) if retry else None
+            except aiohttp.ClientConnectorError as exc:  # refused, no route, DNS: nothing reached
+                error, retry, connect_failed = f"connection failed: {_short(self._redact(str(exc)))}", True, True
+            except asyncio.TimeoutError:
+                error, retry = f"no answer within {self.config.timeout_s:g}s", True
+            except (aiohttp.ClientError, ConnectionError) as exc:  # dropped, torn body
+                error, retry = f"connection failed: {_short(self._redact(str(exc) or type(exc).__name__))}", True
+            except ValueError as exc:
+                # A 2xx whose body is not a chat completion (garbage from a proxy, a torn body).
+                error, retry = f"unreadable response: {_short(self._redact(str(exc)))}", True
             # Only a refused connection says nothing is listening; one dropped after it was made
             # means the server is there (a proxy or a crashing worker), so that is retried per request.
             never_reached = self._successes == 0 and connect_failed
             if not retry or attempt > self.config.max_retries or (never_reached and attempt >= 3):
                 if never_reached:
                     raise BackendUnavailable(
-                        f"cannot reach {self.config.base_url or 'the OpenAI API'} ({error}); "
+                        f"cannot reach {redact_url(self.config.base_url) or 'the OpenAI API'} ({error}); "
                         f"check backend.base_url and that the server is running") from None
-                return Completion(text=None, error=error, attempts=attempt)
+                return Completion(text=None, error=self._redact(error), attempts=attempt)
             await asyncio.sleep(self._delay(attempt, wait))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -150,15 +194,39 @@ class OpenAIBackend(ChatBackend):
             body["response_format"] = {"type": "json_object"}
         return body
 
-    def _fatal_message(self, status: int, exc: Exception) -> str:
-        where = self.config.base_url or "the OpenAI API"
+    def _fatal_message(self, status: int, text: str) -> str:
+        where = redact_url(self.config.base_url) or "the OpenAI API"
         hint = {401: f"check the key in ${self.config.api_key_env}",
                 403: f"check the key in ${self.config.api_key_env} and its permissions",
                 404: f"check backend.base_url and backend.model ('{self.model}')"}[status]
-        return f"{where}: {FATAL_STATUS[status]} (HTTP {status}: {_short(self._redact(_error_text(exc)))}); {hint}"
+        return f"{where}: {FATAL_STATUS[status]} (HTTP {status}: {_short(self._redact(text))}); {hint}"
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """`text` without the API key or a secret written into base_url (http://user:KEY@host)."""
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def _secrets(self) -> list[str]:
+        secrets = [self._api_key] if self._api_key and self._api_key != "not-needed" else []
+        url = self.config.base_url or ""
+        if "@" in url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            secrets += [s for s in (parts.password, parts.username) if s and len(s) >= 4]
+        return secrets
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    """The endpoint without `user:KEY@`: the key travels as the Bearer token (aiohttp refuses a URL
+    with credentials beside an Authorization header)."""
+    if not url or "@" not in url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def read_key(config: BackendConfig) -> str:
@@ -166,6 +234,12 @@ def read_key(config: BackendConfig) -> str:
     key = os.environ.get(config.api_key_env, "")
     if key:
         return key
+    if config.base_url and "@" in config.base_url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(config.base_url)
+        if parts.password or parts.username:  # http://user:KEY@host: the key was written into the URL
+            return parts.password or parts.username
     if config.base_url:
         # Local servers (vLLM, llama.cpp, Ollama) usually take any key.
         return "not-needed"
@@ -198,9 +272,40 @@ def _http_client(config: BackendConfig):
         return openai.DefaultAsyncHttpxClient(timeout=config.timeout_s, limits=limits)
 
 
-def _json_body(response: Any) -> Any:
+def _chat_url(base_url: str | None) -> str:
+    base = _without_userinfo(base_url) or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return base.rstrip("/") + "/chat/completions"
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) names for `url`, if any."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+def _body_error_text(content: bytes) -> str:
+    """The message of an OpenAI-style error body, else the body's text."""
     try:
-        return json.loads(response.content)
+        body = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return content.decode("utf-8", "replace").strip() or "(empty body)"
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return json.dumps(body)[:500]
+
+
+def _json_body(content: bytes) -> Any:
+    try:
+        return json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not JSON ({exc})") from None
 
@@ -221,25 +326,6 @@ def _completion_from(body: Any, attempt: int) -> Completion:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         attempts=attempt,
     )
-
-
-def _timeout_or_drop(exc: Exception, timeout_s: float) -> str:
-    # Under aiohttp a connection the server closed without answering surfaces as a timeout
-    # ("Server disconnected"); call it what it is, or the user chases a slow server.
-    cause = str(exc.__cause__ or "")
-    if "disconnect" in cause.lower() or _connect_failed(exc):
-        return f"connection failed: {cause}"
-    return f"no answer within {timeout_s:g}s"
-
-
-def _connect_failed(exc: Exception) -> bool:
-    """Whether the TCP connection itself failed (refused, no route, DNS).
-
-    Matched by name: it is httpx.ConnectError or httpx2.ConnectError, by openai version; the
-    aiohttp transport reports a refused connection as a ConnectTimeout that says so.
-    """
-    cause = exc.__cause__
-    return type(cause).__name__ == "ConnectError" or "cannot connect to host" in str(cause).lower()
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -263,15 +349,6 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-def _error_text(exc: Exception) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", exc))
 
 
 def _short(text: str, limit: int = 200) -> str:

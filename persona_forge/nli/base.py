@@ -147,7 +147,9 @@ class CrossEncoderNLI(NLIModel):
         order = sorted(range(len(pairs)), key=lambda i: lengths[i])
         too_long = sum(1 for n in lengths if n > self.max_length)
         if too_long:
+            first = not self.truncated  # once per model: later calls only count
             self.truncated += too_long
+        if too_long and first:
             ui.info(f"[yellow]warning:[/yellow] {too_long} NLI pair(s) longer than {self.max_length} tokens "
                     f"were truncated (nli.max_length)")
         with torch.inference_mode():

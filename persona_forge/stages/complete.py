@@ -9,6 +9,7 @@ Out: <run_dir>/complete.jsonl (CompletionRecord, one per prompt, written as each
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def load_prompts(path: Path, seed: int) -> list[tuple[str, ChatRequest, list[Cha
     seen: set[str] = set()
     for line_no, row in enumerate(iter_jsonl(path), start=1):
         messages = _messages(row, path, line_no)
-        rid = str(row["id"]) if isinstance(row, dict) and "id" in row else \
+        rid = _given_id(row, path, line_no) if "id" in row else \
             record_id(STAGE, [m.model_dump() for m in messages], seed)
         if rid in seen:
             raise UserError(f"{path}:{line_no}: id {rid} appears twice; ids must be unique")
@@ -42,16 +43,27 @@ def load_prompts(path: Path, seed: int) -> list[tuple[str, ChatRequest, list[Cha
     return prompts
 
 
+def _given_id(row: dict, path: Path, line_no: int) -> str:
+    value = row["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise UserError(f"{path}:{line_no}: \"id\" must be a non-empty string or a number, not {json.dumps(value)}; "
+                        f"give one or leave the key out")
+    return str(value)
+
+
 def _messages(row: Any, path: Path, line_no: int) -> list[ChatMessage]:
     where = f"{path}:{line_no}"
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object with \"prompt\" or \"messages\"")
     if "messages" in row:
         try:
-            return [ChatMessage.model_validate(m) for m in row["messages"]]
+            messages = [ChatMessage.model_validate(m) for m in row["messages"]]
         except Exception:
             raise UserError(f"{where}: \"messages\" must be a list of {{\"role\": system|user|assistant, "
                             f"\"content\": text}}") from None
+        if not messages or not any(m.content.strip() for m in messages):
+            raise UserError(f"{where}: \"messages\" is empty; give at least one message with some text")
+        return messages
     if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
         raise UserError(f"{where}: needs a non-empty \"prompt\" string or a \"messages\" list")
     messages = [ChatMessage(role="user", content=row["prompt"])]
@@ -74,12 +86,13 @@ def run(recipe: Recipe, backend: ChatBackend, force: bool = False) -> dict[str, 
     done = store.ids()
     todo = [p for p in prompts if p[0] not in done]
     failed = asyncio.run(_complete_all(backend, todo, store, cfg.json_replies))
-    written = len(store.ids())
+    written = len(done) + len(todo) - failed  # each prompt's record written once, or it failed
     stage.set_count("prompts", len(prompts))
     stage.set_count("written", written)
     stage.set_count("failed_this_run", failed)
     figures = {"usage": backend.usage.as_dict()}
     if failed:
+        stage.manifest.figures.update(figures)  # with usage.last_errors: why they failed
         stage.save()
     else:
         stage.finish(**figures)

@@ -534,7 +534,9 @@ def summary_rows(cfg: CurateConfig, conv: Conversations, data: Path, run_dir: Ru
         "samples built": f"{counts['samples']:,} ({cfg.kind}, positions {cfg.positions})",
         "dropped": dropped or "none",
         "pool after cleaning": counts["pool"],
-        "chosen": f"{counts['selected']:,} by {cfg.strategy} (quality weight {cfg.quality_weight})",
+        "chosen": f"{counts['selected']:,} by {cfg.strategy} (quality weight {cfg.quality_weight})"
+                  + (f"; fewer than the {cfg.n:,} asked for (--n): the pool after cleaning holds {counts['pool']:,}"
+                     if counts["selected"] < cfg.n else ""),
         "coverage (mean distance, lower is better)": side("coverage_mean_distance"),
         f"clusters covered (of {report['clusters']})": side("clusters_covered"),
         "mean quality": side("mean_quality"),

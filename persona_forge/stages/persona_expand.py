@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..embeddings import Embed
+from ..limits import drop_long_attributes
 from ..errors import UserError
 from ..jsonparse import JsonParseError, parse_json
 from ..schema import Provenance, Record, record_id
@@ -161,6 +162,7 @@ def load_seed_texts(path: Path, column: str, max_seeds: int, seed: int) -> list[
         if key and key not in seen:
             seen.add(key)
             texts.append(text)
+    texts = drop_long_attributes(texts, path)
     if max_seeds and len(texts) > max_seeds:
         keep = sorted(random.Random(seed).sample(range(len(texts)), max_seeds))
         texts = [texts[i] for i in keep]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout, ui
-from ..config import BackendConfig, TrainConfig
+from ..config import BackendConfig, TrainConfig, redact_url
 from ..contract import StageContext, StageResult
 from ..errors import UserError
 from ..store import RunDir, file_sha256, iter_json_lines
@@ -79,7 +79,7 @@ def _job(cfg: TrainConfig, run_dir: Path, backend: BackendConfig, force: bool, p
     data = Path(cfg.data) if cfg.data else Path(run_dir) / layout.training_file("openai")
     examples = check_data(data)
     folder = out_dir(run_dir, cfg)
-    config = {"train": {"backend": "openai", "base_url": backend.base_url, "model": model,
+    config = {"train": {"backend": "openai", "base_url": redact_url(backend.base_url), "model": model,
                         "suffix": cfg.openai.suffix, "n_epochs": cfg.openai.n_epochs, "seed": cfg.seed}}
     rundir = RunDir(folder)
     previous = rundir.manifest(STAGE)
@@ -99,7 +99,7 @@ def _job(cfg: TrainConfig, run_dir: Path, backend: BackendConfig, force: bool, p
     except Exception as exc:  # the openai client's errors: one line, the key never in it
         name = type(exc).__name__
         if name in ("APIConnectionError", "APITimeoutError"):
-            raise UserError(f"cannot reach {backend.base_url or 'the OpenAI API'} ({name}); check backend.base_url "
+            raise UserError(f"cannot reach {redact_url(backend.base_url) or 'the OpenAI API'} ({name}); check backend.base_url "
                             f"and the network, then re-run (a started job is polled, not restarted)") from None
         status = getattr(exc, "status_code", None)
         if status is not None:
