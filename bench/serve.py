@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-clients", type=int, default=32)
     parser.add_argument("--max-queue", type=int, default=16, help="The server's queue bound in the load run.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores).")
+    parser.add_argument("--wait-ms", type=float, default=50.0, help="The batcher's wait window.")
+    parser.add_argument("--model", default=SPEC, help="Base model (a folder: a smoke run on another model).")
     args = parser.parse_args(argv)
 
     from tiny_lm import make_adapter
@@ -144,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     from persona_forge.models import converted_smollm2
     from persona_forge.serve.app import BackgroundServer, build_state
 
-    base = converted_smollm2(progress=False)
+    from persona_forge.models import causal_lm_path
+
+    base = converted_smollm2(progress=False) if args.model == SPEC else Path(causal_lm_path(args.model))
     names = [f"persona{i}" for i in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
         folders = {n: make_adapter(base, Path(tmp) / n, seed=i, scale=0.01) for i, n in enumerate(names)}
-        state = build_state(SPEC, None, {}, max_loaded=8, max_batch=8, wait_ms=10, max_queue=10_000,
+        state = build_state(args.model, None, {}, max_loaded=8, max_batch=8, wait_ms=args.wait_ms, max_queue=10_000,
                             repetition_penalty=1.15, threads=args.threads, progress=False)
         before = rss_mb()
         for n in names:  # loaded one by one, as /v1/load_lora_adapter does
@@ -160,13 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         per_adapter = state.engine.adapter_bytes(names[0])
         with BackgroundServer(state) as server:
             url = server.base_url
+            print(f"memory per loaded adapter: {per_adapter / 2**20:.2f} MiB of LoRA weights; process RSS grew "
+                  f"{grown:.1f} MiB over loading 8 ({grown / 8:.2f} MiB each)", flush=True)
             drive(url, names, 8, 8, args.tokens)  # warm-up: one batch of every adapter
             state.batcher.stats.clear()
             mixed_s, mixed_lat = drive(url, names, 8, args.requests, args.tokens)
             mixed_stats = dict(state.batcher.stats)
+            print(f"mixed: {args.requests} requests in {mixed_s:.1f} s", flush=True)
             state.batcher.mixed = False
             swap_n = args.swap_requests or args.requests
             swap_s, swap_lat = drive(url, names, 8, swap_n, args.tokens)
+            print(f"one adapter at a time: {swap_n} requests in {swap_s:.1f} s", flush=True)
             state.batcher.mixed = True
             one_s, one_lat = drive(url, names, 1, args.latency_requests, args.tokens)
             outcomes = None
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mixed_rate = args.requests * args.tokens / mixed_s
     swap_rate = swap_n * args.tokens / swap_s
-    print(f"\nforge serve: packaged SmolLM2-135M-Instruct (float32, CPU, {state.engine.model.device}), 8 random "
+    print(f"\nforge serve: {args.model} ({state.engine.model.dtype}, {state.engine.model.device}), 8 random "
           f"LoRA adapters r=8 on q_proj,v_proj; {args.tokens} new tokens per request, greedy, EOS ignored")
     print(f"{'run':<34}{'requests':>9}{'seconds':>9}{'tokens/s':>10}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}")
     rows = [("8 clients, mixed-adapter batches", args.requests, mixed_s, mixed_lat),
@@ -189,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mixed vs one adapter at a time: {mixed_rate / swap_rate:.2f}x tokens/s")
     batches = max(1, mixed_stats.get("batches", 1))
     print(f"rows per batch over the whole run: {mixed_stats.get('rows', 0) / batches:.1f}")
-    print(f"memory per loaded adapter: {per_adapter / 2**20:.2f} MiB of LoRA weights; process RSS grew "
-          f"{grown:.1f} MiB over loading 8 ({grown / 8:.2f} MiB each)")
     if outcomes is not None:
         total = sum(outcomes.values())
         lost = sum(v for k, v in outcomes.items() if not k.isdigit())

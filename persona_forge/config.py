@@ -474,7 +474,7 @@ class ServeConfig(Section):
                                                  "unloaded (and reloaded when asked for).")
     max_rank: int = Field(64, ge=1, description="Largest LoRA rank accepted at load.")
     max_batch: int = Field(16, ge=1, description="Requests generated together in one batch.")
-    batch_wait_ms: float = Field(10.0, ge=0, description="How long the batcher waits for more requests before "
+    batch_wait_ms: float = Field(50.0, ge=0, description="How long the batcher waits for more requests before "
                                                          "starting a batch.")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond the running batch; past it the server "
                                                  "answers 429 with Retry-After.")

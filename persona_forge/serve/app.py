@@ -322,7 +322,7 @@ async def _sse(model: str, gen: GenRequest, events: asyncio.Queue, include_usage
 
 # --- building a server ---
 def build_state(model_spec: str, served_name: str | None, adapters: dict[str, Path], *, max_loaded: int = 8,
-                max_rank: int = 64, max_batch: int = 16, wait_ms: float = 10.0, max_queue: int = 64,
+                max_rank: int = 64, max_batch: int = 16, wait_ms: float = 50.0, max_queue: int = 64,
                 mixed: bool = True, max_tokens: int = 256, repetition_penalty: float = 1.0,
                 base_aliases: list[str] | None = None, api_key: str | None = None, threads: int | None = None,
                 progress: bool = True) -> ServeState:

@@ -40,7 +40,7 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, engine: Engine, registry: AdapterRegistry, max_batch: int = 16, wait_ms: float = 10.0,
+    def __init__(self, engine: Engine, registry: AdapterRegistry, max_batch: int = 16, wait_ms: float = 50.0,
                  max_queue: int = 64, mixed: bool = True):
         self.engine = engine
         self.registry = registry
