@@ -8,6 +8,8 @@ SmolLM2 in this process (uvicorn on a loopback port) and driven with the real `o
    end-of-sequence token ignored so every request does the same work): mixed-adapter batches vs
    one adapter at a time (per_adapter batching: each batch one adapter, swapped between batches;
    with every client on its own adapter that is one request per batch). Same model, same process.
+   The mixed run is repeated with serve.lora_kernel=bmm (two batched matmuls per layer instead of
+   peft's loop over the batch's adapters).
 2. latency p50 / p95 at 1 client and at 8 clients (mixed).
 3. memory per loaded adapter: its LoRA weights' bytes, and the process RSS growth over loading 8.
 4. a bounded load: 32 clients for S seconds against a small queue; every request must come back
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-clients", type=int, default=32)
     parser.add_argument("--max-queue", type=int, default=16, help="The server's queue bound in the load run.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores).")
+    parser.add_argument("--no-bmm", dest="bmm", action="store_false",
+                        help="Skip the mixed run with serve.lora_kernel=bmm.")
     parser.add_argument("--wait-ms", type=float, default=50.0, help="The batcher's wait window.")
     parser.add_argument("--model", default=SPEC, help="Base model (a folder: a smoke run on another model).")
     args = parser.parse_args(argv)
@@ -171,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             mixed_s, mixed_lat = drive(url, names, 8, args.requests, args.tokens)
             mixed_stats = dict(state.batcher.stats)
             print(f"mixed: {args.requests} requests in {mixed_s:.1f} s", flush=True)
+            bmm_s = bmm_lat = None
+            if args.bmm:
+                state.engine.lora_kernel = "bmm"
+                bmm_s, bmm_lat = drive(url, names, 8, args.requests, args.tokens)
+                state.engine.lora_kernel = "peft"
+                print(f"mixed (bmm kernel): {args.requests} requests in {bmm_s:.1f} s", flush=True)
             state.batcher.mixed = False
             swap_n = args.swap_requests or args.requests
             swap_s, swap_lat = drive(url, names, 8, swap_n, args.tokens)
@@ -191,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("8 clients, mixed-adapter batches", args.requests, mixed_s, mixed_lat),
             ("8 clients, one adapter at a time", swap_n, swap_s, swap_lat),
             ("1 client (mixed server)", args.latency_requests, one_s, one_lat)]
+    if bmm_s is not None:
+        rows.insert(1, ("8 clients, mixed, lora_kernel=bmm", args.requests, bmm_s, bmm_lat))
     for label, n, seconds, lat in rows:
         print(f"{label:<34}{n:>9}{seconds:>9.1f}{n * args.tokens / seconds:>10.1f}{n / seconds:>8.2f}"
               f"{percentile(lat, 0.5):>8.2f}{percentile(lat, 0.95):>8.2f}")
     print(f"mixed vs one adapter at a time: {mixed_rate / swap_rate:.2f}x tokens/s")
+    if bmm_s is not None:
+        print(f"mixed with lora_kernel=bmm vs one adapter at a time: "
+              f"{args.requests * args.tokens / bmm_s / swap_rate:.2f}x tokens/s")
     batches = max(1, mixed_stats.get("batches", 1))
     print(f"rows per batch over the whole run: {mixed_stats.get('rows', 0) / batches:.1f}")
     if outcomes is not None:

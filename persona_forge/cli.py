@@ -657,7 +657,7 @@ def serve(obj: Context, sub_recipe: Path | None, model: str | None, adapters: tu
                         mixed=cfg.batching == "mixed", max_tokens=cfg.max_tokens,
                         repetition_penalty=cfg.repetition_penalty or recipe.backend.repetition_penalty,
                         base_aliases=cfg.base_aliases, api_key=api_key, threads=cfg.threads,
-                        progress=ui.verbosity() >= 0)
+                        lora_kernel=cfg.lora_kernel, progress=ui.verbosity() >= 0)
     ui.summary("forge serve", {"base": state.base_name, "adapters": ", ".join(found) or "(none yet)",
                                "endpoint": f"http://{cfg.host}:{cfg.port}/v1",
                                "auth": f"Bearer ${cfg.api_key_env}" if api_key else "none (loopback)"})

@@ -481,6 +481,10 @@ class ServeConfig(Section):
     batching: Literal["mixed", "per_adapter"] = Field(
         "mixed", description="mixed: requests for different adapters share a batch; per_adapter: one adapter per "
                              "batch, swapped between batches (the baseline).")
+    lora_kernel: Literal["peft", "bmm"] = Field(
+        "peft", description="How a mixed batch applies its adapters: peft: peft's adapter_names (a loop over the "
+                            "batch's adapters in every layer); bmm: each row's LoRA weights stacked, two batched "
+                            "matmuls per layer (fewer, larger operations).")
     max_tokens: int = Field(256, ge=1, description="New tokens when a request gives no max_tokens.")
     repetition_penalty: float | None = Field(None, ge=1.0, description="Applied when a request gives none; "
                                                                         "default backend.repetition_penalty, so "

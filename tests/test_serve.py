@@ -250,12 +250,13 @@ def _concurrently(calls):
         return list(pool.map(lambda f: f(), calls))
 
 
-def test_mixed_batch_rows_equal_each_adapter_alone(tiny):
+@pytest.mark.parametrize("kernel", ["peft", "bmm"])
+def test_mixed_batch_rows_equal_each_adapter_alone(tiny, kernel):
     """Greedy, row by row: a batch mixing the base and three adapters (prompts of different
     lengths) gives each request exactly what that adapter gives it alone."""
     models = [None, "alice", "bob", "carol", "alice", "carol", "bob", None]
     prompts = [PROMPTS[i % 4] for i in range(len(models))]
-    with Served(_state(tiny, wait_ms=400, max_batch=8)) as running:
+    with Served(_state(tiny, wait_ms=400, max_batch=8, lora_kernel=kernel)) as running:
         calls = [lambda m=m, p=p: _ask(running.client, m or "tiny-base", p, max_tokens=20) for m, p in zip(models, prompts)]
         replies = [r.choices[0].message.content for r in _concurrently(calls)]
         stats = running.state.batcher.stats

@@ -55,7 +55,8 @@ class GenResult:
 class Engine:
     """The base model, wrapped by peft once an adapter is loaded, and batched generation."""
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, lora_kernel: str = "peft"):
+        self.lora_kernel = lora_kernel  # "peft": adapter_names=; "bmm": one batched matmul per layer
         self.base_model = model
         self.model = model          # becomes the PeftModel on the first adapter
         self.tokenizer = tokenizer
@@ -132,10 +133,20 @@ class Engine:
             "pad_token_id": self.pad_id, "logits_processor": LogitsProcessorList([processor]),
             "stopping_criteria": StoppingCriteriaList([stopper]),
         }
-        if self.peft and mixed:
+        hooks = None
+        if self.peft and mixed and self.lora_kernel == "bmm":
+            hooks = bmm_lora_hooks(self.model, [r.adapter for r in requests])
+        if self.peft and mixed and hooks is None:
             kwargs["adapter_names"] = [r.adapter or BASE for r in requests]
         with torch.inference_mode():
-            if self.peft and not mixed and requests[0].adapter is None:
+            if hooks is not None:
+                try:
+                    with self.model.disable_adapter():  # peft adds nothing; the hooks add each row's delta
+                        self.model.generate(**kwargs)
+                finally:
+                    for handle in hooks:
+                        handle.remove()
+            elif self.peft and not mixed and requests[0].adapter is None:
                 with self.model.disable_adapter():
                     self.model.generate(**kwargs)
             else:
@@ -144,6 +155,44 @@ class Engine:
         return [GenResult(text=row.text, finish_reason=row.finish or "length", prompt_tokens=len(r.prompt_ids),
                           completion_tokens=len(row.ids))
                 for r, row in zip(requests, stopper.rows)]
+
+
+def bmm_lora_hooks(model: Any, adapters: Sequence[str | None]) -> list | None:
+    """Forward hooks that add every row's own LoRA update with two batched matmuls per layer
+    (each row's A and B stacked, ranks zero-padded to the largest), instead of peft's loop over
+    the adapters in the batch; None where an adapter is not a plain LoRA Linear (peft handles it)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    plans = []
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or not isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
+            continue
+        present = {a for a in adapters if a is not None and a in module.lora_A}
+        if not present:
+            continue
+        if any(a in getattr(module, "lora_variant", {}) for a in present):
+            return None
+        rank = max(module.r[a] for a in present)
+        first_a = module.lora_A[next(iter(present))].weight
+        a_rows = first_a.new_zeros(len(adapters), rank, module.in_features)
+        b_rows = first_a.new_zeros(len(adapters), module.out_features, rank)
+        scale = first_a.new_zeros(len(adapters), 1, 1)
+        for i, name in enumerate(adapters):
+            if name in present:
+                r = module.r[name]
+                a_rows[i, :r] = module.lora_A[name].weight
+                b_rows[i, :, :r] = module.lora_B[name].weight
+                scale[i] = module.scaling[name]
+        plans.append((module, a_rows.transpose(1, 2), b_rows.transpose(1, 2), scale))
+
+    def hook(a_t, b_t, scale):
+        def add_update(_module, args, output):
+            x = args[0]
+            return output + torch.bmm(torch.bmm(x.to(a_t.dtype), a_t), b_t).to(output.dtype) * scale
+        return add_update
+
+    return [module.register_forward_hook(hook(a_t, b_t, scale)) for module, a_t, b_t, scale in plans]
 
 
 def _generator(seed: int | None):
