@@ -34,7 +34,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -46,6 +45,34 @@ PERSONAS = ["I love hiking. I have a dog named Max.", "I am a nurse. I work nigh
             "I study physics. I live in a small flat.", "I build furniture. I have two daughters."]
 QUESTIONS = ["What do you do on weekends?", "Tell me about your family.", "What did you eat today?",
              "Do you have any pets?", "What is your job like?"]
+
+
+def make_adapters(base: Path, root: Path, names: list[str], r: int = 8) -> dict[str, Path]:
+    """Random LoRA adapters (r=8 on q_proj, v_proj, small B weights so replies stay sensible), one
+    base model load for all of them."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                                      task_type="CAUSAL_LM"))
+    folders = {}
+    for i, name in enumerate(names):
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if "lora_" in key:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
+        model.save_pretrained(root / name)
+        config = json.loads((root / name / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = str(base)
+        (root / name / "adapter_config.json").write_text(json.dumps(config))
+        folders[name] = root / name
+    del model
+    return folders
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -145,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=SPEC, help="Base model (a folder: a smoke run on another model).")
     args = parser.parse_args(argv)
 
-    from tiny_lm import make_adapter
-
     from persona_forge.models import converted_smollm2
     from persona_forge.serve.app import BackgroundServer, build_state
 
@@ -155,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     base = converted_smollm2(progress=False) if args.model == SPEC else Path(causal_lm_path(args.model))
     names = [f"persona{i}" for i in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {n: make_adapter(base, Path(tmp) / n, seed=i, scale=0.01) for i, n in enumerate(names)}
+        folders = make_adapters(base, Path(tmp), names)
         state = build_state(args.model, None, {}, max_loaded=8, max_batch=8, wait_ms=args.wait_ms, max_queue=10_000,
                             repetition_penalty=1.15, threads=args.threads, progress=False)
         before = rss_mb()
