@@ -812,6 +812,90 @@ def annotate(obj: Context, sub_recipe: Path | None, run_dir_arg: Path, task: str
     _serve_web(run_dir, recipe.annotate, host, port, query, task=task, annotator=annotator)
 
 
+# --- forge serve ---
+@forge.command("serve")
+@_stage_recipe_option
+@click.option("--model", default=None, help="Base model (default serve.model, else backend.model).")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="A LoRA adapter to serve as NAME (repeatable; DIR alone: named after the folder).")
+@click.option("--adapters-dir", type=click.Path(path_type=Path), default=None,
+              help="Serve every adapter under this folder (e.g. <run_dir>/train).")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; elsewhere needs an API key).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--engine", type=click.Choice(["local", "vllm"]), default=None,
+              help="local: transformers + peft here; vllm: run (or print) `vllm serve` with the same adapters.")
+@click.option("--served-model-name", default=None, help="The base model's name in requests (default: --model).")
+@click.option("--max-loaded", type=int, default=None, help="Adapters resident at once (LRU; default 8).")
+@click.option("--batching", type=click.Choice(["mixed", "per_adapter"]), default=None,
+              help="mixed: adapters share batches (default); per_adapter: one adapter per batch.")
+@click.pass_obj
+def serve(obj: Context, sub_recipe: Path | None, model: str | None, adapters: tuple[str, ...],
+          adapters_dir: Path | None, host: str | None, port: int | None, engine: str | None,
+          served_model_name: str | None, max_loaded: int | None, batching: str | None) -> None:
+    """Serve the base model and persona adapters on one OpenAI-compatible endpoint; the request's
+    `model` picks the adapter. Load more at runtime: POST /v1/load_lora_adapter.
+
+    Example: forge serve --adapter sft=runs/quickstart/train/sft/adapter --port 8000
+    """
+    import os
+
+    from .serve.registry import adapters_from
+
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "serve.model": model, "serve.host": host, "serve.port": port, "serve.engine": engine,
+        "serve.served_model_name": served_model_name, "serve.max_loaded": max_loaded, "serve.batching": batching})
+    cfg = recipe.serve
+    spec = cfg.model or recipe.backend.model
+    if recipe.backend.kind != "local" and not cfg.model:
+        spec = "packaged:smollm2-135m-instruct"
+    found = adapters_from(adapters, cfg.adapters_dir if adapters_dir is None else adapters_dir, cfg.adapters)
+    api_key = os.environ.get(cfg.api_key_env) or None
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        raise UserError(f"--host {cfg.host}: binding beyond loopback needs an API key; set ${cfg.api_key_env} "
+                        "(clients send it as Bearer) or bind 127.0.0.1")
+    if cfg.engine == "vllm":
+        _serve_vllm(cfg, spec, found)
+        return
+    import uvicorn
+
+    from .serve.app import build_state, create_app
+
+    state = build_state(spec, cfg.served_model_name, found, max_loaded=cfg.max_loaded, max_rank=cfg.max_rank,
+                        max_batch=cfg.max_batch, wait_ms=cfg.batch_wait_ms, max_queue=cfg.max_queue,
+                        mixed=cfg.batching == "mixed", max_tokens=cfg.max_tokens,
+                        repetition_penalty=cfg.repetition_penalty or recipe.backend.repetition_penalty,
+                        base_aliases=cfg.base_aliases, api_key=api_key, threads=cfg.threads,
+                        lora_kernel=cfg.lora_kernel, progress=ui.verbosity() >= 0)
+    ui.summary("forge serve", {"base": state.base_name, "adapters": ", ".join(found) or "(none yet)",
+                               "endpoint": f"http://{cfg.host}:{cfg.port}/v1",
+                               "auth": f"Bearer ${cfg.api_key_env}" if api_key else "none (loopback)"})
+    try:
+        uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_level="warning")
+    finally:
+        state.batcher.close()
+
+
+def _serve_vllm(cfg, spec: str, found: dict[str, Path]) -> None:
+    import os
+    import subprocess
+
+    from .models import causal_lm_path, resolve
+    from .serve import vllm
+
+    path = spec if resolve(spec).kind == "hub" else causal_lm_path(spec, progress=ui.verbosity() >= 0)
+    ranks = [json.loads((Path(p) / "adapter_config.json").read_text()).get("r", 8) for p in found.values()
+             if (Path(p) / "adapter_config.json").is_file()]
+    cmd = vllm.vllm_command(path, found, host=cfg.host, port=cfg.port, max_loaded=cfg.max_loaded,
+                            max_rank=max(ranks, default=16), served_model_name=cfg.served_model_name or spec)
+    if not vllm.vllm_installed():
+        click.echo(vllm.shell_line(cmd, cfg.api_key_env))
+        ui.info("vLLM is not installed here: run the command above on a machine with vLLM (pip install vllm)")
+        return
+    code = subprocess.call(cmd, env={**os.environ, **vllm.vllm_env(cfg.api_key_env)})
+    if code:
+        raise UserError(f"vllm serve exited with status {code}; its own output above says why")
+
+
 # --- defaults in --help ---
 # A stage option left unset takes the recipe's value, so its help shows the built-in default
 # from config.py (the one place defaults live) unless the help text already states it.

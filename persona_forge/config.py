@@ -513,6 +513,48 @@ class AnnotateConfig(Section):
             raise ValueError("traits and tags must not repeat")
         return self
 
+class ServeConfig(Section):
+    """`forge serve`: one base model, many LoRA adapters, one OpenAI-compatible endpoint."""
+
+    model: str | None = Field(None, description="Base model (packaged:NAME, a folder, a hub name); default "
+                                                "backend.model.")
+    served_model_name: str | None = Field(None, description="The base model's name in requests and /v1/models; "
+                                                            "default the model spec as given.")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="Adapters served from the start: "
+                                                                        "NAME: folder.")
+    adapters_dir: Path | None = Field(None, description="Also serve every adapter under this folder (a folder with "
+                                                        "adapter_config.json, named after it; forge train's "
+                                                        "<name>/adapter/ is named <name>).")
+    host: str = Field("127.0.0.1", description="Address to bind; anything but loopback needs an API key.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    api_key_env: str = Field("FORGE_SERVE_API_KEY", description="Environment variable holding the API key "
+                                                                 "(required off loopback; checked whenever set).")
+    engine: Literal["local", "vllm"] = Field("local", description="local: transformers + peft here; vllm: start "
+                                                                   "`vllm serve` with the same adapters (or print the "
+                                                                   "command where vLLM is not installed).")
+    max_loaded: int = Field(8, ge=1, description="Adapters resident at once; past it the least recently used is "
+                                                 "unloaded (and reloaded when asked for).")
+    max_rank: int = Field(64, ge=1, description="Largest LoRA rank accepted at load.")
+    max_batch: int = Field(16, ge=1, description="Requests generated together in one batch.")
+    batch_wait_ms: float = Field(50.0, ge=0, description="How long the batcher waits for more requests before "
+                                                         "starting a batch.")
+    max_queue: int = Field(64, ge=1, description="Requests waiting beyond the running batch; past it the server "
+                                                 "answers 429 with Retry-After.")
+    batching: Literal["mixed", "per_adapter"] = Field(
+        "mixed", description="mixed: requests for different adapters share a batch; per_adapter: one adapter per "
+                             "batch, swapped between batches (the baseline).")
+    lora_kernel: Literal["peft", "bmm"] = Field(
+        "peft", description="How a mixed batch applies its adapters: peft: peft's adapter_names (a loop over the "
+                            "batch's adapters in every layer); bmm: each row's LoRA weights stacked, two batched "
+                            "matmuls per layer (fewer, larger operations).")
+    max_tokens: int = Field(256, ge=1, description="New tokens when a request gives no max_tokens.")
+    repetition_penalty: float | None = Field(None, ge=1.0, description="Applied when a request gives none; "
+                                                                        "default backend.repetition_penalty, so "
+                                                                        "replies match the local backend's.")
+    base_aliases: list[str] = Field(default_factory=list, description="Other names adapters may declare as their "
+                                                                      "base model (adapter_config.json).")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+
 
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
@@ -529,6 +571,7 @@ class Recipe(Section):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,
