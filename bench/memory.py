@@ -14,7 +14,8 @@ user1 (the model's partner), the model plays user2 with its persona as the syste
    none      the persona system prompt and the probe;
    history   the whole conversation (every turn) and then the probe;
    block     the persona system prompt with the memory block (every active fact, within the budget);
-   retrieve  the block with the top-k facts by cosine to the probe (FAISS), within the budget.
+   retrieve  the block with the top-k facts by cosine to the probe (FAISS), within the budget
+             (retrieve@K: with top_k K).
 5. An answer counts when the NLI finds the fact entailed. The answer speaks to the user ("You have
    a turtle"), so its second person is turned into the first ("I have a turtle") before judging.
    Both directions are measured: answer -> fact (premise = the answer; the primary figure: a reply
@@ -119,6 +120,10 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
 
+    from persona_forge.nli.train import embedded_dir
+
+    if not (embedded_dir() / "build.json").is_file():
+        sys.exit(f"the embedded NLI is not built yet ({embedded_dir()}); run `forge nli build` (under the lock) first")
     nli = load_nli(NLIConfig(), progress=False)
     encoder = SentenceEncoder()
     backend = build_backend(BackendConfig(kind="local", sampling=SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)),
@@ -160,12 +165,16 @@ def main() -> None:
                     continue
                 slot, question = made
                 probe = Turn(speaker="user1", text=question)
-                messages = {
-                    "none": reply_messages(persona_bot, [probe], "user2"),
-                    "history": reply_messages(persona_bot, [*history, probe], "user2"),
-                    "block": reply_messages(persona_bot, [probe], "user2", memory=memory.block(question, "block")),
-                    "retrieve": reply_messages(persona_bot, [probe], "user2", memory=memory.block(question, "retrieve")),
-                }
+                messages = {}
+                for c in conditions:
+                    if c == "none":
+                        messages[c] = reply_messages(persona_bot, [probe], "user2")
+                    elif c == "history":
+                        messages[c] = reply_messages(persona_bot, [*history, probe], "user2")
+                    else:  # block, retrieve, retrieve@K
+                        mode, _, k = c.partition("@")
+                        memory.config = config.model_copy(update={"top_k": int(k)}) if k else config
+                        messages[c] = reply_messages(persona_bot, [probe], "user2", memory=memory.block(question, mode))
                 probes.append({"conversation": convo["id"], "fact": sentence, "slot": slot, "question": question,
                                "facts": [f.text for f in memory.active()],
                                "messages": {c: [m.model_dump() for m in messages[c]] for c in conditions}})

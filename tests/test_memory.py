@@ -153,7 +153,7 @@ def test_memory_block_goes_into_the_rendered_system_prompt():
         "You are a person chatting with someone you have just met. Stay in character; this is who you are:\n"
         "- I like tea.\n"
         "Reply with one short, natural message, as this person would.\n\n"
-        "What you remember about the person you are talking to, from what they told you before:\n"
+        "What the person you are talking to told you before:\n"
         "- They have a turtle named Timothy.")
     plain = reply_messages(["I like tea."], [Turn(speaker="user1", text="hi")], "user2")
     assert plain[0].content.endswith("as this person would.")
