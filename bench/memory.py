@@ -221,12 +221,14 @@ def main() -> None:
         r, q = row["recall"], row["recall_fact_to_answer"]
         print(f"{c:<10} {r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]{'':<5} "
               f"{q['value']:.3f} [{q['low']:.3f}, {q['high']:.3f}]{'':<5} {row['prompt_tokens']:>13.1f}")
-    if {"none", "history", "retrieve"} <= set(rows):
-        h, r, z = (rows[c]["recall"]["value"] for c in ("history", "retrieve", "none"))
-        th, tr = rows["history"]["prompt_tokens"], rows["retrieve"]["prompt_tokens"]
-        print(f"retrieve / history recall {r / h if h else float('nan'):.2f} (target >= 0.90); "
-              f"prompt tokens {tr / th:.2f} (target <= 0.30); retrieve / none recall "
-              f"{r / z if z else float('inf'):.2f} (target >= 2)")
+    if {"none", "history"} <= set(rows):
+        h, z = rows["history"]["recall"]["value"], rows["none"]["recall"]["value"]
+        th = rows["history"]["prompt_tokens"]
+        for c in (c for c in rows if c.startswith(("retrieve", "block"))):
+            r, tr = rows[c]["recall"]["value"], rows[c]["prompt_tokens"]
+            print(f"{c}: recall / history {r / h if h else float('nan'):.2f} (target >= 0.90); prompt tokens / "
+                  f"history {tr / th:.2f} (target <= 0.30); recall / none {r / z if z else float('inf'):.2f} "
+                  f"(target >= 2)")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                          "probes": probes}, indent=1))
