@@ -18,8 +18,9 @@ from .extract import Changes, Encoder, SentenceEncoder, Thresholds, VectorCache,
 from .retrieve import TokenCounter, select, third_person, tokenizer_counter, word_count
 from .store import MemoryFact, MemoryStore, default_dir
 
-__all__ = ["UserMemory", "MemoryStore", "MemoryFact", "Changes", "SentenceEncoder", "candidates", "integrate",
-           "select", "third_person", "tokenizer_counter", "word_count", "default_dir", "block_header"]
+__all__ = ["UserMemory", "MemoryStore", "MemoryFact", "Changes", "Encoder", "SentenceEncoder", "Thresholds",
+           "VectorCache", "candidates", "integrate", "select", "third_person", "tokenizer_counter", "word_count",
+           "default_dir", "block_header"]
 
 
 def block_header(prompts: Any = None) -> str:
