@@ -277,3 +277,20 @@ def test_extract_prompt_renders_exactly():
             "Timothy.\"). Leave out questions, greetings, opinions about you and passing small talk. Reply with JSON\n"
             "only: {\"facts\": [\"...\", \"...\"]}, or {\"facts\": []} when the message states none."},
         {"role": "user", "content": "I have two cats."})
+
+
+@pytest.mark.integration
+def test_real_nli_and_encoder_dedup_and_supersede(tmp_path, embedded_nli):
+    """The embedded NLI and MiniLM: a restatement is a duplicate, a change of mind supersedes."""
+    from persona_forge.config import NLIConfig
+    from persona_forge.memory import SentenceEncoder
+    from persona_forge.nli.base import load_nli
+
+    mem = UserMemory("dana", MemoryConfig(dir=tmp_path), nli=load_nli(NLIConfig(), progress=False),
+                     encoder=SentenceEncoder())
+    first = mem.observe("I have a turtle named Timothy. I work as a nurse.")
+    assert len(first.added) == 2
+    assert not mem.observe("Did I say I have a turtle named Timothy? I do!").added
+    changed = mem.observe("I don't work as a nurse anymore.")
+    assert len(changed.superseded) == 1 and changed.superseded[0][0] == first.added[1].id
+    assert mem.block("What pet do I have?", "retrieve")[0] == "They have a turtle named Timothy."
