@@ -290,7 +290,8 @@ def test_real_nli_and_encoder_dedup_and_supersede(tmp_path, embedded_nli):
                      encoder=SentenceEncoder())
     first = mem.observe("I have a turtle named Timothy. I work as a nurse.")
     assert len(first.added) == 2
-    assert not mem.observe("Did I say I have a turtle named Timothy? I do!").added
+    again = mem.observe("Oh, my turtle is called Timothy.")
+    assert not again.added and again.duplicates[0][1] == first.added[0].id
     changed = mem.observe("I don't work as a nurse anymore.")
     assert len(changed.superseded) == 1 and changed.superseded[0][0] == first.added[1].id
     assert mem.block("What pet do I have?", "retrieve")[0] == "They have a turtle named Timothy."
