@@ -5,7 +5,11 @@ system prompt, you as `user`, its own earlier replies as `assistant`. With --bas
 answers every message too (the adapter switched off), so the two can be compared side by side; the
 conversation goes on with the trained model's reply.
 
-Commands: /reset starts over, /quit (or end of input) stops.
+With --user the model also remembers who it is talking to (persona_forge.memory): before each
+reply the user's facts (all of them, or the ones relevant to the message) go into a memory block
+of the system prompt; after it, what the message says about the user is remembered.
+
+Commands: /reset starts over, /memory shows what is remembered, /quit (or end of input) stops.
 """
 
 from __future__ import annotations
@@ -95,8 +99,30 @@ class ChatModel:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def user_memory(recipe: Any, user: str, mode: str | None, tokenizer: Any = None):
+    """The user's memory for a chat (persona_forge.memory.UserMemory); models load on first use."""
+    from .memory import SentenceEncoder, UserMemory, tokenizer_counter, word_count
+    from .memory.extract import LLMExtractor
+
+    config = recipe.memory.model_copy(update={"mode": mode}) if mode else recipe.memory
+
+    def nli():
+        from .backends import build_backend
+        from .nli.base import load_nli
+
+        return load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress=False)
+
+    extractor = None
+    if config.extractor == "llm" or (config.extractor == "auto" and recipe.backend.kind == "openai"):
+        from .backends import build_backend
+
+        extractor = LLMExtractor(build_backend(recipe.backend, progress=False))
+    return UserMemory(user, config, nli=nli, encoder=lambda: SentenceEncoder(config.encoder), extractor=extractor,
+                      count=tokenizer_counter(tokenizer) if tokenizer is not None else word_count)
+
+
 def converse(persona: list[str], reply: Callable[[list[dict[str, str]], bool], str], compare_base: bool,
-             lines: Iterable[str], out: TextIO, interactive: bool, has_adapter: bool) -> int:
+             lines: Iterable[str], out: TextIO, interactive: bool, has_adapter: bool, memory: Any = None) -> int:
     """The loop: each input line is your message; returns how many messages were answered."""
     from .samples import reply_messages
 
@@ -113,16 +139,24 @@ def converse(persona: list[str], reply: Callable[[list[dict[str, str]], bool], s
             history = []
             print("(conversation reset)", file=out, flush=True)
             continue
+        if text == "/memory" and memory is not None:
+            facts = memory.active()
+            print("\n".join(f"({f.id[:8]}) {f.text}" for f in facts) or "(nothing remembered yet)", file=out,
+                  flush=True)
+            continue
         if text.startswith("/"):
             print(f"(unknown command {text}; /reset starts over, /quit stops)", file=out, flush=True)
             continue
+        block = memory.block(text) if memory is not None and memory.config.mode != "off" else []
         history.append(Turn(speaker=YOU, text=text))
-        messages = [m.model_dump() for m in reply_messages(persona, history, BOT)]
+        messages = [m.model_dump() for m in reply_messages(persona, history, BOT, memory=block)]
         answer = reply(messages, False)
         print(f"{label}> {answer}", file=out, flush=True)
         if compare_base and has_adapter:
             print(f"base> {reply(messages, True)}", file=out, flush=True)
         history.append(Turn(speaker=BOT, text=answer))
+        if memory is not None and memory.config.mode != "off":
+            memory.observe(text)
         answered += 1
     return answered
 

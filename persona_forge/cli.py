@@ -442,14 +442,17 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
 @click.option("--model", default=None, help="Base model (default: the one the adapter was trained on, as its "
                                             "train.manifest.json says; else train.model or backend.model).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--user", default=None, help="Remember this user across chats (their facts in the memory dir).")
+@click.option("--memory", "memory_mode", type=click.Choice(["off", "block", "retrieve"]), default=None,
+              help="With --user: no memory block, all facts, or the top-k relevant (default: memory.mode).")
 @click.pass_obj
 def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path: Path | None,
-         compare_base: bool, model: str | None, seed: int) -> None:
+         compare_base: bool, model: str | None, seed: int, user: str | None, memory_mode: str | None) -> None:
     """Chat with the trained persona model in the terminal; /reset starts over, /quit stops.
 
     Reads stdin when it is not a terminal, one message a line. Sampling follows backend.sampling.
 
-    Example: forge chat --adapter runs/quickstart/train/sft/adapter --persona me.txt --base
+    Example: forge chat --adapter runs/quickstart/train/sft/adapter --persona me.txt --user alice
     """
     import torch
 
@@ -464,12 +467,15 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
     local_default = recipe.backend.model if recipe.backend.kind == "local" else "packaged:smollm2-135m-instruct"
     spec = model or chat_mod.trained_base(adapter_path) or recipe.train.model or local_default
     interactive = sys.stdin.isatty()
+    if memory_mode is not None and user is None:
+        raise UserError("--memory needs --user ID: the user whose memory to use")
     chat_model = chat_mod.ChatModel(spec, adapter_path, recipe.backend, progress=ui.verbosity() >= 0)
+    memory = chat_mod.user_memory(recipe, user, memory_mode, chat_model.tokenizer) if user else None
     torch.manual_seed(seed)
     if interactive:
         ui.info(f"persona: {' '.join(persona)}\n/reset starts over, /quit stops")
     chat_mod.converse(persona, chat_model.reply, compare_base, chat_mod.stdin_lines(interactive), sys.stdout,
-                      interactive, chat_model.has_adapter)
+                      interactive, chat_model.has_adapter, memory)
 
 
 @forge.command("run")
@@ -894,6 +900,79 @@ def _serve_vllm(cfg, spec: str, found: dict[str, Path]) -> None:
     code = subprocess.call(cmd, env={**os.environ, **vllm.vllm_env(cfg.api_key_env)})
     if code:
         raise UserError(f"vllm serve exited with status {code}; its own output above says why")
+
+
+# --- forge memory ---
+
+@forge.group("memory")
+def memory_group() -> None:
+    """What the chat model remembers about each user (forge chat --user ID): list, edit, forget."""
+
+
+def _memory_store(obj: Context, sub_recipe: Path | None):
+    from .memory import MemoryStore
+
+    return MemoryStore(_context(obj, sub_recipe).recipe().memory.dir)
+
+
+@memory_group.command("list")
+@_stage_recipe_option
+@click.argument("user", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Also the facts a newer one superseded.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record a line on stdout.")
+@click.pass_obj
+def memory_list(obj: Context, sub_recipe: Path | None, user: str | None, show_all: bool, as_json: bool) -> None:
+    """The facts remembered about USER (without USER: the users with a memory).
+
+    Example: forge memory list alice --all
+    """
+    store = _memory_store(obj, sub_recipe)
+    if user is None:
+        for name in store.users():
+            ui.stdout.print(name, markup=False, highlight=False)
+        return
+    facts = [f for f in store.load(user) if show_all or f.status == "active"]
+    for fact in facts:
+        if as_json:
+            ui.stdout.print(fact.model_dump_json(), markup=False, highlight=False, soft_wrap=True)
+            continue
+        note = f"  [superseded by {fact.superseded_by[:8]}]" if fact.status == "superseded" else ""
+        if fact.supersedes:
+            note += f"  [replaces {', '.join(s[:8] for s in fact.supersedes)}]"
+        ui.stdout.print(f"{fact.id[:8]}  {fact.created_at}  {fact.text}{note}", markup=False, highlight=False,
+                        soft_wrap=True)
+    if not facts and not as_json:
+        ui.info(f"nothing remembered about {user} in {store.dir}")
+
+
+@memory_group.command("forget")
+@_stage_recipe_option
+@click.argument("user")
+@click.option("--fact", "fact", default=None, help="Only this fact (its id, or a unique prefix of it).")
+@click.pass_obj
+def memory_forget(obj: Context, sub_recipe: Path | None, user: str, fact: str | None) -> None:
+    """Delete what is remembered about USER: everything, or one fact.
+
+    Example: forge memory forget alice --fact 3f2a9c1e
+    """
+    store = _memory_store(obj, sub_recipe)
+    deleted = store.forget(user, fact)
+    ui.info(f"forgot {deleted} fact{'s' if deleted != 1 else ''} of {user}")
+
+
+@memory_group.command("edit")
+@_stage_recipe_option
+@click.argument("user")
+@click.option("--fact", "fact", required=True, help="The fact's id (or a unique prefix of it).")
+@click.option("--text", "text", required=True, help="Its new wording, in the user's voice.")
+@click.pass_obj
+def memory_edit(obj: Context, sub_recipe: Path | None, user: str, fact: str, text: str) -> None:
+    """Reword one remembered fact of USER.
+
+    Example: forge memory edit alice --fact 3f2a9c1e --text "I have two cats."
+    """
+    edited = _memory_store(obj, sub_recipe).edit(user, fact, text)
+    ui.info(f"{edited.id[:8]}: {edited.text}")
 
 
 # --- defaults in --help ---

@@ -555,6 +555,33 @@ class ServeConfig(Section):
                                                                       "base model (adapter_config.json).")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
 
+class MemoryConfig(Section):
+    """User memory (`forge chat --user ID`, `forge memory`): facts a user states, kept per user."""
+
+    dir: Path | None = Field(None, description="Where each user's facts live (<dir>/<user>.jsonl); default "
+                                               "$XDG_DATA_HOME/persona_forge/memory (~/.local/share/...).")
+    mode: Literal["off", "block", "retrieve"] = Field(
+        "retrieve", description="off: no memory; block: every active fact (the newest first within the budget); "
+                                "retrieve: the top_k facts most like the message (FAISS, cosine).")
+    extractor: Literal["auto", "sentences", "llm"] = Field(
+        "auto", description="sentences: first-person statements, judged by the NLI and encoder; llm: the chat "
+                            "backend lists the facts (prompts/memory/extract.j2); auto: llm with an openai "
+                            "backend, else sentences.")
+    encoder: str = Field("packaged:minilm-l6", description="Sentence-embedding model for dedup and retrieval.")
+    top_k: int = Field(3, ge=1, description="retrieve: most facts placed in the block per message.")
+    min_score: float = Field(-1.0, ge=-1.0, le=1.0, description="retrieve: least cosine for a fact to be placed.")
+    budget_tokens: int = Field(96, ge=8, description="Most tokens of the memory block (the chat model's tokenizer; "
+                                                     "words without one).")
+    dedup_cosine: float = Field(0.9, gt=0.0, le=1.0, description="A candidate is a duplicate when its cosine to "
+                                                                 "an active fact reaches this.")
+    entailment: float = Field(0.6, gt=0.0, lt=1.0, description="A candidate is a duplicate when the NLI finds it "
+                                                               "entails, or is entailed by, a fact with this probability.")
+    contradiction: float = Field(0.6, gt=0.0, lt=1.0, description="A candidate supersedes the facts it contradicts "
+                                                                  "with this probability (both kept, dated).")
+    compare_top: int = Field(8, ge=1, description="Active facts (nearest by cosine) the NLI compares a candidate with.")
+    min_content_words: int = Field(1, ge=0, description="sentences: least content words in a fact.")
+    max_words: int = Field(40, ge=3, description="sentences: longest sentence kept as a fact, in words.")
+
 
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
@@ -572,6 +599,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,

@@ -14,20 +14,29 @@ from .prompts import PromptLibrary, library
 from .schema import ChatMessage, Turn
 
 SYSTEM_PROMPT = "samples/persona_system"
+MEMORY_BLOCK = "memory/block"
 
 
-def persona_system(persona: Sequence[str], prompts: PromptLibrary | None = None) -> ChatMessage:
-    rendered = (prompts or library()).render(SYSTEM_PROMPT, persona=list(persona))
-    return ChatMessage(**rendered.messages[0])
+def persona_system(persona: Sequence[str], prompts: PromptLibrary | None = None,
+                   memory: Sequence[str] = ()) -> ChatMessage:
+    """The persona system prompt; with `memory` (lines about the other user, see persona_forge.memory)
+    the memory block follows it, after a blank line. Without memory it is exactly the training form."""
+    prompts = prompts or library()
+    message = dict(prompts.render(SYSTEM_PROMPT, persona=list(persona)).messages[0])
+    if memory:
+        block = prompts.render(MEMORY_BLOCK, facts=list(memory)).messages[0]["content"]
+        message["content"] = f"{message['content']}\n\n{block}"
+    return ChatMessage(**message)
 
 
 def reply_messages(persona: Sequence[str], history: Sequence[Turn], replier: str,
-                   prompts: PromptLibrary | None = None) -> list[ChatMessage]:
+                   prompts: PromptLibrary | None = None, memory: Sequence[str] = ()) -> list[ChatMessage]:
     """Messages asking `replier` ("user1" or "user2") for their next turn after `history`.
 
     Consecutive turns by one speaker (a parse artefact) are joined, so roles always alternate.
+    `memory`: lines of the memory block placed in the system prompt (none by default).
     """
-    messages = [persona_system(persona, prompts)]
+    messages = [persona_system(persona, prompts, memory)]
     for turn in history:
         role = "assistant" if turn.speaker == replier else "user"
         if messages[-1].role == role:
