@@ -14,7 +14,7 @@ from persona_forge import rlwatch
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
 from persona_forge.schema import Preference, Turn
-from persona_forge.stages import train, train_reward
+from persona_forge.stages import train, train_reward, train_rl
 from persona_forge.store import iter_jsonl
 from train_data import SPC, tiny_llama
 
@@ -103,3 +103,96 @@ def test_held_out_split_is_by_pair_and_seeded():
     assert len({p.pair_id for p in a_held}) == 1 and len(a_held) == 2
     assert not {p.pair_id for p in a_held} & {p.pair_id for p in a_train}
     assert train_reward.split(prefs, 0.0, 3)[1] == []
+
+
+# --- RLOO --------------------------------------------------------------------------------------
+
+class ShortIsGrounded:
+    """A stand-in NLI: a persona sentence 'entails' a reply of under 6 words and 'contradicts' one of over 12."""
+
+    name = "fake"
+
+    def predict(self, pairs):
+        out = []
+        for _, reply in pairs:
+            n = len(reply.split())
+            out.append([0.9, 0.05, 0.05] if n < 6 else [0.05, 0.05, 0.9] if n > 12 else [0.1, 0.8, 0.1])
+        return np.array(out)
+
+    def describe(self):
+        return "fake NLI"
+
+
+def rl_recipe(run_dir: Path, model: Path, **overrides):
+    base = {"method": "rloo", "max_steps": 3, "batch_size": 2, "lr": 1e-2, "rl.n_prompts": 4,
+            "rl.num_generations": 2, "rl.max_completion_length": 8, "rl.beta": 0.1}
+    base.update(overrides)
+    return recipe_for(run_dir, model, **base)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> dict[str, Path]:
+    """An SFT adapter and a reward model on the tiny llama, shared by the RLOO tests."""
+    from train_data import write_sft
+
+    run = tmp_path_factory.mktemp("rlhf") / "run"
+    write_sft(run / "curated" / "sft.jsonl", 4)
+    train.run(recipe_for(run, tiny, max_steps=2), progress=False)
+    write_preferences(run / "preferences.jsonl", 6)
+    train.run(recipe_for(run, tiny, method="reward", max_steps=4, max_length=256), progress=False)
+    return {"sft": run / "train" / "sft" / "adapter", "reward": run / "train" / "reward"}
+
+
+def lora_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_rloo_logs_reward_and_kl_every_step_and_moves_the_policy(tiny, trained, tmp_path):
+    import torch
+
+    recipe = rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]),
+                       **{"rl.reward_model": str(trained["reward"]), "save_steps": 2})
+    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    folder = tmp_path / "run" / "train" / "rloo"
+    assert rows["status"] == "trained"
+    log = [r for r in log_rows(folder) if "reward" in r]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for row in log:
+        assert {"reward", "kl", rlwatch.REWARD_RM, rlwatch.REWARD_NLI, rlwatch.REWARD_LENGTH, rlwatch.GROUNDING,
+                rlwatch.CONTRADICTING, rlwatch.WORDS} <= set(row)
+        assert row[rlwatch.REWARD_RM] + row[rlwatch.REWARD_NLI] + row[rlwatch.REWARD_LENGTH] == \
+            pytest.approx(row["reward"], abs=1e-4)
+        assert 0.0 <= row[rlwatch.GROUNDING] <= 1.0 and row["kl"] >= 0.0
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as its reference
+    before, after = lora_weights(trained["sft"]), lora_weights(folder / "adapter")
+    assert before.keys() == after.keys()
+    assert any(not torch.allclose(before[k], after[k]) for k in before)
+    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {2, 3} and all("reply" in s and "reward" in s for s in samples)
+    manifest = json.loads((folder / "train.manifest.json").read_text())
+    assert manifest["models"]["reward_model"] == str(trained["reward"] / "adapter")
+    assert manifest["models"]["start_adapter"] == str(trained["sft"])
+    assert manifest["figures"]["alarms"] == [] or isinstance(manifest["figures"]["alarms"], list)
+    assert (folder / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # A changed KL coefficient is another config: refused unless forced.
+    with pytest.raises(UserError, match=r"another config \(train\.rl\.beta: 0\.1 -> 0\.2\).*--force"):
+        train_rl.run(rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]),
+                               **{"rl.reward_model": str(trained["reward"]), "save_steps": 2, "rl.beta": 0.2}),
+                     progress=False, nli=ShortIsGrounded())
+
+
+def test_the_alarm_fires_on_a_reward_that_pays_for_length(tiny, trained, tmp_path):
+    def pays_for_length(completions, **_):
+        return [float(len(c[-1]["content"].split())) for c in completions]
+
+    recipe = rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]), max_steps=12, lr=5e-2,
+                       **{"rl.rm_weight": 0.0, "rl.nli_weight": 0.0, "rl.length_penalty": 0.0, "rl.beta": 0.0,
+                          "rl.max_completion_length": 24, "rl.num_generations": 4, "rl.alarm_length_drift": 0.2})
+    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded(), extra_rewards=[pays_for_length])
+    figures = json.loads((tmp_path / "run" / "train" / "rloo" / "train.manifest.json").read_text())["figures"]
+    print(figures)
+    assert figures["last_reply_words"] > figures["first_reply_words"]
+    assert any("reply length drifted" in a for a in figures["alarms"]), figures
+    assert "reply length drifted" in rows["alarms"]
