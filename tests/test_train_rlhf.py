@@ -125,7 +125,8 @@ class ShortIsGrounded:
 
 def rl_recipe(run_dir: Path, model: Path, **overrides):
     base = {"method": "rloo", "max_steps": 3, "batch_size": 2, "lr": 1e-2, "rl.n_prompts": 4,
-            "rl.num_generations": 2, "rl.max_completion_length": 8, "rl.beta": 0.1}
+            "rl.num_generations": 2, "rl.max_completion_length": 8, "rl.beta": 0.1,
+            "rl.context": 2}  # short prompts: trl's log-probability head over the 49k vocabulary is most of a step
     base.update(overrides)
     return recipe_for(run_dir, model, **base)
 
@@ -183,16 +184,122 @@ def test_rloo_logs_reward_and_kl_every_step_and_moves_the_policy(tiny, trained, 
                      progress=False, nli=ShortIsGrounded())
 
 
-def test_the_alarm_fires_on_a_reward_that_pays_for_length(tiny, trained, tmp_path):
+def terse_llama(folder: Path) -> Path:
+    """A tiny random llama that mostly ends its reply after a few words: every embedding shares a large
+    component along one axis and the (untied) output row of <|im_end|> points along it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama(folder.parent / "tiny"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] += 1.0
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
+        model.lm_head.weight[tokenizer.eos_token_id, 0] = 1.5
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_the_alarm_fires_on_a_reward_that_pays_for_length(tmp_path):
     def pays_for_length(completions, **_):
         return [float(len(c[-1]["content"].split())) for c in completions]
 
-    recipe = rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]), max_steps=12, lr=5e-2,
-                       **{"rl.rm_weight": 0.0, "rl.nli_weight": 0.0, "rl.length_penalty": 0.0, "rl.beta": 0.0,
-                          "rl.max_completion_length": 24, "rl.num_generations": 4, "rl.alarm_length_drift": 0.2})
+    model = terse_llama(tmp_path / "terse")
+    recipe = rl_recipe(tmp_path / "run", model, max_steps=5, lr=5e-2,
+                       **{"lora.target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"], "rl.rm_weight": 0.0,
+                          "rl.nli_weight": 0.0, "rl.length_penalty": 0.0, "rl.beta": 0.0,
+                          "rl.max_completion_length": 16, "rl.num_generations": 4})
     rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded(), extra_rewards=[pays_for_length])
     figures = json.loads((tmp_path / "run" / "train" / "rloo" / "train.manifest.json").read_text())["figures"]
-    print(figures)
-    assert figures["last_reply_words"] > figures["first_reply_words"]
+    assert figures["last_reply_words"] > 2 * figures["first_reply_words"], figures
+    assert figures["last_reward"] > figures["first_reward"]
     assert any("reply length drifted" in a for a in figures["alarms"]), figures
     assert "reply length drifted" in rows["alarms"]
+    # The stand-in NLI grounds only short replies: grounding falls as the replies grow, and that alarms too.
+    assert any("grounding fell" in a for a in figures["alarms"]), figures
+
+
+def test_alarm_logic_on_a_scripted_log():
+    G, C, L = rlwatch.GROUNDING, rlwatch.CONTRADICTING, rlwatch.WORDS
+
+    def log(rewards, grounding, contra, words):
+        return [{"step": i + 1, "reward": r, G: g, C: c, L: w}
+                for i, (r, g, c, w) in enumerate(zip(rewards, grounding, contra, words))]
+
+    steady = log([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5] * 6, [0.1] * 6, [20] * 6)
+    assert rlwatch.alarms(steady) == []                           # reward up, nothing else moved: fine
+    hacked = log([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.6, 0.6, 0.3, 0.3, 0.3], [0.1, 0.1, 0.1, 0.3, 0.3, 0.3],
+                 [20, 20, 20, 40, 40, 40])
+    found = rlwatch.alarms(hacked)
+    assert len(found) == 3
+    assert found[0].startswith("reward rose 0.200 -> 0.500 while grounding fell 0.60 -> 0.30 (steps 1-3 -> 4-6)")
+    assert "contradiction rose 0.10 -> 0.30" in found[1] and "drifted 20.0 -> 40.0 words (+100%)" in found[2]
+    falling = log([0.6, 0.5, 0.4, 0.3, 0.2, 0.1], *[[v[k] for v in hacked] for k in (G, C, L)])
+    assert rlwatch.alarms(falling) == []                          # the reward did not rise: no hacking alarm
+    shrinking = log([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5] * 6, [0.1] * 6, [40, 40, 40, 10, 10, 10])
+    assert ["drifted 40.0 -> 10.0 words (-75%)" in a for a in rlwatch.alarms(shrinking)] == [True]
+    # Thresholds are settings: a 0.05 grounding drop passes the default 0.1 and trips a stricter 0.01.
+    small = log([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.5, 0.5, 0.45, 0.45, 0.45], [0.1] * 6, [20] * 6)
+    assert rlwatch.alarms(small) == [] and len(rlwatch.alarms(small, grounding_drop=0.01)) == 1
+    assert rlwatch.alarms(steady[:1]) == [] and rlwatch.alarms([]) == []
+    # Rows without a reward (trl's final summary row) are ignored; a short log shrinks the window.
+    assert len(rlwatch.alarms(hacked[:2] + hacked[-2:] + [{"step": 6, "train_runtime": 1.0}], window=3)) == 3
+
+
+class StopAfter:
+    """Kills the run (as Ctrl-C would) right after checkpoint `step` is written."""
+
+    def __init__(self, step: int):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == outer.step:
+                    raise KeyboardInterrupt
+
+        self.step = step
+        self.callback = Callback()
+
+
+def test_a_killed_rloo_run_resumes_from_its_last_checkpoint(tiny, trained, tmp_path):
+    recipe = rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]), max_steps=4, save_steps=2,
+                       **{"rl.rm_weight": 0.0})
+    with pytest.raises(KeyboardInterrupt):
+        train_rl.run(recipe, progress=False, nli=ShortIsGrounded(), callbacks=[StopAfter(2).callback])
+    folder = tmp_path / "run" / "train" / "rloo"
+    assert train.last_checkpoint(folder / "checkpoints").name == "checkpoint-2"
+    assert not (folder / "adapter").exists()
+    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    figures = json.loads((folder / "train.manifest.json").read_text())["figures"]
+    assert rows["resumed from"] == "checkpoint-2"
+    assert (figures["steps"], figures["steps_this_run"], figures["resumed_from"]) == (4, 2, "checkpoint-2")
+    assert [r["step"] for r in log_rows(folder) if "reward" in r] == [1, 2, 3, 4]
+    assert all("kl" in r for r in log_rows(folder) if "reward" in r)
+    # Done: the same config again is not retrained.
+    assert train_rl.run(recipe, progress=False, nli=ShortIsGrounded())["status"] == \
+        "already trained (same config and data)"
+
+
+def test_rl_prompts_never_come_from_the_evaluation_split(tiny, tmp_path):
+    from persona_forge.resources import data_dir
+
+    recipe = rl_recipe(tmp_path / "run", tiny, **{"rl.prompts": str(data_dir("corpora") / "spc" / "test.jsonl.gz"),
+                                                  "rl.rm_weight": 0.0})
+    with pytest.raises(UserError, match=r"is the evaluation split; RL prompts must come from training"):
+        train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    missing_rm = rl_recipe(tmp_path / "run2", tiny)
+    with pytest.raises(UserError, match=r"no reward model; run forge train --method reward first"):
+        train.run(missing_rm, progress=False)
+    rows = train_rl.read_prompts(train_rl.default_prompts(), 3, 7, 2)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["prompt"][0]["role"] == "system" and row["prompt"][-1]["role"] == "user"
+        assert all(sentence in row["prompt"][0]["content"] for sentence in row["persona"])
