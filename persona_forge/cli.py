@@ -292,6 +292,9 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
               help="Training JSONL (default: <run_dir>/curated/sft.jsonl, dpo.jsonl with --dpo, openai.jsonl "
                    "with --backend openai).")
 @click.option("--dpo", is_flag=True, default=None, help="DPO on preference pairs instead of SFT.")
+@click.option("--method", type=click.Choice(["sft", "dpo", "reward", "rloo"]), default=None,
+              help="reward: a reward model on <run_dir>/preferences.jsonl; rloo: RL against it from --adapter "
+                   "with a KL leash (train.rl in the recipe); default sft (or dpo with --dpo).")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
               help="Start from this LoRA adapter (e.g. DPO after SFT).")
 @click.option("--name", default=None, help="Output folder <run_dir>/train/NAME (default: sft, dpo or openai).")
@@ -302,14 +305,15 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 @click.option("--backend", "backend_kind", type=click.Choice(["local", "openai"]), default="local",
               help="local: LoRA with trl + peft here; openai: a fine-tuning job at the recipe's OpenAI endpoint.")
 @click.pass_obj
-def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bool | None,
+def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bool | None, method: str | None,
           adapter_path: Path | None, name: str | None, model: str | None, epochs: float | None,
           max_steps: int | None, merge: bool, backend_kind: str) -> None:
     """Fine-tune the chat model on curated samples: LoRA SFT or DPO (resumable), or a hosted job.
 
     Example: forge --run-dir runs/quickstart train --epochs 3 --merge
     """
-    overrides = {"train.data": str(data_path) if data_path else None, "train.method": "dpo" if dpo else None,
+    overrides = {"train.data": str(data_path) if data_path else None,
+                 "train.method": method or ("dpo" if dpo else None),
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
     if backend_kind == "openai":

@@ -431,7 +431,7 @@ class RLSettings(Section):
     position: int = Field(7, ge=1, description="The turn the policy answers (0-based), as curate's samples.")
     context: int = Field(6, ge=0, description="Earlier turns in the prompt.")
     beta: float = Field(0.05, ge=0.0, description="KL coefficient to the reference (the start adapter); 0 drops "
-                                                  "the leash (and trl then logs no KL).")
+                                                  "the leash (KL is still measured and logged).")
     num_generations: int = Field(4, ge=2, description="Replies sampled per prompt (RLOO's leave-one-out group).")
     max_completion_length: int = Field(48, ge=4, description="Most new tokens per reply.")
     temperature: float = Field(0.9, gt=0.0, description="Sampling temperature of the replies.")

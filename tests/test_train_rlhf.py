@@ -218,6 +218,7 @@ def test_the_alarm_fires_on_a_reward_that_pays_for_length(tmp_path):
     rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded(), extra_rewards=[pays_for_length])
     figures = json.loads((tmp_path / "run" / "train" / "rloo" / "train.manifest.json").read_text())["figures"]
     assert figures["last_reply_words"] > 2 * figures["first_reply_words"], figures
+    assert all(r.get("kl") is not None for r in log_rows(tmp_path / "run" / "train" / "rloo") if "reward" in r)
     assert figures["last_reward"] > figures["first_reward"]
     assert any("reply length drifted" in a for a in figures["alarms"]), figures
     assert "reply length drifted" in rows["alarms"]

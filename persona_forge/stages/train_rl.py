@@ -38,6 +38,7 @@ from . import train as T
 from .train_loop import Job, run_job
 
 TRAIN_SPLIT = ("spc", "train.jsonl.gz")
+NO_LEASH = 1e-12  # the beta passed to trl for rl.beta 0
 
 
 def default_prompts() -> Path:
@@ -192,7 +193,9 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         common.pop("max_length")
         # One optimizer step = batch_size prompts x num_generations replies.
         common["per_device_train_batch_size"] = cfg.batch_size * rl.num_generations
-        args = RLOOConfig(**common, beta=rl.beta, num_generations=rl.num_generations,
+        # trl skips the reference (and logs no KL) at beta 0; the watch needs KL, so "no leash" is a
+        # vanishing coefficient instead: the reference pass is paid, the penalty is nil.
+        args = RLOOConfig(**common, beta=rl.beta or NO_LEASH, num_generations=rl.num_generations,
                           max_completion_length=rl.max_completion_length, temperature=rl.temperature,
                           log_completions=False, disable_dropout=True)
         peft_config = None if cfg.adapter is not None else T.lora_config(cfg)
