@@ -304,3 +304,24 @@ def test_rl_prompts_never_come_from_the_evaluation_split(tiny, tmp_path):
     for row in rows:
         assert row["prompt"][0]["role"] == "system" and row["prompt"][-1]["role"] == "user"
         assert all(sentence in row["prompt"][0]["content"] for sentence in row["persona"])
+
+
+def test_forge_train_method_reward_on_the_command_line(tiny, tmp_path):
+    import subprocess
+
+    from conftest import REPO, forge_cmd
+
+    write_preferences(tmp_path / "run" / "preferences.jsonl", 5)
+    cmd = forge_cmd() + ["--run-dir", str(tmp_path / "run"), "--set", "train.threads=1", "--set",
+                         "train.max_length=256", "--set", "train.logging_steps=1", "train", "--method", "reward",
+                         "--model", str(tiny), "--max-steps", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "run" / "train" / "reward" / "train.manifest.json").read_text())
+    assert manifest["config"]["train"]["method"] == "reward" and manifest["figures"]["steps"] == 2
+    assert "held-out accuracy" in result.stderr  # the summary table
+    no_rm = subprocess.run(forge_cmd() + ["--run-dir", str(tmp_path / "other"), "train", "--method", "rloo"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert no_rm.returncode == 2
+    assert no_rm.stderr.strip().endswith("no reward model; run forge train --method reward first, set "
+                                         "train.rl.reward_model, or train.rl.rm_weight: 0")
