@@ -460,9 +460,9 @@ class RLSettings(Section):
 class TrainConfig(Section):
     """`forge train`: LoRA SFT or DPO of the chat model on curated samples (trl + peft)."""
 
-    method: Literal["sft", "dpo", "reward", "rloo"] = Field(
+    method: Literal["sft", "dpo", "reward", "rloo", "grpo"] = Field(
         "sft", description="sft: supervised next replies; dpo: preference pairs; reward: a reward model from "
-                           "preference pairs; rloo: RL against the reward model with a KL leash.")
+                           "preference pairs; rloo (or grpo): RL against the reward model with a KL leash.")
     data: Path | None = Field(None, description="Training JSONL; default <run_dir>/curated/sft.jsonl (sft), "
                                                 "dpo.jsonl (dpo) or openai.jsonl (--backend openai).")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -509,7 +509,7 @@ class TrainConfig(Section):
             ident["adapter"] = _adapter_digest(self.adapter)
         if self.method == "reward":
             ident["reward"] = self.reward.model_dump(mode="json")
-        if self.method == "rloo":
+        if self.method in ("rloo", "grpo"):
             ident["rl"] = self.rl.model_dump(mode="json", exclude={"samples_per_checkpoint", "alarm_window",
                                                                   "alarm_grounding_drop", "alarm_contradiction_rise",
                                                                   "alarm_length_drift"})

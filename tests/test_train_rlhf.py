@@ -325,3 +325,13 @@ def test_forge_train_method_reward_on_the_command_line(tiny, tmp_path):
     assert no_rm.returncode == 2
     assert no_rm.stderr.strip().endswith("no reward model; run forge train --method reward first, set "
                                          "train.rl.reward_model, or train.rl.rm_weight: 0")
+
+
+def test_grpo_is_the_same_run_with_grpo(tiny, trained, tmp_path):
+    recipe = rl_recipe(tmp_path / "run", tiny, method="grpo", adapter=str(trained["sft"]), max_steps=2,
+                       **{"rl.reward_model": str(trained["reward"])})
+    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    folder = tmp_path / "run" / "train" / "grpo"
+    assert rows["status"] == "trained" and (folder / "adapter" / "adapter_model.safetensors").is_file()
+    log = [r for r in log_rows(folder) if "reward" in r]
+    assert [r["step"] for r in log] == [1, 2] and all("kl" in r and rlwatch.GROUNDING in r for r in log)

@@ -308,7 +308,7 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
         callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train (or resume, or find done) the adapter; returns the summary rows."""
     cfg = recipe.train
-    if cfg.method in ("reward", "rloo"):  # the RLHF half lives in its own modules (train_reward, train_rl)
+    if cfg.method in ("reward", "rloo", "grpo"):  # the RLHF half lives in its own modules (train_reward, train_rl)
         from importlib import import_module
 
         module = import_module(f".train_{'reward' if cfg.method == 'reward' else 'rl'}", __package__)

@@ -1,5 +1,6 @@
 """`forge train --method rloo`: RL from an SFT adapter against a reward model, with a KL leash and
-reward hacking watched (trl's RLOOTrainer; trl 1.16 has no PPOTrainer).
+reward hacking watched (trl's RLOOTrainer; trl 1.16 has no PPOTrainer). `--method grpo` is the same
+run with GRPOTrainer (group-normalized advantages, clipped ratio).
 
 In:  prompts from TRAINING conversations only (train.rl.prompts, default corpora/spc/train.jsonl.gz;
      the evaluation split is refused): persona system prompt, earlier turns, the other user's turn
@@ -161,15 +162,18 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
                             f"train.rl.reward_model, or train.rl.rm_weight: 0")
         inputs.append(rm_folder / "adapter_model.safetensors")
     if cfg.adapter is None:
-        ui.info("forge train: no --adapter: RLOO starts from a fresh LoRA on the base (the reference is the base)")
+        ui.info(f"forge train: no --adapter: {cfg.method} starts from a fresh LoRA on the base (the reference is the base)")
     reward_holder: dict[str, PersonaReward] = {}
 
     def prepare():
         return read_prompts(prompts_path, rl.n_prompts, rl.position, rl.context)
 
     def build(rows, stage, checkpoints):
+        import trl
         from datasets import Dataset
-        from trl import RLOOConfig, RLOOTrainer
+
+        kind = "GRPO" if cfg.method == "grpo" else "RLOO"
+        RLConfig, RLTrainer = getattr(trl, f"{kind}Config"), getattr(trl, f"{kind}Trainer")
 
         loaded = T.load_for_training(spec, cfg, progress)
         rm = None
@@ -186,7 +190,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         stage.record_model("nli", getattr(nli_model, "describe", lambda: "nli")())
         reward = PersonaReward(rl, rm, nli_model)
         reward_holder["reward"] = reward
-        ui.info(f"forge train: rloo on {len(rows)} prompts from {prompts_path} — {loaded.note}, beta {rl.beta}, "
+        ui.info(f"forge train: {cfg.method} on {len(rows)} prompts from {prompts_path} — {loaded.note}, beta {rl.beta}, "
                 f"{rl.num_generations} replies a prompt")
         stage.set_count("prompts", len(rows))
         common = T._common_args(cfg, checkpoints)
@@ -195,12 +199,12 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         common["per_device_train_batch_size"] = cfg.batch_size * rl.num_generations
         # trl skips the reference (and logs no KL) at beta 0; the watch needs KL, so "no leash" is a
         # vanishing coefficient instead: the reference pass is paid, the penalty is nil.
-        args = RLOOConfig(**common, beta=rl.beta or NO_LEASH, num_generations=rl.num_generations,
+        args = RLConfig(**common, beta=rl.beta or NO_LEASH, num_generations=rl.num_generations,
                           max_completion_length=rl.max_completion_length, temperature=rl.temperature,
                           log_completions=False, disable_dropout=True)
         peft_config = None if cfg.adapter is not None else T.lora_config(cfg)
         loaded.tokenizer.padding_side = "left"
-        trainer = RLOOTrainer(model=loaded.model, reward_funcs=[reward, *extra_rewards], args=args,
+        trainer = RLTrainer(model=loaded.model, reward_funcs=[reward, *extra_rewards], args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
                               peft_config=peft_config)
         trainer.add_callback(_sample_saver(reward, T.out_dir(recipe) / "samples.jsonl", rl.samples_per_checkpoint))
@@ -210,7 +214,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         found = W.alarms(history, rl.alarm_window, rl.alarm_grounding_drop, rl.alarm_contradiction_rise,
                          rl.alarm_length_drift)
         W.plot_curves(history, folder / "rl_curves.png",
-                      f"RLOO beta={rl.beta} ({Path(spec).name}): reward vs the leash and the watch")
+                      f"{cfg.method.upper()} beta={rl.beta} ({Path(spec).name}): reward vs the leash and the watch")
         logged = [row for row in history if row.get("reward") is not None]
         extra: dict[str, Any] = {"alarms": found, "logged_steps": len(logged)}
         for key, name in (("reward", "reward"), ("kl", "kl"), (W.GROUNDING, "grounding_rate"),
@@ -225,7 +229,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         return extra
 
     job = Job(inputs=inputs, prepare=prepare, build=build, finish=finish,
-              title=f"RLOO beta={rl.beta} LoRA r={cfg.lora.r} ({Path(spec).name})",
+              title=f"{cfg.method.upper()} beta={rl.beta} LoRA r={cfg.lora.r} ({Path(spec).name})",
               summary_keys=(("first_reward", "first reward"), ("last_reward", "last reward"),
                             ("last_kl", "last KL"), ("first_grounding_rate", "first grounding rate"),
                             ("last_grounding_rate", "last grounding rate"),
