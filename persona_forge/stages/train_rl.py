@@ -213,8 +213,12 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
     def finish(trainer, history, folder):
         found = W.alarms(history, rl.alarm_window, rl.alarm_grounding_drop, rl.alarm_contradiction_rise,
                          rl.alarm_length_drift)
+        # Extra reward functions (tests, experiments) get a panel each, as trl logs them.
+        others = sorted({k for row in history for k in row if k.startswith("rewards/") and k.endswith("/mean")
+                         and k != f"rewards/{PersonaReward.__name__}/mean"})
         W.plot_curves(history, folder / "rl_curves.png",
-                      f"{cfg.method.upper()} beta={rl.beta} ({Path(spec).name}): reward vs the leash and the watch")
+                      f"{cfg.method.upper()} beta={rl.beta} ({Path(spec).name}): reward vs the leash and the watch",
+                      W.CURVES + tuple((k, k.split("/")[1]) for k in others))
         logged = [row for row in history if row.get("reward") is not None]
         extra: dict[str, Any] = {"alarms": found, "logged_steps": len(logged)}
         for key, name in (("reward", "reward"), ("kl", "kl"), (W.GROUNDING, "grounding_rate"),
