@@ -36,19 +36,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None)
     parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument("--model", default=SPEC, help="Base model (a tiny one with --stub-nli checks the script).")
+    parser.add_argument("--stub-nli", action="store_true",
+                        help="The tests' stand-in NLI instead of the embedded one (a dry run of the mechanics).")
     args = parser.parse_args()
 
     from persona_forge import ui
     from persona_forge.config import load_recipe
-    from persona_forge.stages import train
-    from test_train_rlhf import write_preferences
+    from persona_forge.stages import train, train_rl
+    from test_train_rlhf import ShortIsGrounded, write_preferences
     from train_data import write_sft
 
     ui.console.quiet = True
     run = args.keep or Path(tempfile.mkdtemp(prefix="rl-sweep-")) / "run"
 
     def recipe(**overrides):
-        base = {"run_dir": str(run), "train.model": SPEC, "train.logging_steps": 1, "train.save_steps": 1000,
+        base = {"run_dir": str(run), "train.model": args.model, "train.logging_steps": 1, "train.save_steps": 1000,
                 "train.threads": args.threads}
         base.update({f"train.{k}": v for k, v in overrides.items()})
         return load_recipe(None, base)
@@ -64,11 +67,12 @@ def main() -> None:
     results = {}
     for beta in args.betas:
         t0 = time.time()
-        train.run(recipe(method="rloo", name=f"rloo-beta{beta}", adapter=str(sft), lr=args.lr,
-                         max_steps=args.steps, batch_size=1,
-                         **{"rl.beta": beta, "rl.n_prompts": args.steps, "rl.num_generations": 4,
-                            "rl.max_completion_length": 48, "rl.length_penalty": -args.length_bonus,
-                            "rl.length_free": 10}), progress=False)
+        train_rl.run(recipe(method="rloo", name=f"rloo-beta{beta}", adapter=str(sft), lr=args.lr,
+                            max_steps=args.steps, batch_size=1,
+                            **{"rl.beta": beta, "rl.n_prompts": args.steps, "rl.num_generations": 4,
+                               "rl.max_completion_length": 48, "rl.length_penalty": -args.length_bonus,
+                               "rl.length_free": 10}),
+                     progress=False, nli=ShortIsGrounded() if args.stub_nli else None)
         folder = run / "train" / f"rloo-beta{beta}"
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
         log = [row for row in log if "reward" in row]
