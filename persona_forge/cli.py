@@ -393,6 +393,9 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
               help="Training JSONL (default: <run_dir>/curated/sft.jsonl, dpo.jsonl with --dpo, openai.jsonl "
                    "with --backend openai).")
 @click.option("--dpo", is_flag=True, default=None, help="DPO on preference pairs instead of SFT.")
+@click.option("--method", type=click.Choice(["sft", "dpo", "reward", "rloo", "grpo"]), default=None,
+              help="reward: a reward model on <run_dir>/preferences.jsonl; rloo: RL against it from --adapter "
+                   "with a KL leash (train.rl in the recipe; grpo: the same with GRPO); default sft (or dpo with --dpo).")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
               help="Start from this LoRA adapter (e.g. DPO after SFT).")
 @click.option("--name", default=None, help="Output folder <run_dir>/train/NAME (default: sft, dpo or openai).")
@@ -403,7 +406,7 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 @click.option("--backend", "backend_kind", type=click.Choice(["local", "openai"]), default="local",
               help="local: LoRA with trl + peft here; openai: a fine-tuning job at the recipe's OpenAI endpoint.")
 @click.pass_obj
-def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bool | None,
+def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bool | None, method: str | None,
           adapter_path: Path | None, name: str | None, model: str | None, epochs: float | None,
           max_steps: int | None, merge: bool, backend_kind: str) -> None:
     """Fine-tune the chat model on curated samples: LoRA SFT or DPO (resumable), or a hosted job.
@@ -413,7 +416,8 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
     if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").is_file():
         raise UserError(f"--adapter {adapter_path}: no LoRA adapter there (no adapter_config.json); give the "
                         f"adapter folder forge train wrote, e.g. runs/NAME/train/sft/adapter")
-    overrides = {"train.data": str(data_path) if data_path else None, "train.method": "dpo" if dpo else None,
+    overrides = {"train.data": str(data_path) if data_path else None,
+                 "train.method": method or ("dpo" if dpo else None),
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
     if backend_kind == "openai":

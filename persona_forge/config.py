@@ -105,6 +105,12 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
 
 
+def _rm_adapter(folder: Path) -> Path:
+    """A reward model's adapter folder, given it or the train/<name>/ folder above it."""
+    folder = Path(folder)
+    return folder / "adapter" if (folder / "adapter").is_dir() else folder
+
+
 def _adapter_digest(folder: Path) -> str:
     """The adapter's weights' hash (a retrained adapter at the same path is a different model)."""
     import hashlib
@@ -441,10 +447,60 @@ class OpenAITrainSettings(Section):
     timeout_s: float = Field(86_400.0, gt=0, description="Stop polling after this many seconds (re-run to poll on).")
 
 
+class RewardSettings(Section):
+    """`forge train --method reward`: a reward model (a one-output classification head on the base, LoRA)
+    fitted to preference pairs with trl's RewardTrainer."""
+
+    heldout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of the pairs (split by pair_id, seeded by "
+                                                             "train.seed) held out to measure ranking accuracy.")
+
+
+class RLSettings(Section):
+    """`forge train --method rloo`: RL (trl's RLOOTrainer) from an SFT adapter against the reward model,
+    NLI faithfulness and a length penalty, with a KL leash to the start and alarms on reward hacking."""
+
+    reward_model: Path | None = Field(None, description="Folder of a reward model from --method reward (its "
+                                                        "train/<name>/ folder or adapter/); default "
+                                                        "<run_dir>/train/reward.")
+    prompts: Path | None = Field(None, description="Conversations to draw prompts from (Synthetic-Persona-Chat "
+                                                   "shape: user1_persona, user2_persona, turns); default "
+                                                   "corpora/spc/train.jsonl.gz. Never the evaluation split.")
+    n_prompts: int = Field(64, ge=1, description="Prompts to draw (one per conversation).")
+    position: int = Field(7, ge=1, description="The turn the policy answers (0-based), as curate's samples.")
+    context: int = Field(6, ge=0, description="Earlier turns in the prompt.")
+    beta: float = Field(0.05, ge=0.0, description="KL coefficient to the reference (the start adapter); 0 drops "
+                                                  "the leash (KL is still measured and logged).")
+    num_generations: int = Field(4, ge=2, description="Replies sampled per prompt (RLOO's leave-one-out group).")
+    max_completion_length: int = Field(48, ge=4, description="Most new tokens per reply.")
+    temperature: float = Field(0.9, gt=0.0, description="Sampling temperature of the replies.")
+    rm_weight: float = Field(1.0, description="Weight of the reward model's score.")
+    nli_weight: float = Field(1.0, description="Weight of NLI faithfulness: max entailment minus max "
+                                               "contradiction over the persona's sentences (0: no NLI in the "
+                                               "reward; the rates are still watched).")
+    length_penalty: float = Field(0.02, description="Subtracted per word beyond length_free (a negative value "
+                                                    "pays for length: a reward made to be hacked, for tests "
+                                                    "and the beta sweep).")
+    length_free: int = Field(25, ge=0, description="Words a reply may have before the length penalty starts.")
+    grounded_at: float = Field(0.5, gt=0.0, lt=1.0, description="A reply is grounded when some persona "
+                                                               "sentence entails it with at least this "
+                                                               "probability, contradicts at this.")
+    samples_per_checkpoint: int = Field(8, ge=0, description="Replies saved to samples.jsonl at each checkpoint.")
+    alarm_window: int = Field(3, ge=1, description="Logged steps averaged at the start and at the end when "
+                                                   "comparing for the alarms.")
+    alarm_grounding_drop: float = Field(0.1, ge=0.0, description="Alarm when reward rises while the grounding "
+                                                                 "rate falls by more than this (absolute).")
+    alarm_contradiction_rise: float = Field(0.1, ge=0.0, description="Alarm when reward rises while the "
+                                                                     "contradiction rate rises by more than this.")
+    alarm_length_drift: float = Field(0.5, ge=0.0, description="Alarm when reward rises while the mean reply "
+                                                               "length moves by more than this share.")
+
+
 class TrainConfig(Section):
     """`forge train`: LoRA SFT or DPO of the chat model on curated samples (trl + peft)."""
 
-    method: Literal["sft", "dpo"] = Field("sft", description="sft: supervised next replies; dpo: preference pairs.")
+    method: Literal["sft", "dpo", "reward", "rloo", "grpo"] = Field(
+        "sft", description="sft: supervised next replies; dpo: preference pairs; reward: a reward model from "
+                           "preference pairs; rloo (or grpo): RL against the reward model with a KL leash.")
     data: Path | None = Field(None, description="Training JSONL; default <run_dir>/curated/sft.jsonl (sft), "
                                                 "dpo.jsonl (dpo) or openai.jsonl (--backend openai).")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -478,14 +534,25 @@ class TrainConfig(Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (a killed run resumes there).")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
     openai: OpenAITrainSettings = Field(default_factory=OpenAITrainSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+    rl: RLSettings = Field(default_factory=RLSettings)
 
     def identity(self) -> dict[str, Any]:
         """What decides the adapter, for config hashes: not logging, checkpoint spacing or threads
         (the data's and a start adapter's contents are hashed apart)."""
-        ident = self.model_dump(mode="json", exclude={"logging_steps", "save_steps", "threads", "openai",
-                                                      "adapter"})
+        # reward / rl only count for their own methods (an SFT run's hash stays what it was).
+        skip = {"logging_steps", "save_steps", "threads", "openai", "adapter", "reward", "rl"}
+        ident = self.model_dump(mode="json", exclude=skip)
         if self.adapter is not None:
             ident["adapter"] = _adapter_digest(self.adapter)
+        if self.method == "reward":
+            ident["reward"] = self.reward.model_dump(mode="json")
+        if self.method in ("rloo", "grpo"):
+            ident["rl"] = self.rl.model_dump(mode="json", exclude={"samples_per_checkpoint", "alarm_window",
+                                                                  "alarm_grounding_drop", "alarm_contradiction_rise",
+                                                                  "alarm_length_drift"})
+            if self.rl.reward_model is not None:
+                ident["rl"]["reward_model"] = _adapter_digest(_rm_adapter(self.rl.reward_model))
         return ident
 
 

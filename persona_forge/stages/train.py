@@ -302,6 +302,11 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
         callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train (or resume, or find done) the adapter; returns the summary rows."""
     cfg = recipe.train
+    if cfg.method in ("reward", "rloo", "grpo"):  # the RLHF half lives in its own modules (train_reward, train_rl)
+        from importlib import import_module
+
+        module = import_module(f".train_{'reward' if cfg.method == 'reward' else 'rl'}", __package__)
+        return module.run(recipe, force=force, progress=progress, callbacks=callbacks)
     spec = cfg.model or recipe.backend.model
     data = Path(cfg.data) if cfg.data else default_data(recipe, cfg.method)
     if not data.is_file():
