@@ -191,6 +191,11 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
 def _embedder(recipe: Recipe):
     from .models import sentence_transformer
 
+    if recipe.executor.kind != "local":
+        from . import executors
+
+        return lambda texts: executors.get(recipe.executor).encode(texts, recipe.personas.model, 64)
+
     model = sentence_transformer(recipe.personas.model)
     return lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 @forge.command("eval")

@@ -451,6 +451,22 @@ class TrainConfig(Section):
         return ident
 
 
+class ExecutorConfig(Section):
+    """Where the heavy per-record work (NLI, sentence embeddings) runs: in this process, or fanned out
+    over a Ray cluster (`pip install persona_forge[ray]`). Request-bound work (generation, the judge)
+    always runs on the chat backend's own concurrency."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process (no Ray needed); ray: Ray "
+                                                               "Data map_batches over actors that load the model once.")
+    address: str | None = Field(None, description="ray: the cluster to join (e.g. ray://head:10001 or auto); default: "
+                                                  "$RAY_ADDRESS, else a local Ray started for this run.")
+    actors: int = Field(2, ge=1, description="ray: actors per model (each holds one copy of the model).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs each actor reserves (and its torch threads).")
+    batch_size: int = Field(1024, ge=1, description="ray: items per map_batches block sent to an actor.")
+    object_store_mb: int = Field(384, ge=64, description="ray: object store of a locally started Ray, in MB "
+                                                         "(small machines need little: only texts and scores move).")
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
@@ -465,6 +481,7 @@ class Recipe(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> Recipe:

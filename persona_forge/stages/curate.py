@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import selection, ui
+from .. import executors, selection, ui
 from ..config import CurateConfig, Recipe
 from ..errors import UserError
 from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dpo_row, openai_dpo_row, openai_file_errors,
@@ -364,7 +364,7 @@ def run(recipe: Recipe, force: bool = False, encoder: Any = None, check: Templat
                         f"lower the floor (--set curate.min_quality=0.3, or null for none) or give longer conversations")
 
     t = time.time()
-    encoder = encoder or Encoder(cfg.model, cfg.batch_size)
+    encoder = encoder or Encoder(cfg.model, cfg.batch_size, executors.get(recipe.executor))
     vectors, embedded = cached_embeddings([embed_text(s) for s in pool], [s.id for s in pool], encoder,
                                           VectorCache(run_dir.path, EMBEDDINGS, "ids").load(), "samples")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

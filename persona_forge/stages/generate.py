@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ui
+from .. import executors, ui
 from ..config import GenerateConfig, Recipe
 from ..errors import UserError
 from ..prompts import library
@@ -149,7 +149,8 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     stage.record_model("generator", str(backend.describe()))
     store = JsonlStore(stage.run_dir.file(FILES["dialogues"]), Dialogue)
     store.repair()
-    loop = Loop(recipe, mode, backend, nli, embed, prompts, profiles, store)
+    executor = executors.get(recipe.executor)
+    loop = Loop(recipe, mode, backend, executor.nli(recipe.nli, nli), embed, prompts, profiles, store)
     loop.run(pairs)
     stage.record_model("nli", loop.nli_description)
     results = select(loop.by_pair, pairs, cfg)
@@ -157,6 +158,7 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     figures = report(loop.by_pair, pairs, results, cfg)
     figures["usage"] = backend.usage.as_dict()
     figures["nli_pairs"] = loop.nli_counts
+    figures["executor"] = executor.describe()
     for key, value in results.counts().items():
         stage.set_count(key, value)
     if loop.failed:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ui
+from .. import executors, ui
 from ..config import PairConfig, Recipe
 from ..errors import UserError
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
@@ -130,14 +130,17 @@ def profile_text(profile: Profile) -> str:
 class Encoder:
     """A sentence-transformers model, loaded on first use; normalised float32 vectors out."""
 
-    def __init__(self, spec: str, batch_size: int = 64):
+    def __init__(self, spec: str, batch_size: int = 64, executor=None):
         self.spec = spec
         self.batch_size = batch_size
+        self.executor = executor  # a remote executor (executors/) encodes on its workers instead
         self.seconds = 0.0  # time spent encoding, without loading: the embedding rate's denominator
 
     def encode(self, texts: list[str], label: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        if self.executor is not None and self.executor.kind != "local":
+            return self._encode_on(self.executor, texts, label)
         from ..models import sentence_transformer
 
         model = sentence_transformer(self.spec)
@@ -152,6 +155,14 @@ class Encoder:
                 advance(len(batch))
         self.seconds += time.time() - started
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def _encode_on(self, executor, texts: list[str], label: str) -> np.ndarray:
+        started = time.time()
+        with ui.progress(label, total=len(texts)) as advance:
+            vectors = executor.encode(texts, self.spec, self.batch_size)  # one fan-out: actors load once
+            advance(len(texts))
+        self.seconds += time.time() - started
+        return vectors
 
 
 @dataclass
@@ -560,7 +571,7 @@ def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
     if len(loaded.profiles) < 2:
         found = "only one profile" if loaded.profiles else "no profile with attributes"
         raise UserError(f"{path}: {found} in it ({loaded.description}); pairing needs at least two")
-    outcome = match(cfg, loaded.profiles, Encoder(cfg.model, cfg.batch_size), run_dir)
+    outcome = match(cfg, loaded.profiles, Encoder(cfg.model, cfg.batch_size, executors.get(recipe.executor)), run_dir)
     if not outcome.chosen:
         raise UserError(no_pair_message(cfg, outcome.found.nearest))
     return write(cfg, run_dir, path, loaded, outcome, force, started)

@@ -304,14 +304,18 @@ def parse_questions(text: str | None, limit: int) -> ParsedReply:
 class Embedder:
     """Normalised sentence embeddings from a SentenceTransformer model, loaded on first use."""
 
-    def __init__(self, spec: str = "packaged:minilm-l6", batch_size: int = 64, threads: int | None = None):
+    def __init__(self, spec: str = "packaged:minilm-l6", batch_size: int = 64, threads: int | None = None,
+                 executor=None):
         self.spec = spec
         self.batch_size = batch_size
         self.threads = threads
+        self.executor = executor  # a remote executor (executors/) encodes on its workers instead
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
+        if self.executor is not None and self.executor.kind != "local":
+            return self.executor.encode(list(texts), self.spec, self.batch_size)
         model = self._load()
         emb = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
                            convert_to_numpy=True, show_progress_bar=False)
