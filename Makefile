@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/generate.py
 	$(PY) bench/curate.py
 	$(PY) bench/train.py
+	$(PY) bench/ray_critic.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -67,7 +67,10 @@ def cluster():
     if not HAVE_RAY:
         pytest.skip("ray is not installed: pip install persona_forge[ray]")
     import ray
+    from ray import cloudpickle
     from ray.cluster_utils import Cluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
 
     small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
     made = Cluster(initialize_head=True, head_node_args=small)
@@ -131,8 +134,9 @@ def _generate(run: Path, nli: NLIConfig, executor: str, **extra) -> list[dict]:
     from persona_forge.stages import generate
     from test_generate import conversation, recipe, write_inputs
 
-    write_inputs(run, n_pairs=6)
-    rec = recipe(run, mode="whole", rounds=2, critic={"judge": False}, chunk_pairs=2)
+    run.mkdir(parents=True, exist_ok=True)
+    write_inputs(run, n_pairs=4)
+    rec = recipe(run, mode="whole", rounds=1, critic={"judge": False}, chunk_pairs=2)  # two chunks, two fan-outs
     rec = rec.model_copy(update={"nli": nli, "executor": ExecutorConfig(kind=executor, actors=2, batch_size=32)})
     lines = iter(["Hi, I have two dogs.", "I have no dogs.", "Hello there, jazz fan here.", "I am a cat person."])
     backend = ScriptedBackend(default=lambda r: conversation(next(lines, "Hi, I live in Ohio.")))
@@ -147,7 +151,7 @@ def test_a_generate_run_under_ray_writes_the_local_records(cluster, tiny_nli, tm
 
     local = _generate(tmp_path / "local", tiny_nli, "local")
     remote = _generate(tmp_path / "ray", tiny_nli, "ray")
-    assert len(local) == 24 and remote == local
+    assert len(local) == 8 and remote == local
     manifests = [json.loads((tmp_path / d / "generate.manifest.json").read_text()) for d in ("local", "ray")]
     assert manifests[0]["models"] == manifests[1]["models"] and manifests[0]["counts"] == manifests[1]["counts"]
     assert manifests[0]["figures"]["executor"] == {"kind": "local"}
@@ -200,4 +204,4 @@ def test_a_generate_run_with_an_nli_actor_killed_writes_every_record_once(cluste
                                                                                     marker))
     remote = _generate(tmp_path / "ray", tiny_nli, "ray")
     assert Path(marker).exists()
-    assert remote == local and len({d["id"] for d in remote}) == len(remote) == 24
+    assert remote == local and len({d["id"] for d in remote}) == len(remote) == 8

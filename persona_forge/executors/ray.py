@@ -1,9 +1,9 @@
 """Ray: Ray Data `map_batches` over a pool of actors, each loading its model once.
 
 The driver cuts the work into chunks, Ray Data hands each chunk to an actor (a callable class;
-`concurrency` = executor.actors) and the driver puts the results back in input order. Workers only
+an ActorPoolStrategy of executor.actors) and the driver puts the results back in input order. Workers only
 compute: the driver alone writes the run directory, so a worker killed mid-chunk is restarted and
-its chunk retried by Ray (max_restarts / max_task_retries) without a record written twice.
+its chunk retried by Ray (Ray Data's actors: max_restarts / max_task_retries -1) without a record written twice.
 
 Cluster: `executor.address`, else $RAY_ADDRESS, else a Ray started here with a small object store.
 NLI chunks are cut from the pairs sorted by token length, in multiples of nli.batch_size, so every
@@ -100,8 +100,10 @@ class RayExecutor(Executor):
         rows = [{"i": k, "chunk": pickle.dumps(chunk)} for k, chunk in enumerate(chunks)]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         out = ds.map_batches(_ChunkActor, fn_constructor_args=(make_worker,), batch_size=1, batch_format="numpy",
-                             concurrency=min(self.config.actors, len(chunks)), num_cpus=self.config.cpus_per_actor,
-                             max_restarts=-1, max_task_retries=-1)
+                             compute=ray.data.ActorPoolStrategy(size=min(self.config.actors, len(chunks))),
+                             num_cpus=self.config.cpus_per_actor)
+        # Ray Data gives its actors max_restarts=-1 and max_task_retries=-1: a dead actor is
+        # restarted and its chunk retried (tests/test_executor_ray.py kills one).
         results: dict[int, Any] = {}
         for row in out.iter_rows():
             results[int(row["i"])] = pickle.loads(row["out"])
