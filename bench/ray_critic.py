@@ -66,14 +66,16 @@ def main() -> None:
     parser.add_argument("--skip-cluster", action="store_true", help="leave out the two-node cluster")
     parser.add_argument("--conversations", type=int, default=1_000_000)
     parser.add_argument("--pairs-per-conversation", type=int, default=80)
+    parser.add_argument("--nli-model", default=None, help="an NLI checkpoint folder instead of the embedded one "
+                                                          "(a dry run of this script with a small model)")
     args = parser.parse_args()
     ui.set_verbosity(-1)
 
     pairs = critic_pairs(args.pairs)
-    cfg = NLIConfig()
+    cfg = NLIConfig(kind="hf", model=args.nli_model) if args.nli_model else NLIConfig()
     cores = usable_cores()
     print(f"{len(pairs):,} distinct (persona sentence, utterance) pairs from SPC train; {cores} cores; "
-          f"nli: embedded, batch {cfg.batch_size}, precision {cfg.precision}")
+          f"nli: {cfg.kind}, batch {cfg.batch_size}, precision {cfg.precision}")
 
     from persona_forge.nli.base import load_nli
 
