@@ -89,11 +89,11 @@ class ExecutorNLI(NLIModel):
 
     name = "executor"
 
-    def __init__(self, executor: Executor, config: NLIConfig, description: str):
-        self.executor, self.config, self._description = executor, config, description
+    def __init__(self, executor: Executor, config: NLIConfig, describe: Callable[[], str]):
+        self.executor, self.config, self._describe = executor, config, describe
 
     def describe(self) -> str:
-        return self._description
+        return self._describe()  # asked only once there is something to judge, as a local model is loaded
 
     def predict(self, pairs: Sequence[Pair], progress: ProgressFn | None = None) -> np.ndarray:
         probs = self.executor.nli_probs(list(pairs), self.config)

@@ -124,7 +124,8 @@ class RayExecutor(Executor):
     def nli(self, nli_config: NLIConfig, model: Any) -> Any:
         if nli_config.kind == "llm":  # request-bound: the chat backend's own concurrency serves it
             return model
-        return ExecutorNLI(self, nli_config, _nli_description(nli_config))  # the manifest names the same model
+        # The manifest names the same model as a local run does.
+        return ExecutorNLI(self, nli_config, lambda: _nli_description(nli_config))
 
     def nli_probs(self, pairs: Sequence[Pair], nli_config: NLIConfig) -> np.ndarray:
         pairs = [(_text(p), _text(h)) for p, h in pairs]
