@@ -107,7 +107,7 @@ def tiny_nli(tmp_path_factory) -> NLIConfig:
 
 
 def ray_executor(**settings) -> executors.Executor:
-    return executors.get(ExecutorConfig(kind="ray", actors=2, batch_size=64, **settings))
+    return executors.get(ExecutorConfig(**{"kind": "ray", "actors": 2, "batch_size": 64, **settings}))
 
 
 def sentence(rng: np.random.Generator) -> str:
@@ -205,3 +205,14 @@ def test_a_generate_run_with_an_nli_actor_killed_writes_every_record_once(cluste
     remote = _generate(tmp_path / "ray", tiny_nli, "ray")
     assert Path(marker).exists()
     assert remote == local and len({d["id"] for d in remote}) == len(remote) == 8
+
+
+@needs_ray
+@pytest.mark.ray
+def test_sentence_embeddings_on_two_nodes_match_the_local_ones(cluster):
+    rng = np.random.default_rng(1)
+    texts = [sentence(rng) for _ in range(60)]
+    local = executors.get().encode(texts, "packaged:minilm-l6", 16)
+    remote = ray_executor(batch_size=25).encode(texts, "packaged:minilm-l6", 16)  # three chunks
+    assert remote.shape == local.shape == (60, 384)
+    assert np.allclose(remote, local, atol=1e-5)  # other batches, the same vectors to float precision
