@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(PY) bench/curate.py
 	$(PY) bench/train.py
 	$(PY) bench/view.py
+	$(PY) bench/ray_critic.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -243,7 +243,7 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
     recipe = _context(obj, sub_recipe).recipe(**{
         "pair.profiles": str(profiles_path) if profiles_path else None, "pair.strategy": strategy,
         "pair.low": low, "pair.high": high, "pair.per_user": per_user, "pair.model": model, "pair.seed": seed})
-    result = stage.run(recipe.pair, StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0))
+    result = stage.run(recipe.pair, _stage_context(recipe, obj))
     ui.summary("forge pair", result.summary)
 
 
@@ -278,7 +278,10 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
     backend = build_backend(recipe.backend, progress=show)
-    embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
+    from . import executors
+
+    embed = Embedder(recipe.personas.model, executor=executors.get(recipe.executor)) \
+        if recipe.generate.critic.prefilter > 0 else None
     rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
                      embed=embed, force=obj.force, default_profiles=recipe.pair.profiles)
     ui.summary("forge generate", _with_last_errors(rows, backend))
@@ -287,11 +290,6 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
                         "command again to generate only those")
 
 
-def _embedder(recipe: Recipe):
-    from .models import sentence_transformer
-
-    model = sentence_transformer(recipe.personas.model)
-    return lambda texts: model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 @forge.command("eval")
 @_stage_recipe_option
 @click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
@@ -383,7 +381,7 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
         "curate.n": n, "curate.strategy": strategy, "curate.data": str(data_path) if data_path else None,
         "curate.kind": kind, "curate.quality_weight": quality_weight, "curate.dedup_threshold": dedup_threshold,
         "curate.heldout": heldout})
-    result = stage.run(recipe.curate, StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0), recipe.backend)
+    result = stage.run(recipe.curate, _stage_context(recipe, obj), recipe.backend)
     ui.summary("forge curate", result.summary)
 
 
@@ -426,7 +424,7 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
 
         overrides["backend.kind"] = "openai"
         recipe = _context(obj, sub_recipe).recipe(**overrides)
-        context = StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0)
+        context = _stage_context(recipe, obj)
         ui.summary("forge train (openai)", stage.run(recipe.train, context, recipe.backend).summary)
         return
     from .stages import train as stage
@@ -480,6 +478,12 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
         ui.info(f"persona: {' '.join(persona)}\n/reset starts over, /quit stops")
     chat_mod.converse(persona, chat_model.reply, compare_base, chat_mod.stdin_lines(interactive), sys.stdout,
                       interactive, chat_model.has_adapter, memory)
+
+
+def _stage_context(recipe: Recipe, obj: Context):
+    from . import executors
+
+    return StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0, executors.get(recipe.executor))
 
 
 @forge.command("run")

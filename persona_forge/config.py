@@ -649,6 +649,21 @@ class MemoryConfig(Section):
     min_content_words: int = Field(1, ge=0, description="sentences: least content words in a fact.")
     max_words: int = Field(40, ge=3, description="sentences: longest sentence kept as a fact, in words.")
 
+class ExecutorConfig(Section):
+    """Where the heavy per-record work (NLI, sentence embeddings) runs: in this process, or fanned out
+    over a Ray cluster (`pip install persona_forge[ray]`). Request-bound work (generation, the judge)
+    always runs on the chat backend's own concurrency."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process (no Ray needed); ray: Ray "
+                                                               "Data map_batches over actors that load the model once.")
+    address: str | None = Field(None, description="ray: the cluster to join (e.g. ray://head:10001 or auto); default: "
+                                                  "$RAY_ADDRESS, else a local Ray started for this run.")
+    actors: int = Field(2, ge=1, description="ray: actors per model (each holds one copy of the model).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs each actor reserves (and its torch threads).")
+    batch_size: int = Field(1024, ge=1, description="ray: items per map_batches block sent to an actor.")
+    object_store_mb: int = Field(384, ge=64, description="ray: object store of a locally started Ray, in MB "
+                                                         "(small machines need little: only texts and scores move).")
+
 
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
@@ -667,6 +682,7 @@ class Recipe(Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,

@@ -19,6 +19,7 @@ class StageContext:
     run_dir: Path
     force: bool = False      # redo a stage whose config or input changed (old outputs go to .trash/)
     progress: bool = True    # progress bars on the terminal
+    executor: Any = None     # where per-record model work fans out (executors/); None: in this process
 
 
 @dataclass

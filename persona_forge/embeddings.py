@@ -28,14 +28,17 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 class Encoder:
     """A sentence-transformers model, loaded on first use; normalised float32 vectors out."""
 
-    def __init__(self, spec: str, batch_size: int = 64):
+    def __init__(self, spec: str, batch_size: int = 64, executor=None):
         self.spec = spec
         self.batch_size = batch_size
+        self.executor = executor  # a remote executor (executors/) encodes on its workers instead
         self.seconds = 0.0  # time spent encoding, without loading: the embedding rate's denominator
 
     def encode(self, texts: list[str], label: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        if self.executor is not None and self.executor.kind != "local":
+            return self._encode_on(self.executor, texts, label)
         from .models import sentence_transformer
 
         model = sentence_transformer(self.spec)
@@ -51,18 +54,30 @@ class Encoder:
         self.seconds += time.time() - started
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
+    def _encode_on(self, executor, texts: list[str], label: str) -> np.ndarray:
+        started = time.time()
+        with ui.progress(label, total=len(texts)) as advance:
+            vectors = executor.encode(texts, self.spec, self.batch_size)  # one fan-out: actors load once
+            advance(len(texts))
+        self.seconds += time.time() - started
+        return vectors
+
 
 class Embedder:
     """Normalised sentence embeddings from a SentenceTransformer model, loaded on first use: texts -> vectors."""
 
-    def __init__(self, spec: str = "packaged:minilm-l6", batch_size: int = 64, threads: int | None = None):
+    def __init__(self, spec: str = "packaged:minilm-l6", batch_size: int = 64, threads: int | None = None,
+                 executor=None):
         self.spec = spec
         self.batch_size = batch_size
         self.threads = threads
+        self.executor = executor  # a remote executor (executors/) encodes on its workers instead
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
+        if self.executor is not None and self.executor.kind != "local":
+            return self.executor.encode(list(texts), self.spec, self.batch_size)
         model = self._load()
         emb = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
                            convert_to_numpy=True, show_progress_bar=False)

@@ -292,7 +292,7 @@ def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool
                         f"lower the floor (--set curate.min_quality=0.3, or null for none) or give longer conversations")
 
     t = time.time()
-    encoder = encoder or Encoder(cfg.model, cfg.batch_size)
+    encoder = encoder or Encoder(cfg.model, cfg.batch_size, context.executor)
     vectors, embedded = cached_embeddings([embed_text(s) for s in pool], [s.id for s in pool], encoder,
                                           VectorCache(run_dir.path, layout.CURATE_EMBEDDINGS, "ids").load(), "samples")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

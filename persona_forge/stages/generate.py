@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import layout, ui
+from .. import executors, layout, ui
 from ..config import GenerateConfig, Recipe
 from ..corpora import load_profiles, spc_file
 from ..errors import UserError
@@ -151,7 +151,8 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     stage.record_model("generator", str(backend.describe()))
     store = JsonlStore(stage.run_dir.file(FILES["dialogues"]), Dialogue)
     store.repair()
-    loop = Loop(recipe, mode, backend, nli, embed, prompts, profiles, store)
+    executor = executors.get(recipe.executor)
+    loop = Loop(recipe, mode, backend, executor.nli(recipe.nli, nli), embed, prompts, profiles, store)
     loop.run(pairs)
     stage.record_model("nli", loop.nli_description)
     results = select(loop.by_pair, pairs, cfg)
@@ -159,6 +160,7 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     figures = report(loop.by_pair, pairs, results, cfg)
     figures["usage"] = backend.usage.as_dict()
     figures["nli_pairs"] = loop.nli_counts
+    figures["executor"] = executor.describe()
     for key, value in results.counts().items():
         stage.set_count(key, value)
     if loop.failed:

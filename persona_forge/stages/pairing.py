@@ -416,7 +416,7 @@ def _run(cfg: PairConfig, run_dir: RunDir, force: bool) -> dict[str, Any]:
     if len(loaded.profiles) < 2:
         found = "only one profile" if loaded.profiles else "no profile with attributes"
         raise UserError(f"{path}: {found} in it ({loaded.description}); pairing needs at least two")
-    outcome = match(cfg, loaded.profiles, Encoder(cfg.model, cfg.batch_size), run_dir)
+    outcome = match(cfg, loaded.profiles, Encoder(cfg.model, cfg.batch_size, context.executor), run_dir)
     if not outcome.chosen:
         raise UserError(no_pair_message(cfg, outcome.found.nearest))
     return write(cfg, run_dir, path, loaded, outcome, force, started)

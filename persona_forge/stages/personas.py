@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .. import layout, ui
-from ..config import Recipe
+from .. import executors, layout, ui
+from ..config import NLIConfig, Recipe
 from ..embeddings import Embed, Embedder
 from ..errors import UserError
 from ..nli.base import identity as nli_identity
@@ -93,7 +93,9 @@ def run(recipe: Recipe, backend, nli, embed: Embed | None = None, force: bool = 
     prompts = _prompt_library(recipe)
     stage = _begin(recipe, seeds_path, texts, prompts, force)
     stores = {name: JsonlStore(stage.run_dir.file(f), _MODELS[name]) for name, f in FILES.items()}
-    embed = embed or Embedder(cfg.model, cfg.batch_size, cfg.threads)
+    executor = executors.get(recipe.executor)
+    embed = embed or Embedder(cfg.model, cfg.batch_size, cfg.threads, executor)
+    nli = executor.nli(recipe.nli, nli)
 
     seeds, seed_emb = _seed_attributes(texts, stores["attributes"], embed, cfg)
     expander, pool_emb = None, seed_emb
