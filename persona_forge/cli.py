@@ -482,6 +482,7 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
 
 def _stage_context(recipe: Recipe, obj: Context):
     from . import executors
+    from .contract import StageContext
 
     return StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0, executors.get(recipe.executor))
 

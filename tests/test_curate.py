@@ -387,7 +387,7 @@ def test_rows_the_template_rejects_are_replaced(tmp_path):
 
 def test_n_larger_than_the_pool_says_so(tmp_path):
     write_run(tmp_path)
-    rows = curate.run(recipe(tmp_path, n=1000), encoder=FakeEncoder(), check=TemplateCheck())
+    rows = run_curate(recipe(tmp_path, n=1000), encoder=FakeEncoder(), check=TemplateCheck())
     assert rows["chosen"].startswith("39 by kcenter")
     assert "fewer than the 1,000 asked for (--n): the pool after cleaning holds 39" in rows["chosen"]
 

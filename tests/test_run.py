@@ -101,8 +101,9 @@ def test_pipeline_runs_from_python_and_returns_typed_results(tmp_path):
 
 def test_forge_run_prints_each_stage_and_a_rerun_finds_it_done(tmp_path, forge):
     path, run_dir = cached_pair_inputs(tmp_path)
-    args = ("--run-dir", str(run_dir), "--set", f"pair.profiles={path}", "--set", "pair.low=-1",
-            "--set", "pair.high=1", "--set", "pair.threads=1", "run", "--stages", "pair")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"run_dir: {run_dir}\npair: {{profiles: {path}, low: -1, high: 1, threads: 1}}\n")
+    args = ("run", str(recipe), "--stages", "pair")
     first = forge(*args)
     assert first.returncode == 0, first.stderr
     assert "forge pair" in first.stderr and "forge run" in first.stderr

@@ -260,12 +260,13 @@ def run(cfg: CurateConfig, context: StageContext, backend: BackendConfig, encode
         check: TemplateCheck | None = None) -> StageResult:
     """Curate for the chat model `backend` names (every row must pass its chat template); `encoder`
     (with .spec and .encode(texts, label)) and `check` may be given (tests)."""
-    rows = _run(cfg, RunDir(context.run_dir), backend, context.force, context.progress, encoder, check)
+    rows = _run(cfg, RunDir(context.run_dir), backend, context.force, context.progress, encoder, check,
+                context.executor)
     return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS)
 
 
 def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool, progress: bool, encoder: Any,
-         check: TemplateCheck | None) -> dict[str, Any]:
+         check: TemplateCheck | None, executor: Any = None) -> dict[str, Any]:
     data, prefs_path = inputs_of(cfg, run_dir)
     inputs = [data] + ([prefs_path] if prefs_path else [])
     check_spec = "injected" if check is not None else f"{backend.kind}:{backend.model}"
@@ -292,7 +293,7 @@ def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool
                         f"lower the floor (--set curate.min_quality=0.3, or null for none) or give longer conversations")
 
     t = time.time()
-    encoder = encoder or Encoder(cfg.model, cfg.batch_size, context.executor)
+    encoder = encoder or Encoder(cfg.model, cfg.batch_size, executor)
     vectors, embedded = cached_embeddings([embed_text(s) for s in pool], [s.id for s in pool], encoder,
                                           VectorCache(run_dir.path, layout.CURATE_EMBEDDINGS, "ids").load(), "samples")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

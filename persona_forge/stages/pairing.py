@@ -392,11 +392,11 @@ def stage_config(cfg: PairConfig) -> dict[str, Any]:
 def run(cfg: PairConfig, context: StageContext) -> StageResult:
     """Pair the profiles (pair.profiles, else the run directory's profiles.jsonl); the stage contract:
     its own config section and the context in, a StageResult out."""
-    rows = _run(cfg, RunDir(context.run_dir), context.force)
+    rows = _run(cfg, RunDir(context.run_dir), context.force, context.executor)
     return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS)
 
 
-def _run(cfg: PairConfig, run_dir: RunDir, force: bool) -> dict[str, Any]:
+def _run(cfg: PairConfig, run_dir: RunDir, force: bool, executor: Any = None) -> dict[str, Any]:
     path = Path(cfg.profiles) if cfg.profiles else run_dir.file(layout.PROFILES)
     if not path.is_file():
         what = "no such file" if cfg.profiles else "no profiles here yet (the personas stage writes them)"
@@ -416,7 +416,7 @@ def _run(cfg: PairConfig, run_dir: RunDir, force: bool) -> dict[str, Any]:
     if len(loaded.profiles) < 2:
         found = "only one profile" if loaded.profiles else "no profile with attributes"
         raise UserError(f"{path}: {found} in it ({loaded.description}); pairing needs at least two")
-    outcome = match(cfg, loaded.profiles, Encoder(cfg.model, cfg.batch_size, context.executor), run_dir)
+    outcome = match(cfg, loaded.profiles, Encoder(cfg.model, cfg.batch_size, executor), run_dir)
     if not outcome.chosen:
         raise UserError(no_pair_message(cfg, outcome.found.nearest))
     return write(cfg, run_dir, path, loaded, outcome, force, started)
