@@ -13,6 +13,7 @@ from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
 from persona_forge.prompts import library
+from persona_forge.rubric import REPLY
 from persona_forge.schema import BigFiveAnswer, ChatMessage, EvalGeneration, PairwiseJudgement, RubricJudgement
 from persona_forge.stages import judging as J
 from persona_forge.store import atomic_write_jsonl, read_jsonl
@@ -43,9 +44,10 @@ def test_rubric_noisy():
 
 
 def test_rubric_invalid():
+    # the score rule (rubric.py): decimals on the scale are kept, out of range is unreadable
     partial = J.parse_rubric({"persona_consistency": 7, "tone": 0, "helpfulness": 3.5, "naturalness": "4"})
-    assert partial.scores == {"persona_consistency": None, "tone": None, "helpfulness": None, "naturalness": 4}
-    assert partial.error == "missing or out of range: persona_consistency, tone, helpfulness"
+    assert partial.scores == {"persona_consistency": None, "tone": None, "helpfulness": 3.5, "naturalness": 4}
+    assert partial.error == "missing or out of range: persona_consistency, tone"
     assert J.parse_rubric(None, "I think it is a good reply.").error == \
         "unreadable: no JSON object or array found"
     assert J.parse_rubric(None, '{"tone": {"score": 4').error == "unreadable: JSON is truncated (unbalanced brackets)"
@@ -174,7 +176,7 @@ def test_prompts_render_exact_text():
         "2 = moderately inaccurate, 3 = neither accurate nor inaccurate, 4 = moderately accurate, "
         "5 = very accurate), then a few words why.")},)
     rubric = lib.render("judge/rubric", persona=["I have a dog."], history=[{"speaker": "Me", "text": "Yo"}],
-                        reply="Dogs rule")
+                        reply="Dogs rule", **REPLY.variables())
     assert rubric.messages[1]["content"].startswith(
         "The replying user has this persona:\n- I have a dog.\n\nThe conversation so far (the replying user is "
         "\"Me\"):\nMe: Yo\n\nThe reply to judge:\nMe: Dogs rule\n\nScore the reply from 1 (very poor) to 5")
