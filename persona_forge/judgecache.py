@@ -44,12 +44,18 @@ class JudgeCache:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
-        with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._conn: sqlite3.Connection | None = None   # opened on first use: a run that asks nothing touches nothing
         self.stats = CacheStats()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+            with self._conn:
+                self._conn.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        return self._conn
 
     def get(self, key: str) -> Any | None:
         with self._lock:
@@ -64,7 +70,9 @@ class JudgeCache:
                                  [(k, json.dumps(v, ensure_ascii=False)) for k, v in items])
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def request_key(identity: dict[str, Any], kind: str, request: ChatRequest, **extra: Any) -> str:

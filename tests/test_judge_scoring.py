@@ -236,6 +236,7 @@ def test_scripted_backends_are_not_cached_unless_marked(tmp_path):
                              "judge.bigfive": False})
     result = J.run(recipe, backend_factory=lambda c: fake, progress=False)
     assert result["cache"]["hits"] == 0 and result["cache"]["misses"] == 0
+    assert not (tmp_path / "c.sqlite").exists()      # never opened
 
 
 # --- the estimate is what is sent ----------------------------------------------------------------
