@@ -10,7 +10,12 @@ Out: <run_dir>/judge/judgements.jsonl (RubricJudgement: persona consistency, ton
 
 The judge is the recipe's backend (or `judge.backend`); the Big Five items are answered by each
 model under test in persona (the item as the other user's turn after the persona system prompt).
-A judge reply that cannot be read is kept with its parse error and counted, never fatal.
+Where the backend gives token probabilities (`judge.scoring`: local, openai) every question asks
+for one token and the score is the expectation over the answer options (rubric.py defines them);
+elsewhere the answer is JSON text (with a structured-output schema on endpoints). A judge reply
+that cannot be read is kept with its parse error and counted, never fatal. `plan` builds every
+request once: `run` sends it, `estimate` counts it; the judge cache (judgecache.py) answers
+repeated questions without a request.
 """
 
 from __future__ import annotations
