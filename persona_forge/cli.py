@@ -329,10 +329,11 @@ def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapter
 @click.option("--rubric/--no-rubric", default=None, help="Rubric scores for each reply (default: on).")
 @click.option("--pairwise/--no-pairwise", default=None, help="Base vs each adapter, both orders (default: on).")
 @click.option("--bigfive/--no-bigfive", default=None, help="Big Five probes of each model, in persona (default: on).")
+@click.option("--estimate", is_flag=True, help="Print the requests, tokens and cost it would send, and send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print judge.json on stdout.")
 @click.pass_obj
 def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit: int | None, rubric: bool | None,
-          pairwise: bool | None, bigfive: bool | None, as_json: bool) -> None:
+          pairwise: bool | None, bigfive: bool | None, estimate: bool, as_json: bool) -> None:
     """LLM-as-judge on eval's replies (rubric, pairwise in both orders) and Big Five probes in persona.
 
     Example: forge --run-dir runs/demo judge --set judge.backend.kind=openai --set judge.backend.model=gpt-4o-mini
@@ -342,6 +343,10 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
     recipe = _context(obj, sub_recipe).recipe(**{
         "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
         "judge.pairwise": pairwise, "judge.bigfive": bigfive})
+    if estimate:
+        planned = stage.estimate(recipe)
+        click.echo(json.dumps(planned, indent=2, sort_keys=True) if as_json else stage.estimate_table(planned))
+        return
     result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0,
                        bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
     if as_json:

@@ -27,6 +27,13 @@ class SamplingConfig(Section):
     max_tokens: int = Field(256, ge=1, description="Most new tokens per reply.")
 
 
+class PriceConfig(Section):
+    """What an endpoint charges, for cost estimates and the cost in manifests."""
+
+    input: float = Field(0.0, ge=0, description="Price per 1M prompt (input) tokens, in your currency.")
+    output: float = Field(0.0, ge=0, description="Price per 1M completion (output) tokens.")
+
+
 class BackendConfig(Section):
     kind: Literal["local", "openai", "fake"] = Field(
         "local", description="local: a model run in-process; openai: any OpenAI-compatible endpoint; "
@@ -57,6 +64,8 @@ class BackendConfig(Section):
     replies: list[str] = Field(default_factory=list, description="Scripted replies, in order (fake).")
     default_reply: str = Field("ok", description="Reply once the script runs out (fake).")
     delay_s: float = Field(0.0, ge=0, description="Seconds each reply takes (fake).")
+    prices: PriceConfig | None = Field(None, description="Prices per 1M input/output tokens: costs in "
+                                                         "estimates (--estimate) and manifests.")
 
     @field_validator("base_url")
     @classmethod
@@ -367,9 +376,20 @@ class JudgeConfig(Section):
     max_tokens: int = Field(320, ge=16, description="Most tokens of a judge reply.")
     probe_max_tokens: int = Field(24, ge=4, description="Most tokens of a Big Five answer.")
     seed: int = Field(0, description="Seed of the judge requests.")
+    scoring: Literal["auto", "logprobs", "text"] = Field(
+        "auto", description="logprobs: one criterion at a time, the score is the expectation over the answer "
+                            "tokens 1-5 (pairwise: P(A) vs P(B); Big Five the same); text: a JSON answer read "
+                            "from the reply; auto: logprobs where the backend gives token probabilities (local, "
+                            "openai), else text.")
+    cache: bool = Field(True, description="Answer repeated judge questions from the judge cache "
+                                          "(<cache>/judge/answers.sqlite) instead of asking again.")
+    cache_path: Path | None = Field(None, description="Another judge cache file (sqlite).")
+    nli_agreement: bool = Field(False, description="Also run the NLI on every judged reply against its persona "
+                                                   "and report how the judge's persona consistency agrees with it.")
 
     def identity(self) -> dict[str, Any]:
-        ident = self.model_dump(mode="json", exclude={"input", "items", "limit", "backend"})
+        ident = self.model_dump(mode="json", exclude={"input", "items", "limit", "backend", "cache", "cache_path",
+                                                      "nli_agreement"})
         ident["backend"] = self.backend.identity() if self.backend else None
         return ident
 class CurateConfig(Section):

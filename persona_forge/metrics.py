@@ -245,6 +245,17 @@ def reference_nll(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]],
 
 # --- bootstrap --------------------------------------------------------------------------------------
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
+    """The Wilson score interval of a proportion (95% by default): sound for small n and rates
+    near 0 or 1, where the normal approximation is not."""
+    if n == 0:
+        return None, None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) example indices drawn with replacement, seeded: shared by every statistic,
     so the intervals of one model's metrics (and of two models on the same examples) are paired."""

@@ -187,16 +187,22 @@ class EvalGeneration(Record):
 
 
 class RubricJudgement(Record):
-    """The judge's rubric scores (1-5, with reasons) for one model's reply to one example."""
+    """The judge's rubric scores (1-5) for one model's reply to one example: read from a JSON
+    answer (method "text", with reasons), or the expectation of the judge's distribution over
+    the answer tokens 1-5, one criterion at a time (method "logprobs", with each distribution and
+    its entropy in bits as the judge's confidence)."""
 
     generation_id: str
     example_id: str
     model: str
-    scores: dict[str, int | None] = Field(default_factory=dict)
+    scores: dict[str, float | None] = Field(default_factory=dict)
     reasons: dict[str, str] = Field(default_factory=dict)
     raw: str | None = None
     parse_error: str | None = None
     provenance: Provenance | None = None
+    method: Literal["text", "logprobs"] = "text"
+    probs: dict[str, dict[str, float]] = Field(default_factory=dict)
+    entropy: dict[str, float] = Field(default_factory=dict)
 
 
 class PairwiseJudgement(Record):
@@ -212,6 +218,7 @@ class PairwiseJudgement(Record):
     raw: str | None = None
     parse_error: str | None = None
     provenance: Provenance | None = None
+    probs: dict[str, float] | None = None   # P(A), P(B) at the answer position (method logprobs)
 
 
 class BigFiveAnswer(Record):
@@ -229,6 +236,9 @@ class BigFiveAnswer(Record):
     answer: int | None = None
     raw: str | None = None
     parse_error: str | None = None
+    expected: float | None = None           # the expectation over the answer tokens 1-5 (logprobs)
+    probs: dict[str, float] | None = None
+    entropy: float | None = None
 
 
 class Sample(Record):

@@ -16,7 +16,9 @@ What each chat request gets, first match wins:
 3. the default behaviour (`--default`, normally `ok`).
 
 Behaviours (`name` or `name:arg`):
-    ok               an echo-based answer (JSON `{"echo": ...}` when response_format asks for JSON)
+    ok               an echo-based answer (JSON `{"echo": ...}` when response_format asks for JSON; an
+                     instance of the schema when it is a json_schema; with `logprobs`, a one-token
+                     answer, 1-5 or A/B as the prompt asks, with top_logprobs from a seeded distribution)
     json             a JSON answer even without response_format
     fenced, prose    that JSON inside a ```json fence, or inside a sentence
     truncated        JSON cut off mid-way, finish_reason "length"
@@ -43,7 +45,9 @@ job one step along validating_files -> queued -> running -> succeeded (fine_tune
 --latency-ms delays every chat answer; GET /stats returns counters (by path, by behaviour,
 arrival times per prompt, the most requests in flight at once, every Authorization header
 seen); POST /control resets them and sets `script`, `latency_ms`, `default`, `api_key`, `models`
-(those not given go back to how the server was started), so one process can serve a test module.
+(those not given go back to how the server was started), and `formats`: the response_format
+types it accepts (others get 400, as servers without structured outputs answer; default all), so
+one process can serve a test module.
 
     python tests/standin_server.py --port 0 --latency-ms 50     # prints the port, then serves
 """
@@ -80,7 +84,9 @@ _ERROR_MESSAGES = {400: "This model's maximum context length is 8192 tokens.",
 
 class Settings:
     def __init__(self, latency_ms: float = 0.0, default: str = "ok", script: list[str] | None = None,
-                 api_key: str | None = None, models: list[str] | None = None):
+                 api_key: str | None = None, models: list[str] | None = None,
+                 formats: list[str] | None = None):
+        self.formats = formats
         self.latency_s = latency_ms / 1000
         self.default = default
         self.script = list(script or [])
@@ -99,6 +105,8 @@ class Stats:
         self.by_model: Counter[str] = Counter()
         self.authorization: Counter[str] = Counter()
         self.json_mode = 0
+        self.json_schema = 0
+        self.logprobs = 0
         self.in_flight = 0
         self.max_in_flight = 0
         # Where the time goes, to tell a slow client from a slow server: the server's own time
@@ -117,7 +125,8 @@ class Stats:
             "chat": self.by_path["POST /v1/chat/completions"],
             "by_path": dict(self.by_path), "by_behaviour": dict(self.by_behaviour),
             "by_model": dict(self.by_model), "authorization": dict(self.authorization),
-            "json_mode": self.json_mode, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "json_mode": self.json_mode, "json_schema": self.json_schema, "logprobs": self.logprobs,
+            "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
             "arrivals": self.arrivals,
             "handling_ms": round(self.handling_s / max(1, self.by_path["POST /v1/chat/completions"]) * 1000, 3),
             "turnaround_ms": round(self.turnaround_s / max(1, self.turnarounds) * 1000, 3),
@@ -326,8 +335,12 @@ class StandinServer:
         stats.arrivals.setdefault(first_user[:200], []).append(round(time.monotonic() - stats.started, 4))
         model = request.get("model", "")
         stats.by_model[model] += 1
-        wants_json = (request.get("response_format") or {}).get("type") == "json_object"
-        stats.json_mode += wants_json
+        response_format = request.get("response_format") or {}
+        format_type = response_format.get("type")
+        wants_json = format_type in ("json_object", "json_schema")
+        stats.json_mode += format_type == "json_object"
+        stats.json_schema += format_type == "json_schema"
+        stats.logprobs += bool(request.get("logprobs"))
 
         behaviour = self.behaviour_for(messages)
         name, _, arg = behaviour.partition(":")
@@ -337,6 +350,9 @@ class StandinServer:
 
         if self.settings.models and model not in self.settings.models:
             await self.send(writer, 404, _error_body(404, f"The model `{model}` does not exist."))
+            return True
+        if format_type and self.settings.formats is not None and format_type not in self.settings.formats:
+            await self.send(writer, 400, _error_body(400, f"response_format type '{format_type}' is not supported"))
             return True
         if name.isdigit():
             status = int(name)
@@ -374,6 +390,11 @@ class StandinServer:
 
         last_user = users[-1] if users else ""
         content, finish = _content(name, last_user, wants_json, request.get("seed"))
+        logprobs = None
+        if format_type == "json_schema" and name in ("ok", "persona", "json"):
+            content = json.dumps(_instance(response_format.get("json_schema", {}).get("schema", {})))
+        if request.get("logprobs") and name in ("ok", "persona"):
+            content, logprobs = _answer_logprobs(last_user, int(request.get("top_logprobs") or 0))
         prompt_tokens = sum(_tokens(m.get("content") or "") + 4 for m in messages) + 3
         body = json.dumps({
             "id": f"chatcmpl-standin{stats.requests}",
@@ -381,7 +402,7 @@ class StandinServer:
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": finish}],
+                         "logprobs": logprobs, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
                       "total_tokens": prompt_tokens + _tokens(content)},
         }, separators=(",", ":")).encode()
@@ -512,6 +533,37 @@ def _persona_content(prompt: str, wants_json: bool, seed: int | None = None) -> 
         turns += [f"User 1: {share}", f"User 2: {rng.choice(_REPLIES).format(B=b)}"]
     closer = rng.choice(_CLOSERS)
     return "\n".join(turns + [f"User 1: {closer[0]}", f"User 2: {closer[1]}"])
+
+
+def _instance(schema: dict[str, Any]) -> Any:
+    """A value that satisfies a (simple) JSON schema: what a server that honours it returns."""
+    if "enum" in schema:
+        values = schema["enum"]
+        return values[len(values) * 3 // 4] if all(isinstance(v, int) for v in values) else values[0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {key: _instance(sub) for key, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_instance(schema.get("items") or {})]
+    return {"integer": 4, "number": 4.0, "boolean": False, "string": "reads well"}.get(kind)
+
+
+def _answer_logprobs(prompt: str, top: int) -> tuple[str, dict[str, Any]]:
+    """A one-token answer to a question asking for a digit 1-5 or a letter A/B, with the top
+    logprobs of a distribution seeded by the prompt (the options, then filler tokens)."""
+    import hashlib
+    import math
+
+    options = ["A", "B"] if "A or B" in prompt else ["1", "2", "3", "4", "5"]
+    rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+    weights = [rng.random() + 0.05 for _ in options] + [0.05, 0.03]
+    tokens = options + ["The", " I"]
+    total = sum(weights)
+    ranked = sorted(zip(tokens, (w / total for w in weights)), key=lambda tp: -tp[1])[:max(1, top)]
+    best = ranked[0][0]
+    return best, {"content": [{"token": best, "logprob": math.log(ranked[0][1]), "bytes": list(best.encode()),
+                               "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
+                                                for t, p in ranked]}]}
 
 
 def _tokens(text: str) -> int:

@@ -12,6 +12,7 @@ from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
 from persona_forge.prompts import library
+from persona_forge.rubric import REPLY
 from persona_forge.schema import BigFiveAnswer, ChatMessage, EvalGeneration, PairwiseJudgement, RubricJudgement
 from persona_forge.stages import judging as J
 from persona_forge.store import atomic_write_jsonl, read_jsonl
@@ -42,9 +43,10 @@ def test_rubric_noisy():
 
 
 def test_rubric_invalid():
+    # the score rule (rubric.py): decimals on the scale are kept, out of range is unreadable
     partial = J.parse_rubric({"persona_consistency": 7, "tone": 0, "helpfulness": 3.5, "naturalness": "4"})
-    assert partial.scores == {"persona_consistency": None, "tone": None, "helpfulness": None, "naturalness": 4}
-    assert partial.error == "missing or out of range: persona_consistency, tone, helpfulness"
+    assert partial.scores == {"persona_consistency": None, "tone": None, "helpfulness": 3.5, "naturalness": 4}
+    assert partial.error == "missing or out of range: persona_consistency, tone"
     assert J.parse_rubric(None, "I think it is a good reply.").error == \
         "unreadable: no JSON object or array found"
     assert J.parse_rubric(None, '{"tone": {"score": 4').error == "unreadable: JSON is truncated (unbalanced brackets)"
@@ -173,7 +175,7 @@ def test_prompts_render_exact_text():
         "2 = moderately inaccurate, 3 = neither accurate nor inaccurate, 4 = moderately accurate, "
         "5 = very accurate), then a few words why.")},)
     rubric = lib.render("judge/rubric", persona=["I have a dog."], history=[{"speaker": "Me", "text": "Yo"}],
-                        reply="Dogs rule")
+                        reply="Dogs rule", **REPLY.variables())
     assert rubric.messages[1]["content"].startswith(
         "The replying user has this persona:\n- I have a dog.\n\nThe conversation so far (the replying user is "
         "\"Me\"):\nMe: Yo\n\nThe reply to judge:\nMe: Dogs rule\n\nScore the reply from 1 (very poor) to 5")
@@ -294,29 +296,52 @@ def test_cli_judge_with_the_fake_backend(tmp_path, forge):
 
 @pytest.mark.integration
 def test_judge_on_the_packaged_model(tmp_path):
-    """The local default as judge and as the model under test: weak, but every answer is read or
-    counted, both orders are asked, and the probes are answered in persona."""
+    """The local default as judge and as the model under test: weak, but every rubric criterion,
+    pairwise question and Big Five item gets a score from the token probabilities (none
+    unreadable), both orders are asked, and the probes are answered in persona."""
     run = tmp_path / "run"
     _generations(run / "eval" / "generations.jsonl", examples=2)
     items = tmp_path / "items.jsonl"
     rows = [json.loads(line) for line in J.default_items().read_text().splitlines()]
     items.write_text("".join(json.dumps(r) + "\n" for r in rows if r["group"][1] == "1"))  # one group per trait
     recipe = load_recipe(None, {"run_dir": str(run), "backend.threads": 2, "judge.personas": 1,
-                                "judge.max_tokens": 160, "judge.items": str(items)})
+                                "judge.items": str(items), "judge.cache": False})
     result = J.run(recipe, progress=False)
+    assert result["method"] == "logprobs"
     rubric = read_jsonl(run / "judge" / "judgements.jsonl", RubricJudgement)
-    assert len(rubric) == 4
-    assert all((r.parse_error is None) == all(v is not None for v in r.scores.values()) or r.parse_error.startswith(
-        "missing") for r in rubric)
+    assert len(rubric) == 4 and all(r.parse_error is None and r.method == "logprobs" for r in rubric)
+    assert all(1 <= v <= 5 for r in rubric for v in r.scores.values())
+    assert all(0 <= b <= 2.33 for r in rubric for b in r.entropy.values())
     assert sum(result["rubric"][m]["n"] for m in ("base", "sft")) == 4
     pairs = read_jsonl(run / "judge" / "pairwise.jsonl", PairwiseJudgement)
     assert sorted(p.order for p in pairs) == ["base_first", "base_first", "base_second", "base_second"]
-    assert all((p.winner is None) == (p.parse_error is not None) for p in pairs)
+    assert all(p.winner in ("A", "B") and p.probs["A"] + p.probs["B"] == pytest.approx(1, abs=1e-4) for p in pairs)
+    assert result["pairwise"]["sft"]["unreadable"] == 0 and result["pairwise"]["sft"]["p_adapter"] is not None
     answers = read_jsonl(run / "judge" / "bigfive.jsonl", BigFiveAnswer)
-    assert len(answers) == 10 and all(a.raw for a in answers)
-    assert all((a.answer is None) == (a.parse_error is not None) for a in answers)
-    assert result["bigfive"]["base"]["answers"] == 10
+    assert len(answers) == 10 and all(a.expected is not None and a.parse_error is None for a in answers)
+    assert result["bigfive"]["base"]["answers"] == 10 and result["bigfive"]["base"]["unreadable"] == 0
     assert (run / "judge" / "report.md").read_text().startswith("# forge judge report")
+
+
+@pytest.mark.integration
+def test_local_option_probs_batched_equal_one_by_one():
+    """Left padding and positions: a prompt's answer distribution does not depend on its batch."""
+    from persona_forge.backends.base import ChatRequest
+    from persona_forge.backends.local import LocalBackend
+    from persona_forge.config import BackendConfig
+
+    backend = LocalBackend(BackendConfig(threads=2, batch_size=4), progress=False)
+    requests = [ChatRequest.of([{"role": "user", "content": text + " Answer with a single digit from 1 to 5."}])
+                for text in ("Rate pizza.", "How much do you like long walks on the beach at sunset with friends?",
+                             "Rate this reply: hello")]
+    together = backend.option_probs_sync(requests, ("1", "2", "3", "4", "5"))
+    alone = [backend.option_probs_sync([r], ("1", "2", "3", "4", "5"))[0] for r in requests]
+    for t, a in zip(together, alone):
+        assert t.ok and sum(t.probs.values()) == pytest.approx(1.0)
+        assert 0 < t.mass <= 1
+        for option in t.probs:
+            assert t.probs[option] == pytest.approx(a.probs[option], abs=2e-3)
+    assert backend.usage.requests == 6 and backend.usage.completion_tokens == 0
 
 
 def test_failed_judge_requests_are_retried_on_rerun(tmp_path):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..config import BackendConfig
-from .base import ChatBackend, ChatRequest, Completion, UsageTotals
+from .base import ChatBackend, ChatRequest, Completion, OptionProbs, UsageTotals
 from .fake import ScriptedBackend
 
-__all__ = ["ChatBackend", "ChatRequest", "Completion", "UsageTotals", "ScriptedBackend", "build_backend"]
+__all__ = ["ChatBackend", "ChatRequest", "Completion", "OptionProbs", "UsageTotals", "ScriptedBackend", "build_backend"]
 
 
 def build_backend(config: BackendConfig, progress: bool = True) -> ChatBackend:

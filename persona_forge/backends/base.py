@@ -31,6 +31,11 @@ class ChatRequest:
     seed: int | None = None
     json: bool = False
     stop: tuple[str, ...] = ()
+    # A structured-output `response_format` (a JSON schema, rubric.py) for endpoints that take one;
+    # backends without it (or a server that refuses it) fall back to `json`.
+    schema: dict[str, Any] | None = None
+    # Ask the endpoint for the top log-probabilities of each generated token (option_probs).
+    top_logprobs: int | None = None
 
     @classmethod
     def of(cls, messages: Sequence[dict[str, str]], **kwargs: Any) -> "ChatRequest":
@@ -52,10 +57,32 @@ class Completion:
     parsed: Any = None
     parse_error: str | None = None
     attempts: int = 1
+    logprobs: Any = None   # the endpoint's `logprobs` of the choice, when asked for (top_logprobs)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass
+class OptionProbs:
+    """The distribution over a question's answer options ("1".."5", "A"/"B") at the answer position.
+
+    `probs` is normalised over the options; `mass` is their share of the whole next-token
+    distribution before that (low mass: the judge wanted to say something else); `from_text`
+    marks an answer read from generated text because the endpoint sent no logprobs (one-hot)."""
+
+    probs: dict[str, float]
+    mass: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    from_text: bool = False
+    text: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.probs)
 
 
 @dataclass
@@ -99,9 +126,20 @@ ProgressFn = Callable[[int], None]
 
 
 class ChatBackend(abc.ABC):
-    """Subclasses set `name` and implement `_stream_raw`."""
+    """Subclasses set `name` and implement `_stream_raw`.
+
+    Capabilities: `supports_logprobs` (option_probs reads token probabilities), `supports_schema`
+    (a request's `schema` is sent as a structured-output response_format). `deterministic`: the
+    same request gives the same answer (a judge cache may keep it).
+    """
 
     name: str = "abstract"
+    supports_logprobs: bool = False
+    supports_schema: bool = False
+    deterministic: bool = True
+    # Completion tokens an endpoint generates for one option question (the answer token and a
+    # little slack for a leading quote or space).
+    option_max_tokens: int = 3
 
     def __init__(self, model: str, sampling: SamplingConfig | None = None):
         self.model = model
@@ -185,6 +223,76 @@ class ChatBackend(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model}
+
+    # --- answer-token probabilities -------------------------------------------------------------
+
+    def option_request(self, request: ChatRequest) -> ChatRequest:
+        """The request as an endpoint is sent it for option_probs: greedy, a few tokens, logprobs."""
+        return replace(request, max_tokens=self.option_max_tokens, temperature=0.0, json=False, schema=None,
+                       top_logprobs=20)
+
+    async def option_probs(self, requests: Sequence[ChatRequest], options: Sequence[str],
+                           prefix: str = "") -> list[OptionProbs]:
+        """P(option) at the answer position of each request, normalised over `options`.
+
+        Endpoints (this default): the first generated token whose top logprobs hold an option
+        (a leading space or quote ignored); the generated text when the endpoint sends no
+        logprobs. `prefix` (text the answer starts with, e.g. "Score: ") is used by backends that
+        can prefill the assistant turn (local) and ignored here.
+        """
+        if not self.supports_logprobs:
+            raise NotImplementedError(f"the {self.name} backend gives no token probabilities")
+        completions = await self.complete([self.option_request(r) for r in requests])
+        return [options_from_completion(c, options) for c in completions]
+
+    def option_probs_sync(self, requests: Sequence[ChatRequest], options: Sequence[str],
+                          prefix: str = "") -> list[OptionProbs]:
+        async def go():
+            try:
+                return await self.option_probs(requests, options, prefix)
+            finally:
+                await self.aclose()
+        return asyncio.run(go())
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """Prompt tokens of a request, for estimates before anything is sent: about 4 characters
+        a token plus a few per message (backends with a tokenizer count exactly)."""
+        return sum((len(m["content"]) + 3) // 4 + 4 for m in request.messages) + 3
+
+
+def _option_of(token: str, options: Sequence[str]) -> str | None:
+    token = token.strip().strip('"\'*`(').strip()
+    return token if token in options else None
+
+
+def options_from_completion(completion: Completion, options: Sequence[str]) -> OptionProbs:
+    """OptionProbs from an endpoint's answer: the first position whose top logprobs hold an
+    option; without logprobs, the first option standing alone in the text (one-hot)."""
+    import math
+    import re
+
+    usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+    if not completion.ok:
+        return OptionProbs({}, error=completion.error, **usage)
+    content = completion.logprobs.get("content") if isinstance(completion.logprobs, dict) else None
+    for position in content or []:
+        probs: dict[str, float] = {}
+        for top in position.get("top_logprobs") or []:
+            option = _option_of(str(top.get("token", "")), options)
+            if option is not None and top.get("logprob") is not None:
+                probs[option] = probs.get(option, 0.0) + math.exp(float(top["logprob"]))
+        if probs:
+            mass = sum(probs.values())
+            full = {o: probs.get(o, 0.0) / mass for o in options}
+            return OptionProbs(full, mass=round(mass, 6), text=completion.text, **usage)
+    if content:
+        return OptionProbs({}, error="no answer option among the top logprobs", text=completion.text, **usage)
+    alternatives = "|".join(re.escape(o) for o in sorted(options, key=len, reverse=True))
+    match = re.search(rf"(?<![\w.])({alternatives})(?![\w]|\.\d)", completion.text or "")
+    if match:
+        return OptionProbs({o: float(o == match.group(1)) for o in options}, from_text=True, text=completion.text,
+                           **usage)
+    return OptionProbs({}, error="no logprobs and no answer option in the text", text=completion.text, **usage)
 
 
 def _parse_into(completion: Completion) -> None:

@@ -15,11 +15,13 @@ from typing import Any
 from ..config import BackendConfig
 from ..hardware import native_bf16, set_torch_threads, usable_cores  # noqa: F401 - re-exported
 from ..schema import record_id
-from .base import ChatBackend, ChatRequest, Completion
+from .base import ChatBackend, ChatRequest, Completion, OptionProbs
 
 
 class LocalBackend(ChatBackend):
     name = "local"
+    supports_logprobs = True
+    option_max_tokens = 0   # option questions are one forward pass: nothing is generated
 
     def __init__(self, config: BackendConfig, progress: bool = True):
         super().__init__(config.model, config.sampling)
@@ -109,3 +111,78 @@ class LocalBackend(ChatBackend):
                 text, finish = text[:cut], "stop"
         return Completion(text=text.strip(), finish_reason=finish, prompt_tokens=int(prompt_len),
                           completion_tokens=len(ids))
+
+    # --- answer-token probabilities: one forward pass, no generation ------------------------------
+
+    async def option_probs(self, requests: Sequence[ChatRequest], options: Sequence[str],
+                           prefix: str = "") -> list[OptionProbs]:
+        """The next-token distribution after the prompt (+ `prefix` in the assistant turn),
+        summed over each option's spellings that are one token ("4" and " 4"), normalised over
+        the options. Prompts are batched by length, left-padded, one forward pass per batch."""
+        await asyncio.to_thread(self.load)
+        lengths = [len(self._prompt_ids(r)) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: lengths[i])
+        size = self.config.batch_size
+        results: list[OptionProbs | None] = [None] * len(requests)
+        for k in range(0, len(order), size):
+            batch = order[k:k + size]
+            rows = await asyncio.to_thread(self._option_batch, [requests[i] for i in batch], options, prefix)
+            for index, row in zip(batch, rows):
+                results[index] = row
+                self.usage.add(Completion(text=None, prompt_tokens=row.prompt_tokens))
+        return results  # type: ignore[return-value]
+
+    def option_token_ids(self, options: Sequence[str]) -> dict[str, list[int]]:
+        """Each option's one-token spellings: the bare option and with a leading space."""
+        _, tokenizer = self.load()
+        ids: dict[str, list[int]] = {}
+        for option in options:
+            found = []
+            for spelling in (option, " " + option):
+                encoded = tokenizer.encode(spelling, add_special_tokens=False)
+                if len(encoded) == 1 and encoded[0] not in found:
+                    found.append(encoded[0])
+            if not found:
+                raise ValueError(f"option {option!r} is not one token for {self.model}")
+            ids[option] = found
+        return ids
+
+    def _option_batch(self, requests: list[ChatRequest], options: Sequence[str], prefix: str) -> list[OptionProbs]:
+        import torch
+
+        model, tokenizer = self.load()
+        ids = self.option_token_ids(options)
+        texts = [tokenizer.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False) + prefix
+                 for r in requests]
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"   # the answer position is the last one in every row
+        try:
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        finally:
+            tokenizer.padding_side = side
+        mask = inputs["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
+        rows = []
+        for r, prompt_len in enumerate(mask.sum(dim=1).tolist()):
+            per = {o: float(probs[r, token_ids].sum()) for o, token_ids in ids.items()}
+            mass = sum(per.values())
+            rows.append(OptionProbs({o: p / mass for o, p in per.items()} if mass > 0 else {}, mass=round(mass, 6),
+                                    prompt_tokens=int(prompt_len),
+                                    error=None if mass > 0 else "no probability on any option"))
+        return rows
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """Exact prompt tokens; loads only the tokenizer when the model is not loaded yet."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            if getattr(self, "_count_tokenizer", None) is None:
+                from ..lm import load_tokenizer
+                from ..models import causal_lm_path
+
+                self._count_tokenizer = load_tokenizer(causal_lm_path(self.model, progress=self._show_progress))
+            tokenizer = self._count_tokenizer
+        return len(tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False))

@@ -23,6 +23,7 @@ from ..config import BackendConfig, redact_url
 from ..errors import BackendUnavailable, UserError
 from .base import ChatBackend, ChatRequest, Completion
 
+_FORMAT_ORDER = ("json_schema", "json_object", "text")
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 FATAL_STATUS = {401: "the API key was refused", 403: "access denied",
                 404: "the endpoint or model was not found"}
@@ -30,6 +31,8 @@ FATAL_STATUS = {401: "the API key was refused", 403: "access denied",
 
 class OpenAIBackend(ChatBackend):
     name = "openai"
+    supports_logprobs = True   # OpenAI, vLLM and llama.cpp server return logprobs; others: the text is read
+    supports_schema = True
 
     def __init__(self, config: BackendConfig):
         super().__init__(config.model, config.sampling)
@@ -43,6 +46,10 @@ class OpenAIBackend(ChatBackend):
         self._session = None
         self._session_loop = None
         self._proxy: str | None = None
+        # Structured outputs, best first; a server that refuses one with 400 moves this down for
+        # the rest of the run (json_schema -> json_object -> plain text with the JSON asked in words).
+        self.format_mode = "json_schema"
+        self.format_fallbacks: list[str] = []
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model,
@@ -110,7 +117,7 @@ class OpenAIBackend(ChatBackend):
         async def worker() -> None:
             for index, request in pending:
                 try:
-                    done.put_nowait((index, await self._with_retries(session, url, request)))
+                    done.put_nowait((index, await self._with_fallback(session, url, request)))
                 except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
                     done.put_nowait((index, exc))
                     return
@@ -190,9 +197,35 @@ class OpenAIBackend(ChatBackend):
             body["seed"] = request.seed
         if request.stop:
             body["stop"] = list(request.stop)
-        if request.json and self.config.json_mode:
-            body["response_format"] = {"type": "json_object"}
+        response_format = self._response_format(request)
+        if response_format is not None:
+            body["response_format"] = response_format
+        if request.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.top_logprobs
         return body
+
+    def _response_format(self, request: ChatRequest) -> dict[str, Any] | None:
+        if not (request.json and self.config.json_mode) or self.format_mode == "text":
+            return None
+        if request.schema is not None and self.format_mode == "json_schema":
+            return request.schema
+        return {"type": "json_object"}
+
+    async def _with_fallback(self, session, url: str, request: ChatRequest) -> Completion:
+        """`_with_retries`, and when the server refuses the structured-output format with 400, the
+        next format down (json_object, then none) for this request and all after it."""
+        while True:
+            sent = self._response_format(request)
+            completion = await self._with_retries(session, url, request)
+            error = (completion.error or "").lower()
+            if sent is None or not error.startswith("http 400") or not any(
+                    word in error for word in ("format", "schema", "json")):
+                return completion
+            lower = "json_object" if sent.get("type") == "json_schema" else "text"
+            if self.format_mode != lower and _FORMAT_ORDER.index(self.format_mode) < _FORMAT_ORDER.index(lower):
+                self.format_fallbacks.append(f"{sent.get('type')} refused ({completion.error}); using {lower}")
+                self.format_mode = lower
 
     def _fatal_message(self, status: int, text: str) -> str:
         where = redact_url(self.config.base_url) or "the OpenAI API"
@@ -325,6 +358,7 @@ def _completion_from(body: Any, attempt: int) -> Completion:
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         attempts=attempt,
+        logprobs=choices[0].get("logprobs"),
     )
 
 

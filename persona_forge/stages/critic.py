@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,10 +29,11 @@ from ..config import CriticConfig
 from ..errors import UserError
 from ..nli.labels import CONTRADICTION, ENTAILMENT
 from ..resources import data_dir
+from ..rubric import CONVERSATION
 from ..schema import Turn
 from ..transcript import format_transcript
 
-RUBRIC = ("coherence", "engagingness", "naturalness", "consistency")
+RUBRIC = CONVERSATION.keys
 JUDGE_PROMPT = "generate/judge"
 
 
@@ -172,58 +172,41 @@ def _fill_faithfulness(candidate: Candidate, pairs: list[tuple[int, int, str, st
 # --- quality and the safety question (LLM judge) -----------------------------------------------
 
 def judge_request(candidate: Candidate, prompts, cfg: CriticConfig):
+    """The quality question: the rubric of rubric.CONVERSATION, with its JSON schema for endpoints
+    that take structured outputs."""
     from ..backends import ChatRequest
 
     rendered = prompts.render(JUDGE_PROMPT, user1=candidate.user1, user2=candidate.user2,
-                              transcript=format_transcript(candidate.turns))
-    return ChatRequest.of(rendered.messages, json=True, temperature=0.0, max_tokens=cfg.judge_max_tokens)
+                              transcript=format_transcript(candidate.turns), **CONVERSATION.variables())
+    return ChatRequest.of(rendered.messages, json=True, temperature=0.0, max_tokens=cfg.judge_max_tokens,
+                          schema=CONVERSATION.response_format())
 
 
 def read_judgement(candidate: Candidate, completion) -> None:
-    """Rubric scores from the judge's JSON; a missing or unreadable answer leaves quality unset
-    (the combined score then weighs the other experts), never a guessed number."""
+    """Rubric scores from the judge's JSON (rubric.CONVERSATION.parse: one score rule for every
+    judge); a missing or unreadable answer leaves quality unset (the combined score then weighs
+    the other experts), never a guessed number."""
     parsed = completion.parsed if completion is not None and completion.ok else None
+    read = CONVERSATION.parse(parsed) if isinstance(parsed, dict) else None
     scores = []
-    if isinstance(parsed, dict):
+    if read is not None:
         for name in RUBRIC:
-            value, reason = _criterion(parsed.get(name))
+            value = read.scores[name]
             if value is not None:
-                candidate.scores[name] = value
-                scores.append(value)
-                if reason:
-                    candidate.reasons[name] = reason
-        unsafe = _truthy(parsed.get("unsafe"))
-        if unsafe is not None:
-            candidate.scores["judge_unsafe"] = float(unsafe)
-            if unsafe and parsed.get("unsafe_reason"):
-                candidate.reasons["unsafe"] = str(parsed["unsafe_reason"])[:300]
+                candidate.scores[name] = float(value)
+                scores.append(float(value))
+                if read.reasons.get(name):
+                    candidate.reasons[name] = read.reasons[name].strip()[:300]
+        if "unsafe" in read.flags:
+            candidate.scores["judge_unsafe"] = float(read.flags["unsafe"])
+            if read.flag_reasons.get("unsafe"):
+                candidate.reasons["unsafe"] = read.flag_reasons["unsafe"][:300]
     if scores:
         candidate.scores["quality"] = round((float(np.mean(scores)) - 1) / 4, 4)
     else:
         candidate.scores["quality"] = None
         error = completion.error or completion.parse_error if completion is not None else "not asked"
         candidate.reasons["quality"] = f"judge answer unreadable: {error or 'no rubric scores in it'}"[:300]
-
-
-def _criterion(value: Any) -> tuple[float | None, str | None]:
-    reason = None
-    if isinstance(value, dict):
-        reason = str(value.get("reason", "")).strip()[:300] or None
-        value = value.get("score")
-    if isinstance(value, str):
-        match = re.search(r"[1-5](?:\.\d+)?", value)
-        value = float(match.group()) if match else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None, None
-    return (float(value), reason) if 1 <= value <= 5 else (None, None)
-
-
-def _truthy(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no"):
-        return value.strip().lower() in ("true", "yes")
-    return None
 
 
 # --- safety backstop ------------------------------------------------------------------------

@@ -10,13 +10,17 @@ Out: <run_dir>/judge/judgements.jsonl (RubricJudgement: persona consistency, ton
 
 The judge is the recipe's backend (or `judge.backend`); the Big Five items are answered by each
 model under test in persona (the item as the other user's turn after the persona system prompt).
-A judge reply that cannot be read is kept with its parse error and counted, never fatal.
+Where the backend gives token probabilities (`judge.scoring`: local, openai) every question asks
+for one token and the score is the expectation over the answer options (rubric.py defines them);
+elsewhere the answer is JSON text (with a structured-output schema on endpoints). A judge reply
+that cannot be read is kept with its parse error and counted, never fatal. `plan` builds every
+request once: `run` sends it, `estimate` counts it; the judge cache (judgecache.py) answers
+repeated questions without a request.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,141 +33,46 @@ from .. import metrics as M
 from .. import layout, plots, ui
 from ..config import BackendConfig, Recipe
 from ..errors import UserError
-from ..jsonparse import JsonParseError, parse_json
 from ..prompts import library
+from ..rubric import LIKERT, REPLY, RubricParse
+from ..rubric import PAIRWISE as PAIRWISE_CHOICE
 from ..resources import data_dir
 from ..samples import reply_messages
 from ..schema import (BASE, BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
                       record_id)
-from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
+from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "judge"
 FOLDER = layout.JUDGE
 INPUTS = (layout.EVAL_GENERATIONS,)  # or judge.input; eval's metrics.json beside it names the adapters
 OUTPUTS = (FOLDER,)
-CRITERIA = ("persona_consistency", "tone", "helpfulness", "naturalness")
 TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 RUBRIC, PAIRWISE, BIGFIVE = "judge/rubric", "judge/pairwise", "judge/bigfive"
+CRITERION, CHOICE = "judge/criterion", "judge/choice"   # the one-token questions of method logprobs
+# Text the answer starts with, for backends that prefill the assistant turn (local); empty: the
+# first token of the answer is read (the prompts end "Answer with a single digit/letter").
+ANSWER_PREFIX = ""
 
 
-# --- reading judge replies -------------------------------------------------------------------------
+# --- reading judge replies (one definition each, in rubric.py) ------------------------------------
 
-@dataclass
-class RubricParse:
-    scores: dict[str, int | None]
-    reasons: dict[str, str]
-    error: str | None
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z]+", "_", str(name).lower()).strip("_")
-
-
-_ALIASES = {"persona": "persona_consistency", "consistency": "persona_consistency",
-            "persona_consistent": "persona_consistency", "natural": "naturalness", "helpful": "helpfulness",
-            "engagement": "helpfulness"}
-
-
-def _score(value: Any) -> int | None:
-    """1-5 from 4, 4.0, "4", "4/5", "4 out of 5"; None otherwise (out of range included)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        match = re.match(r"\s*(\d+(?:\.\d+)?)", str(value))
-        if not match:
-            return None
-        number = float(match.group(1))
-    if number != int(number) or not 1 <= number <= 5:
-        return None
-    return int(number)
+CRITERIA = REPLY.keys
 
 
 def parse_rubric(parsed: Any, text: str | None = None) -> RubricParse:
-    """Scores for each criterion from a judge reply: nested {"tone": {"score": 4, "reason": ..}},
-    flat {"tone": 4, "tone_reason": ..}, any key spelling ("Persona consistency"), scores as
-    numbers or strings. Missing or out-of-range criteria are None and named in the error."""
-    if parsed is None and text is not None:
-        try:
-            parsed = parse_json(text)
-        except JsonParseError as exc:
-            return RubricParse({c: None for c in CRITERIA}, {}, f"unreadable: {exc}")
-    if isinstance(parsed, dict) and isinstance(parsed.get("scores"), dict):
-        parsed = {**parsed["scores"], **{k: v for k, v in parsed.items() if k != "scores"}}
-    if not isinstance(parsed, dict):
-        return RubricParse({c: None for c in CRITERIA}, {}, "not a JSON object")
-    normal = {}
-    for key, value in parsed.items():
-        k = _key(key)
-        normal[_ALIASES.get(k, k)] = value
-    scores: dict[str, int | None] = {}
-    reasons: dict[str, str] = {}
-    for criterion in CRITERIA:
-        value = normal.get(criterion)
-        if isinstance(value, dict):
-            inner = {_key(k): v for k, v in value.items()}
-            reason = inner.get("reason") or inner.get("explanation") or inner.get("rationale")
-            value = inner.get("score", inner.get("rating"))
-        else:
-            reason = normal.get(f"{criterion}_reason")
-        scores[criterion] = _score(value)
-        if reason:
-            reasons[criterion] = str(reason)
-    bad = [c for c in CRITERIA if scores[c] is None]
-    error = None
-    if len(bad) == len(CRITERIA):
-        error = "no criterion scored 1-5"
-    elif bad:
-        error = "missing or out of range: " + ", ".join(bad)
-    return RubricParse(scores, reasons, error)
+    """Scores for each criterion from a JSON judge reply (rubric.REPLY.parse; the score rule is
+    rubric.py's: a number on the scale, decimals kept, the first number of a string)."""
+    return REPLY.parse(parsed, text)
 
 
 def parse_winner(parsed: Any, text: str | None = None) -> tuple[str | None, str | None, str | None]:
     """("A" | "B" | "tie" | None, reason, parse error) from a pairwise reply."""
-    if parsed is None and text is not None:
-        try:
-            parsed = parse_json(text)
-        except JsonParseError as exc:
-            return None, None, f"unreadable: {exc}"
-    if not isinstance(parsed, dict):
-        return None, None, "not a JSON object"
-    fields = {_key(k): v for k, v in parsed.items()}
-    raw = fields.get("winner", fields.get("better", fields.get("choice", fields.get("preferred"))))
-    reason = fields.get("reason") or fields.get("explanation")
-    value = _key(raw) if raw is not None else ""
-    value = re.sub(r"^(reply|response|answer|option)_", "", value)
-    if value in ("a", "b"):
-        return value.upper(), reason and str(reason), None
-    if value in ("tie", "draw", "equal", "both", "neither", "none", "same"):
-        return "tie", reason and str(reason), None
-    return None, reason and str(reason), f"winner {raw!r} is not A, B or tie"
-
-
-# The scale's words, as small models write them instead of a number ("describes me extremely
-# inaccurately", "quite well"); the earliest phrase in the reply wins.
-_LIKERT_WORDS = (
-    (re.compile(r"\b(very|extremely|completely|totally|highly)\s+(inaccurate(ly)?|poorly)\b"), 1),
-    (re.compile(r"\b(moderately|somewhat|slightly|fairly|rather|a bit)\s+inaccurate(ly)?\b"), 2),
-    (re.compile(r"\bneither\b"), 3),
-    (re.compile(r"\b(moderately|somewhat|fairly|quite|pretty|reasonably)\s+(accurate(ly)?|well)\b"), 4),
-    (re.compile(r"\b(very|extremely|completely|perfectly|really|highly)\s+(accurate(ly)?|well)\b"), 5),
-    (re.compile(r"\bdescribes? me perfectly\b"), 5),
-)
+    return PAIRWISE_CHOICE.parse(parsed, text)
 
 
 def parse_likert(text: str | None) -> tuple[int | None, str | None]:
     """The answer 1-5 of a Big Five probe: the first digit 1-5 standing alone, else the scale's words."""
-    if not text or not text.strip():
-        return None, "empty reply"
-    match = re.search(r"(?<![\d.])([1-5])(?!\d|\.\d)", text)
-    if match:
-        return int(match.group(1)), None
-    low = text.lower()
-    found = [(m.start(), value) for pattern, value in _LIKERT_WORDS for m in [pattern.search(low)] if m]
-    if found:
-        return min(found)[1], None
-    return None, "no answer 1-5 found"
+    return LIKERT.parse(text)
 
 
 # --- the pieces ----------------------------------------------------------------------------------
@@ -243,80 +152,274 @@ def stage_config(recipe: Recipe) -> dict[str, Any]:
     return {"judge": ident}
 
 
-def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | None = None,
-        progress: bool = True, bootstrap: tuple[int, int] = (1000, 0)) -> dict[str, Any]:
-    """Judge eval's replies; `bootstrap` is (resamples, seed) of the rubric's intervals (the caller
-    hands eval's, so both stages' intervals are drawn alike)."""
-    from ..backends import build_backend
+def uses_logprobs(scoring: str, config: BackendConfig) -> bool:
+    """Whether questions to this backend are asked for token probabilities (`judge.scoring`)."""
+    if scoring != "auto":
+        return scoring == "logprobs"
+    return config.kind in ("local", "openai")
 
+
+@dataclass
+class Part:
+    """One batch of questions to one backend: the requests, and what each one is about.
+
+    `run` sends them and `estimate` counts them: one builder, so the estimate is what is sent."""
+
+    name: str                           # rubric, pairwise, bigfive
+    label: str                          # progress and usage label
+    config: BackendConfig               # the backend that answers
+    role: str                           # the manifest's models entry
+    options: tuple[str, ...] | None     # the answer options (method logprobs); None: a text answer
+    requests: list[Any]
+    meta: list[Any]
+    prompt: str                         # the template asked
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    folder: Path
+    prompts: Any
+    generations: list[EvalGeneration]
+    items: list[Item]
+    models: list[ProbeModel]
+
+
+def _request(prompts, name: str, variables: dict[str, Any], cfg, schema: dict[str, Any] | None = None,
+             json_mode: bool = True):
+    from ..backends import ChatRequest
+
+    rendered = prompts.render(name, **variables)
+    return ChatRequest.of(rendered.messages, json=json_mode, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                          seed=cfg.seed, schema=schema)
+
+
+def _rubric_part(ctx: Context) -> tuple[Part, set[str]]:
+    cfg = ctx.recipe.judge
+    judge_cfg = judge_backend_config(ctx.recipe)
+    probs = uses_logprobs(cfg.scoring, judge_cfg)
+    name = CRITERION if probs else RUBRIC
+    digest = ctx.prompts.ref(name).hash
+    ids = {g.id: record_id(g.id, digest) for g in ctx.generations}
+    done = JsonlStore(ctx.folder / "judgements.jsonl", RubricJudgement).ids()
+    todo = [g for g in ctx.generations if ids[g.id] not in done]
+    requests, meta = [], []
+    for g in todo:
+        base = {"persona": g.persona, "history": history_of(g), "reply": g.reply}
+        if probs:
+            for c in REPLY.criteria:
+                variables = {**base, **REPLY.variables(), "criterion": {"key": c.key, "question": c.question}}
+                requests.append(_request(ctx.prompts, name, variables, cfg, json_mode=False))
+                meta.append((ids[g.id], g, c.key))
+        else:
+            requests.append(_request(ctx.prompts, name, {**base, **REPLY.variables()}, cfg,
+                                     schema=REPLY.response_format()))
+            meta.append((ids[g.id], g, None))
+    part = Part("rubric", "judge: rubric", judge_cfg, "judge", REPLY.options if probs else None, requests, meta, name)
+    return part, set(ids.values())
+
+
+def _pairwise_part(ctx: Context) -> tuple[Part, set[str]]:
+    cfg = ctx.recipe.judge
+    judge_cfg = judge_backend_config(ctx.recipe)
+    probs = uses_logprobs(cfg.scoring, judge_cfg)
+    name = CHOICE if probs else PAIRWISE
+    digest = ctx.prompts.ref(name).hash
+    by = {(g.model, g.example_id): g for g in ctx.generations}
+    adapters = [m for m in dict.fromkeys(g.model for g in ctx.generations) if m != BASE]
+    questions = []   # (record id, example, a, b, order)
+    for adapter in adapters:
+        for example in dict.fromkeys(g.example_id for g in ctx.generations):
+            base, other = by.get((BASE, example)), by.get((adapter, example))
+            if base is None or other is None:
+                continue
+            for order, (a, b) in (("base_first", (base, other)), ("base_second", (other, base))):
+                questions.append((record_id(a.id, b.id, order, digest), example, a, b, order))
+    done = JsonlStore(ctx.folder / "pairwise.jsonl", PairwiseJudgement).ids()
+    todo = [q for q in questions if q[0] not in done]
+    requests = [_request(ctx.prompts, name, {"persona": a.persona, "history": history_of(a), "reply_a": a.reply,
+                                             "reply_b": b.reply}, cfg, json_mode=not probs,
+                         schema=None if probs else PAIRWISE_CHOICE.response_format())
+                for _, _, a, b, _ in todo]
+    part = Part("pairwise", "judge: pairwise", judge_cfg, "judge", PAIRWISE_CHOICE.options if probs else None,
+                requests, todo, name)
+    return part, {q[0] for q in questions}
+
+
+def _bigfive_parts(ctx: Context) -> tuple[list[Part], set[str]]:
+    from ..backends import ChatRequest
+
+    cfg = ctx.recipe.judge
+    digest = ctx.prompts.ref(BIGFIVE).hash
+    personas = list({record_id(g.persona): g.persona for g in ctx.generations}.items())[:cfg.personas]
+    done = JsonlStore(ctx.folder / "bigfive.jsonl", BigFiveAnswer).ids()
+    parts, wanted = [], set()
+    for model in ctx.models:
+        config = ctx.recipe.backend.model_copy(update={"adapter": model.adapter})
+        probs = uses_logprobs(cfg.scoring, config)
+        method = ("logprobs",) if probs else ()
+        rows = [(record_id(model.name, model.digest, pid, item.id, digest, *method), pid, persona, item)
+                for pid, persona in personas for item in ctx.items]
+        wanted.update(r[0] for r in rows)
+        todo = [r for r in rows if r[0] not in done]
+        requests = []
+        for _, _, persona, item in todo:
+            question = ctx.prompts.render(BIGFIVE, item=item.text).messages[-1]["content"]
+            messages = reply_messages(persona, [Turn(speaker="user2", text=question)], "user1", ctx.prompts)
+            requests.append(ChatRequest.of([m.model_dump() for m in messages], temperature=0.0,
+                                           max_tokens=cfg.probe_max_tokens, seed=cfg.seed))
+        parts.append(Part("bigfive", f"bigfive: {model.name}", config, f"bigfive:{model.name}",
+                          LIKERT.options if probs else None, requests, [(model, *r) for r in todo], BIGFIVE))
+    return parts, wanted
+
+
+def plan(ctx: Context) -> tuple[list[Part], dict[str, set[str]]]:
+    """Every question the run would send now (answered ones left out), by part; and per part the
+    record ids its summary covers."""
+    cfg = ctx.recipe.judge
+    parts: list[Part] = []
+    wanted: dict[str, set[str]] = {}
+    if cfg.rubric:
+        part, wanted["rubric"] = _rubric_part(ctx)
+        parts.append(part)
+    if cfg.pairwise:
+        part, wanted["pairwise"] = _pairwise_part(ctx)
+        parts.append(part)
+    if cfg.bigfive:
+        more, wanted["bigfive"] = _bigfive_parts(ctx)
+        parts += more
+    return parts, wanted
+
+
+def _context(recipe: Recipe) -> tuple[Context, Path, Path]:
     cfg = recipe.judge
     run_dir = RunDir(recipe.run_dir)
     source = Path(cfg.input) if cfg.input else run_dir.file(layout.EVAL_GENERATIONS)
     generations = read_generations(source)
     items_path = Path(cfg.items) if cfg.items else default_items()
     items = load_items(items_path) if cfg.bigfive else []
-    make = backend_factory or (lambda c: build_backend(c, progress=progress))
-    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[items_path] if cfg.bigfive else [],
-                          outputs=OUTPUTS, force=force)
-    folder = run_dir.file(FOLDER)
-    prompts = library(str(recipe.prompts_dir) if recipe.prompts_dir else None)
-    for name in (RUBRIC, PAIRWISE, BIGFIVE):
-        stage.record_prompt(name, prompts.ref(name).hash)
-
     examples = list(dict.fromkeys(g.example_id for g in generations))
     if cfg.limit:
         examples = examples[:cfg.limit]
     keep = set(examples)
     generations = [g for g in generations if g.example_id in keep]
-    models = list(dict.fromkeys(g.model for g in generations))
+    prompts = library(str(recipe.prompts_dir) if recipe.prompts_dir else None)
+    models = probe_models(recipe, generations, source.parent / "metrics.json") if cfg.bigfive else []
+    return Context(recipe, run_dir.file(FOLDER), prompts, generations, items, models), source, items_path
+
+
+def _cache(recipe: Recipe):
+    from ..judgecache import JudgeCache
+
+    cfg = recipe.judge
+    if not cfg.cache:
+        return None
+    return JudgeCache(Path(cfg.cache_path) if cfg.cache_path else None)
+
+
+def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | None = None,
+        progress: bool = True, bootstrap: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Judge eval's replies; `bootstrap` is (resamples, seed) of the rubric's intervals (the caller
+    hands eval's, so both stages' intervals are drawn alike; default: the recipe's eval section)."""
+    from ..backends import build_backend
+
+    cfg = recipe.judge
+    ctx, source, items_path = _context(recipe)
+    make = backend_factory or (lambda c: build_backend(c, progress=progress))
+    run_dir = RunDir(recipe.run_dir)
+    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[items_path] if cfg.bigfive else [],
+                          outputs=OUTPUTS, force=force)
+    for name in (RUBRIC, PAIRWISE, BIGFIVE, CRITERION, CHOICE):
+        stage.record_prompt(name, ctx.prompts.ref(name).hash)
+    examples = list(dict.fromkeys(g.example_id for g in ctx.generations))
+    models = list(dict.fromkeys(g.model for g in ctx.generations))
     judge_cfg = judge_backend_config(recipe)
-    judge = None
+    parts, wanted = plan(ctx)
+    cache = _cache(recipe)
 
-    def judge_backend():
-        nonlocal judge
-        if judge is None:
-            judge = make(judge_cfg)
-            stage.record_model("judge", json.dumps(judge.describe()))
-        return judge
-
+    backends: dict[str, Any] = {}   # role -> backend, made only when it has something to answer
+    usage: dict[str, dict[str, Any]] = {}   # per part: what its requests cost
     failed: list[str] = []
+    try:
+        for part in parts:
+            if not part.requests:
+                continue
+            if part.role not in backends:
+                backends[part.role] = make(part.config)
+                stage.record_model(part.role, json.dumps(backends[part.role].describe()))
+            backend = backends[part.role]
+            before = backend.usage.as_dict()
+            answers = _ask(backend, part, cache, ctx.prompts)
+            WRITERS[part.name](ctx, part, backend, answers, failed)
+            usage[part.label] = _usage(before, backend.usage.as_dict(), part.config)
+            if part.role != "judge":
+                del backends[part.role]   # a probe model answers once: free its memory
+    finally:
+        if cache is not None:
+            cache.close()
+
     result: dict[str, Any] = {"judge": {"backend": judge_cfg.kind, "model": judge_cfg.model},
-                              "source": str(source), "examples": len(examples), "models": models}
+                              "source": str(source), "examples": len(examples), "models": models,
+                              "method": "logprobs" if uses_logprobs(cfg.scoring, judge_cfg) else "text"}
     if cfg.rubric:
-        result["rubric"] = _rubric(recipe, generations, folder, prompts, judge_backend, failed, bootstrap)
+        records = [r for r in JsonlStore(ctx.folder / "judgements.jsonl", RubricJudgement).read()
+                   if r.id in wanted["rubric"]]
+        result["rubric"] = summarize_rubric(records, *(bootstrap or (recipe.eval.bootstrap, recipe.eval.seed)))
+        agreement = _agreement(recipe, ctx, records)
+        if agreement:
+            result["agreement"] = agreement
     if cfg.pairwise:
-        result["pairwise"] = _pairwise(recipe, generations, folder, prompts, judge_backend, failed)
+        result["pairwise"] = summarize_pairwise([r for r in JsonlStore(ctx.folder / "pairwise.jsonl",
+                                                                       PairwiseJudgement).read()
+                                                 if r.id in wanted["pairwise"]])
     if cfg.bigfive:
-        result["bigfive"] = _bigfive(recipe, generations, items, folder, prompts, make,
-                                     probe_models(recipe, generations, source.parent / "metrics.json"), stage,
-                                     failed)
-    atomic_write_json(folder / "judge.json", result)
+        result["bigfive"] = summarize_bigfive([r for r in JsonlStore(ctx.folder / "bigfive.jsonl", BigFiveAnswer).read()
+                                               if r.id in wanted["bigfive"]])
+    result["usage"] = usage
+    if cache is not None:
+        result["cache"] = {**cache.stats.as_dict(), "path": str(cache.path)}
+    atomic_write_json(ctx.folder / "judge.json", result)
     save_chart(run_dir.file(layout.JUDGE_CHART), result)
     atomic_write_text(run_dir.file(layout.JUDGE_REPORT), report(result))
     stage.set_count("examples", len(examples))
+    figures = {"usage": usage, "cache": result.get("cache")}
     if failed:
         stage.set_count("failed", len(failed))
+        stage.manifest.figures.update(figures)
         stage.save()
         raise UserError(f"{len(failed)} judge or probe requests failed after retries (first: {failed[0]}); the "
                         f"report covers the rest; run the same command again to retry only those")
-    stage.finish()
+    stage.finish(**figures)
     return result
 
 
-def _requests(prompts, name: str, variables: list[dict[str, Any]], cfg, json_mode: bool = True) -> list:
-    from ..backends import ChatRequest
+def _usage(before: dict[str, Any], after: dict[str, Any], config: BackendConfig) -> dict[str, Any]:
+    from ..costs import cost
 
-    out = []
-    for v in variables:
-        rendered = prompts.render(name, **v)
-        out.append(ChatRequest.of(rendered.messages, json=json_mode, temperature=cfg.temperature,
-                                  max_tokens=cfg.max_tokens, seed=cfg.seed))
+    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k] for k in after}
+    price = cost(out["prompt_tokens"], out["completion_tokens"], config.prices)
+    if price is not None:
+        out["cost"] = price
     return out
 
 
-def _ask(backend, requests: list, label: str) -> list:
-    with ui.progress(label, total=len(requests)) as advance:
-        return backend.complete_sync(requests, advance) if requests else []
+def _ask(backend, part: Part, cache, prompts) -> list:
+    """The answers to a part's requests, in order: from the judge cache where it has them, the
+    rest from the backend (text completions, or OptionProbs for parts with options)."""
+    from ..judgecache import ask_options, ask_text
+
+    identity = {"backend": part.config.identity(), "describe": backend.describe()}
+    with ui.progress(part.label, total=len(part.requests)) as advance:
+        if part.options is None:
+            return ask_text(backend, part.requests, identity, cache,
+                            lambda requests: backend.complete_sync(requests, advance))
+
+        def send(requests):
+            answers = backend.option_probs_sync(requests, part.options, ANSWER_PREFIX)
+            advance(len(requests))
+            return answers
+
+        return ask_options(backend, part.requests, part.options, ANSWER_PREFIX, identity, cache, send)
 
 
 def _provenance(backend, prompts, name: str, request) -> Provenance:
@@ -324,34 +427,279 @@ def _provenance(backend, prompts, name: str, request) -> Provenance:
                       prompt_hash=prompts.ref(name).hash, params=request.params())
 
 
-def _rubric(recipe, generations, folder, prompts, judge_backend, failed: list[str],
-            bootstrap: tuple[int, int]) -> dict[str, Any]:
-    cfg = recipe.judge
-    store = JsonlStore(folder / "judgements.jsonl", RubricJudgement)
-    digest = prompts.ref(RUBRIC).hash
-    ids = {g.id: record_id(g.id, digest) for g in generations}
-    done = store.ids()
-    todo = [g for g in generations if ids[g.id] not in done]
-    if todo:
-        backend = judge_backend()
-        variables = [{"persona": g.persona, "history": history_of(g), "reply": g.reply} for g in todo]
-        requests = _requests(prompts, RUBRIC, variables, cfg)
-        with store.appender() as out:
-            for g, request, completion in zip(todo, requests, _ask(backend, requests, "judge: rubric")):
+def _write_rubric(ctx: Context, part: Part, backend, answers: list, failed: list[str]) -> None:
+    store = JsonlStore(ctx.folder / "judgements.jsonl", RubricJudgement)
+    with store.appender() as out:
+        if part.options is None:
+            for (rid, g, _), request, completion in zip(part.meta, part.requests, answers):
                 if not completion.ok:   # not written: a re-run asks again
                     failed.append(f"rubric: {completion.error}")
                     continue
                 parsed = parse_rubric(completion.parsed, completion.text)
-                out.write(RubricJudgement(id=ids[g.id], generation_id=g.id, example_id=g.example_id, model=g.model,
+                out.write(RubricJudgement(id=rid, generation_id=g.id, example_id=g.example_id, model=g.model,
                                           scores=parsed.scores, reasons=parsed.reasons, raw=completion.text,
                                           parse_error=parsed.error,
-                                          provenance=_provenance(backend, prompts, RUBRIC, request)))
-    wanted = set(ids.values())
-    records = [r for r in store.read() if r.id in wanted]
-    return summarize_rubric(records, *bootstrap)
+                                          provenance=_provenance(backend, ctx.prompts, part.prompt, request)))
+            return
+        grouped: dict[str, list] = defaultdict(list)
+        for (rid, g, criterion), request, answer in zip(part.meta, part.requests, answers):
+            grouped[rid].append((g, criterion, request, answer))
+        for rid, rows in grouped.items():
+            errors = [a.error for _, _, _, a in rows if a.error and not a.probs]
+            transport = [e for e in errors if e and not e.startswith("no ")]
+            if transport:   # a request that failed: the whole reply is asked again on a re-run
+                failed.append(f"rubric: {transport[0]}")
+                continue
+            g = rows[0][0]
+            scores, probs, entropy = {}, {}, {}
+            for _, criterion, _, answer in rows:
+                score, bits = REPLY.expectation(answer.probs) if answer.probs else (None, None)
+                scores[criterion] = score
+                if answer.probs:
+                    probs[criterion] = {k: round(v, 6) for k, v in answer.probs.items()}
+                    entropy[criterion] = bits
+            bad = [c for c in REPLY.keys if scores.get(c) is None]
+            out.write(RubricJudgement(
+                id=rid, generation_id=g.id, example_id=g.example_id, model=g.model, scores=scores, method="logprobs",
+                probs=probs, entropy=entropy, parse_error=("no answer for: " + ", ".join(bad)) if bad else None,
+                provenance=_provenance(backend, ctx.prompts, part.prompt, rows[0][2])))
+
+
+def _write_pairwise(ctx: Context, part: Part, backend, answers: list, failed: list[str]) -> None:
+    store = JsonlStore(ctx.folder / "pairwise.jsonl", PairwiseJudgement)
+    with store.appender() as out:
+        for (rid, example, a, b, order), request, answer in zip(part.meta, part.requests, answers):
+            probs = None
+            if part.options is None:
+                if not answer.ok:
+                    failed.append(f"pairwise: {answer.error}")
+                    continue
+                winner, reason, error = parse_winner(answer.parsed, answer.text)
+                raw = answer.text
+            else:
+                if answer.error and not answer.probs and not answer.error.startswith("no "):
+                    failed.append(f"pairwise: {answer.error}")
+                    continue
+                probs = {k: round(v, 6) for k, v in answer.probs.items()} or None
+                winner = max(probs, key=probs.get) if probs else None
+                reason, error, raw = None, None if probs else answer.error, answer.text
+            winner_model = {"A": a.model, "B": b.model, "tie": "tie"}.get(winner) if winner else None
+            out.write(PairwiseJudgement(id=rid, example_id=example, model_a=a.model, model_b=b.model,
+                                        order=order, winner=winner, winner_model=winner_model, reason=reason,
+                                        raw=raw, parse_error=error, probs=probs,
+                                        provenance=_provenance(backend, ctx.prompts, part.prompt, request)))
+
+
+def _write_bigfive(ctx: Context, part: Part, backend, answers: list, failed: list[str]) -> None:
+    store = JsonlStore(ctx.folder / "bigfive.jsonl", BigFiveAnswer)
+    with store.appender() as out:
+        for (model, rid, pid, persona, item), answer in zip(part.meta, answers):
+            extra: dict[str, Any] = {}
+            if part.options is None:
+                if not answer.ok:
+                    failed.append(f"bigfive {model.name}: {answer.error}")
+                    continue
+                value, error = parse_likert(answer.text)
+                raw = answer.text
+            else:
+                if answer.error and not answer.probs and not answer.error.startswith("no "):
+                    failed.append(f"bigfive {model.name}: {answer.error}")
+                    continue
+                expected, bits = LIKERT.expectation(answer.probs) if answer.probs else (None, None)
+                value = int(max(answer.probs, key=answer.probs.get)) if answer.probs else None
+                error = None if answer.probs else answer.error
+                raw = answer.text
+                extra = {"expected": expected, "entropy": bits,
+                         "probs": {k: round(v, 6) for k, v in answer.probs.items()} or None}
+            out.write(BigFiveAnswer(id=rid, model=model.name, model_digest=model.digest, persona_id=pid,
+                                    persona=persona, item_id=item.id, trait=item.trait, keyed=item.keyed,
+                                    group=item.group, item=item.text, answer=value, raw=raw, parse_error=error,
+                                    **extra))
+
+
+WRITERS = {"rubric": _write_rubric, "pairwise": _write_pairwise, "bigfive": _write_bigfive}
+
+
+# --- estimate: what a run would send, before anything is sent ------------------------------------
+
+def estimate(recipe: Recipe, backend_factory: BackendFactory | None = None) -> dict[str, Any]:
+    """Requests, tokens and cost the judge stage would spend now: the same plan `run` sends
+    (answered records and judge-cache hits left out). Prompt tokens are counted with the
+    backend's tokenizer (local) or about 4 characters a token (endpoints); completion tokens are
+    each request's limit (text answers: an upper bound) or the few tokens of an option question.
+    JSON repair requests, which only unreadable answers cost, are not in it."""
+    from ..backends import build_backend
+    from ..costs import estimate_requests
+
+    ctx, _, _ = _context(recipe)
+    parts, _ = plan(ctx)
+    cache = _cache(recipe)
+    make = backend_factory or (lambda c: build_backend(c, progress=False))
+    made: dict[str, Any] = {}
+    groups = []
+    try:
+        for part in parts:
+            backend = made.get(part.role) or make(part.config)
+            made[part.role] = backend
+            requests = _uncached(backend, part, cache)
+            groups.append(estimate_requests(part.label, requests, backend, part.config.prices,
+                                            options=part.options is not None))
+    finally:
+        if cache is not None:
+            cache.close()
+    from ..costs import total
+
+    return {"parts": groups, "total": total(groups)}
+
+
+def estimate_table(planned: dict[str, Any]) -> str:
+    lines = ["| part | backend | requests | prompt tokens | completion tokens (at most) | cost |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in [*planned["parts"], {"part": "total", "backend": "", **planned["total"]}]:
+        lines.append(f"| {row['part']} | {row['backend']} | {row['requests']} | {row['prompt_tokens']} | "
+                     f"{row['completion_tokens']} | {_fmt(row.get('cost'), 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _uncached(backend, part: Part, cache) -> list:
+    from ..judgecache import request_key
+
+    if cache is None or not getattr(backend, "deterministic", True):
+        return list(part.requests)
+    identity = {"backend": part.config.identity(), "describe": backend.describe()}
+    if part.options is None:
+        keys = [request_key(identity, "text", r) for r in part.requests]
+    else:
+        keys = [request_key(identity, "options", r, options=list(part.options), prefix=ANSWER_PREFIX)
+                for r in part.requests]
+    return [r for r, k in zip(part.requests, keys) if cache.get(k) is None]
+
+
+# --- agreement: the judge against the critic's NLI, and against people ----------------------------
+
+def _agreement(recipe: Recipe, ctx: Context, records: Sequence[RubricJudgement]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    humans = read_annotations(recipe.run_dir / "annotations.jsonl")
+    if humans:
+        out["human"] = human_agreement(humans, records, ctx)
+    if recipe.judge.nli_agreement and records:
+        from ..nli.base import load_nli
+
+        by_id = {g.id: g for g in ctx.generations}
+        gens = [by_id[r.generation_id] for r in records if r.generation_id in by_id]
+        nli = load_nli(recipe.nli, progress=False)
+        contradiction = nli_contradiction(gens, nli)
+        out["nli"] = nli_agreement(records, contradiction, recipe.eval.contradiction)
+    return out
+
+
+def nli_contradiction(generations: Sequence[EvalGeneration], nli) -> dict[str, float]:
+    """Per generation id: the NLI's highest contradiction probability of the reply against any
+    sentence of its persona (premise = persona sentence, hypothesis = reply, as the critic asks)."""
+    from ..nli.labels import CONTRADICTION
+
+    pairs = [(g.id, attribute, g.reply) for g in generations for attribute in g.persona if g.reply.strip()]
+    if not pairs:
+        return {}
+    probs = nli.predict([(a, r) for _, a, r in pairs])
+    out: dict[str, float] = {g.id: 0.0 for g in generations}
+    for (gid, _, _), row in zip(pairs, probs):
+        out[gid] = max(out[gid], float(row[CONTRADICTION]))
+    return out
+
+
+def nli_agreement(records: Sequence[RubricJudgement], contradiction: dict[str, float],
+                  threshold: float = 0.5) -> dict[str, Any]:
+    """How the judge's persona consistency agrees with the NLI on the same replies: Spearman's
+    rho between the score and 1 - contradiction, and the AUC of the score for telling the replies
+    the NLI flags (contradiction > threshold) from the rest (0.5: no better than chance)."""
+    rows = [(r.scores.get("persona_consistency"), contradiction[r.generation_id]) for r in records
+            if r.generation_id in contradiction and r.scores.get("persona_consistency") is not None]
+    out: dict[str, Any] = {"replies": len(rows), "flagged": sum(c > threshold for _, c in rows), "threshold": threshold}
+    if len(rows) < 3:
+        return {**out, "spearman": None, "auc": None}
+    from scipy.stats import spearmanr
+
+    scores = np.array([s for s, _ in rows], dtype=float)
+    safe = 1 - np.array([c for _, c in rows], dtype=float)
+    rho = spearmanr(scores, safe).statistic if len(set(scores)) > 1 and len(set(safe)) > 1 else None
+    out["spearman"] = None if rho is None or np.isnan(rho) else round(float(rho), 4)
+    flagged = [s for s, c in rows if c > threshold]
+    clean = [s for s, c in rows if c <= threshold]
+    out["auc"] = round(auc(clean, flagged), 4) if flagged and clean else None
+    return out
+
+
+def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(a positive scores above a negative), ties half (the Mann-Whitney AUC)."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def read_annotations(path: Path) -> list[dict[str, Any]]:
+    """Human annotations (forge annotate writes them: {item, annotator, answer, ...}), read
+    defensively: unreadable lines and rows without an item or an answer are skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("item") is not None and row.get("answer") is not None:
+            rows.append(row)
+    return rows
+
+
+def human_agreement(annotations: Sequence[dict[str, Any]], records: Sequence[RubricJudgement],
+                    ctx: Context) -> dict[str, Any]:
+    """The judge against people, on the items both answered: a numeric answer (1-5) against the
+    judge's score of the same reply (the annotation's `criterion`, default persona consistency;
+    Spearman's rho and mean absolute difference); an answer A/B against the judge's pairwise
+    choice in the same order (share agreeing). Items are matched by generation id, judgement id
+    or pairwise record id."""
+    from ..rubric import parse_score
+
+    by_generation = {r.generation_id: r for r in records}
+    by_id = {r.id: r for r in records}
+    pairwise = {r.id: r for r in JsonlStore(ctx.folder / "pairwise.jsonl", PairwiseJudgement).read()} \
+        if (ctx.folder / "pairwise.jsonl").is_file() else {}
+    scored, chosen = [], []
+    for row in annotations:
+        item = str(row["item"])
+        answer = row["answer"]
+        if isinstance(answer, dict):
+            answer = answer.get("score", answer.get("winner", answer.get("answer")))
+        judged = by_generation.get(item) or by_id.get(item)
+        if judged is not None:
+            criterion = str(row.get("criterion") or "persona_consistency")
+            human = parse_score(answer)
+            judge = judged.scores.get(criterion)
+            if human is not None and judge is not None:
+                scored.append((float(human), float(judge)))
+            continue
+        if item in pairwise and str(answer).strip().upper() in ("A", "B"):
+            winner = pairwise[item].winner
+            if winner in ("A", "B"):
+                chosen.append(str(answer).strip().upper() == winner)
+    out: dict[str, Any] = {"annotations": len(annotations), "annotators": len({str(r.get("annotator")) for r in
+                                                                               annotations}),
+                           "scored": len(scored), "pairwise": len(chosen)}
+    if len(scored) >= 3 and len({h for h, _ in scored}) > 1 and len({j for _, j in scored}) > 1:
+        from scipy.stats import spearmanr
+
+        out["spearman"] = round(float(spearmanr([h for h, _ in scored], [j for _, j in scored]).statistic), 4)
+    if scored:
+        out["mean_abs_diff"] = round(float(np.mean([abs(h - j) for h, j in scored])), 4)
+    if chosen:
+        out["pairwise_agreement"] = round(float(np.mean(chosen)), 4)
+    return out
 
 
 def summarize_rubric(records: Sequence[RubricJudgement], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per model and criterion: the mean score with a bootstrap interval, how many were scored,
+    and (method logprobs) the judge's mean entropy in bits (its uncertainty; 2.32 = uniform)."""
     out: dict[str, Any] = {}
     for model in dict.fromkeys(r.model for r in records):
         rows = [r for r in records if r.model == model]
@@ -362,45 +710,11 @@ def summarize_rubric(records: Sequence[RubricJudgement], resamples: int = 1000, 
             interval = M.interval(M.mean_of(values), idx, len(rows))
             entry[criterion] = {k: (None if v is None or np.isnan(v) else v) for k, v in interval.items()}
             entry[criterion]["scored"] = sum(v is not None for v in values)
+            bits = [r.entropy[criterion] for r in rows if criterion in r.entropy]
+            if bits:
+                entry[criterion]["entropy"] = round(float(np.mean(bits)), 4)
         out[model] = entry
     return out
-
-
-def _pairwise(recipe, generations, folder, prompts, judge_backend, failed: list[str]) -> dict[str, Any]:
-    cfg = recipe.judge
-    store = JsonlStore(folder / "pairwise.jsonl", PairwiseJudgement)
-    digest = prompts.ref(PAIRWISE).hash
-    by = {(g.model, g.example_id): g for g in generations}
-    adapters = [m for m in dict.fromkeys(g.model for g in generations) if m != BASE]
-    questions = []   # (record id, example, a, b, order)
-    for adapter in adapters:
-        for example in dict.fromkeys(g.example_id for g in generations):
-            base, other = by.get((BASE, example)), by.get((adapter, example))
-            if base is None or other is None:
-                continue
-            for order, (a, b) in (("base_first", (base, other)), ("base_second", (other, base))):
-                questions.append((record_id(a.id, b.id, order, digest), example, a, b, order))
-    done = store.ids()
-    todo = [q for q in questions if q[0] not in done]
-    if todo:
-        backend = judge_backend()
-        variables = [{"persona": a.persona, "history": history_of(a), "reply_a": a.reply, "reply_b": b.reply}
-                     for _, _, a, b, _ in todo]
-        requests = _requests(prompts, PAIRWISE, variables, cfg)
-        with store.appender() as out:
-            for (rid, example, a, b, order), request, completion in zip(
-                    todo, requests, _ask(backend, requests, "judge: pairwise")):
-                if not completion.ok:
-                    failed.append(f"pairwise: {completion.error}")
-                    continue
-                winner, reason, error = parse_winner(completion.parsed, completion.text)
-                winner_model = {"A": a.model, "B": b.model, "tie": "tie"}.get(winner) if winner else None
-                out.write(PairwiseJudgement(id=rid, example_id=example, model_a=a.model, model_b=b.model,
-                                            order=order, winner=winner, winner_model=winner_model, reason=reason,
-                                            raw=completion.text, parse_error=error,
-                                            provenance=_provenance(backend, prompts, PAIRWISE, request)))
-    wanted = {q[0] for q in questions}
-    return summarize_pairwise([r for r in store.read() if r.id in wanted])
 
 
 def combine_orders(first: PairwiseJudgement | None, second: PairwiseJudgement | None) -> str | None:
@@ -442,52 +756,36 @@ def summarize_pairwise(records: Sequence[PairwiseJudgement]) -> dict[str, Any]:
             "position_a_rate": positions["A"] / decided if decided else None,
             "answers": dict(positions),
         }
+        out[adapter].update(_pairwise_probs(adapter, examples))
     return out
 
 
-def _bigfive(recipe, generations, items, folder, prompts, make, models, stage,
-             failed: list[str]) -> dict[str, Any]:
-    cfg = recipe.judge
-    store = JsonlStore(folder / "bigfive.jsonl", BigFiveAnswer)
-    digest = prompts.ref(BIGFIVE).hash
-    personas = list({record_id(g.persona): g.persona for g in generations}.items())[:cfg.personas]
-    done = store.ids()
-    wanted = set()
-    for model in models:
-        rows = [(record_id(model.name, model.digest, pid, item.id, digest), pid, persona, item)
-                for pid, persona in personas for item in items]
-        wanted.update(r[0] for r in rows)
-        todo = [r for r in rows if r[0] not in done]
-        if not todo:
-            continue
-        backend = make(recipe.backend.model_copy(update={"adapter": model.adapter}))
-        stage.record_model(f"bigfive:{model.name}", json.dumps(backend.describe()))
-        requests = []
-        from ..backends import ChatRequest
-
-        for _, _, persona, item in todo:
-            question = prompts.render(BIGFIVE, item=item.text).messages[-1]["content"]
-            messages = reply_messages(persona, [Turn(speaker="user2", text=question)], "user1", prompts)
-            requests.append(ChatRequest.of([m.model_dump() for m in messages], temperature=0.0,
-                                           max_tokens=cfg.probe_max_tokens, seed=cfg.seed))
-        with store.appender() as out:
-            for (rid, pid, persona, item), completion in zip(todo, _ask(backend, requests, f"bigfive: {model.name}")):
-                if not completion.ok:
-                    failed.append(f"bigfive {model.name}: {completion.error}")
-                    continue
-                answer, error = parse_likert(completion.text)
-                out.write(BigFiveAnswer(id=rid, model=model.name, model_digest=model.digest, persona_id=pid,
-                                        persona=persona, item_id=item.id, trait=item.trait, keyed=item.keyed,
-                                        group=item.group, item=item.text, answer=answer, raw=completion.text,
-                                        parse_error=error))
-        del backend
-    return summarize_bigfive([r for r in store.read() if r.id in wanted])
+def _pairwise_probs(adapter: str, examples: dict[str, dict[str, PairwiseJudgement]]) -> dict[str, Any]:
+    """From P(A) and P(B) (method logprobs): the adapter's mean probability of being preferred,
+    averaged over both orders (the position cancels), how often that average exceeds 0.5, and the
+    position bias exactly: the mean P(A) over every question minus 0.5 (0: unbiased)."""
+    both, p_a = [], []
+    for pair in examples.values():
+        first, second = pair.get("base_first"), pair.get("base_second")
+        for r in (first, second):
+            if r is not None and r.probs:
+                p_a.append(r.probs.get("A", 0.0))
+        if first is not None and second is not None and first.probs and second.probs:
+            both.append((first.probs.get("B", 0.0) + second.probs.get("A", 0.0)) / 2)
+    if not p_a:
+        return {}
+    return {"p_adapter": round(float(np.mean(both)), 4) if both else None,
+            "adapter_preferred": sum(p > 0.5 for p in both), "base_preferred": sum(p < 0.5 for p in both),
+            "position_bias": round(float(np.mean(p_a)) - 0.5, 4)}
 
 
-def keyed_score(answer: BigFiveAnswer) -> int | None:
-    if answer.answer is None:
+def keyed_score(answer: BigFiveAnswer) -> float | None:
+    """The answer on the trait's direction (reverse-keyed: 6 - answer); the expectation where the
+    answer's probabilities were read."""
+    value = answer.expected if answer.expected is not None else answer.answer
+    if value is None:
         return None
-    return answer.answer if answer.keyed == "+" else 6 - answer.answer
+    return value if answer.keyed == "+" else 6 - value
 
 
 def summarize_bigfive(answers: Sequence[BigFiveAnswer]) -> dict[str, Any]:
@@ -512,7 +810,7 @@ def summarize_bigfive(answers: Sequence[BigFiveAnswer]) -> dict[str, Any]:
             entry["traits"][trait] = {
                 "mean": float(np.mean(scored)) if scored else None, "scored": len(scored),
                 "persona_sd": float(np.std(per_persona)) if len(per_persona) > 1 else None}
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[float]] = defaultdict(list)
         for a in rows:
             s = keyed_score(a)
             if s is not None:
@@ -522,7 +820,7 @@ def summarize_bigfive(answers: Sequence[BigFiveAnswer]) -> dict[str, Any]:
             if len(values) >= 2:
                 pairs = [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
                 diffs.append(float(np.mean(pairs)))
-                same.append(float(len(set(values)) == 1))
+                same.append(float(len({round(v) for v in values}) == 1))
         entry["consistency"] = {"groups": len(diffs), "mean_abs_diff": float(np.mean(diffs)) if diffs else None,
                                 "identical": float(np.mean(same)) if same else None}
         out[model] = entry
@@ -557,7 +855,14 @@ def pairwise_table(pairwise: dict[str, Any]) -> str:
         lines.append(f"| {adapter} | {row['examples']} | {row['adapter_wins']} | {row['base_wins']} | {row['ties']} | "
                      f"{row['inconsistent']} | {row['unreadable']} | {_fmt(row['agreement'])} | "
                      f"{_fmt(row['position_a_rate'])} |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    probs = [(a, r) for a, r in pairwise.items() if "position_bias" in r]
+    if probs:
+        text += ("\n| Adapter vs base | P(adapter better), both orders averaged | adapter preferred | base preferred "
+                 "| position bias (mean P(A) - 0.5) |\n|---|---:|---:|---:|---:|\n")
+        text += "".join(f"| {a} | {_fmt(r['p_adapter'])} | {r['adapter_preferred']} | {r['base_preferred']} | "
+                        f"{r['position_bias']:+.3f} |\n" for a, r in probs)
+    return text
 
 
 def bigfive_table(bigfive: dict[str, Any]) -> str:
@@ -572,7 +877,11 @@ def bigfive_table(bigfive: dict[str, Any]) -> str:
 
 
 def save_chart(path: Path, result: dict[str, Any]) -> None:
-    plt = plots.pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     panels = [k for k in ("rubric", "bigfive") if result.get(k)]
     if not panels:
         return
@@ -581,6 +890,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         data = result[panel]
         names = list(data)
         keys = CRITERIA if panel == "rubric" else TRAITS
+        width = 0.8 / max(1, len(names))
         x = np.arange(len(keys))
         for j, name in enumerate(names):
             if panel == "rubric":
@@ -592,8 +902,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
             else:
                 vals = [data[name]["traits"][k]["mean"] or 0 for k in keys]
                 errs = None
-            offset, width = plots.grouped_offsets(j, len(names))
-            ax.bar(x + offset, vals, width, yerr=errs, capsize=2, label=name)
+            ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
         empty = all((data[n][k]["value"] if panel == "rubric" else data[n]["traits"][k]["mean"]) is None
                     for n in names for k in keys)
         if empty:   # say so, rather than show an empty frame
@@ -603,7 +912,10 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         ax.set_title("judge rubric (1-5, 95% intervals)" if panel == "rubric" else "Big Five, in persona (1-5)",
                      fontsize=10)
         ax.legend(fontsize=8)
-    plots.save(fig, path)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -614,10 +926,27 @@ def report(result: dict[str, Any]) -> str:
     if judge["backend"] == "local":
         parts += ["The judge is a small local model: its scores are real but weak evidence; use "
                   "`judge.backend` with a strong model for conclusions.", ""]
+    if result.get("method") == "logprobs":
+        parts += ["Scores are read from the judge's token probabilities: one criterion at a time, the score is "
+                  "the expectation over the answer tokens 1-5 (prompts/judge/criterion.j2); pairwise compares "
+                  "P(A) with P(B) in both orders (prompts/judge/choice.j2); the Big Five answer is the "
+                  "expectation over 1-5 at the start of the model's answer.", ""]
     if result.get("rubric"):
-        parts += ["## Rubric", "", "Mean score 1-5 with 95% bootstrap intervals (prompts/judge/rubric.j2); "
-                  "unreadable judge replies are left out of the means and counted.", "",
-                  rubric_table(result["rubric"])]
+        parts += ["## Rubric", "", "Mean score 1-5 with 95% bootstrap intervals; unreadable judge replies are left "
+                  "out of the means and counted.", "", rubric_table(result["rubric"])]
+    agreement = result.get("agreement") or {}
+    if agreement.get("nli"):
+        a = agreement["nli"]
+        parts += ["### The judge against the NLI", "",
+                  f"On {a['replies']} replies ({a['flagged']} flagged by the NLI, contradiction > {a['threshold']}): "
+                  f"Spearman's rho between persona consistency and 1 - contradiction {_fmt(a['spearman'])}; AUC of "
+                  f"the judge's score for the replies the NLI does not flag {_fmt(a['auc'])} (0.5: chance).", ""]
+    if agreement.get("human"):
+        a = agreement["human"]
+        parts += ["### The judge against people", "",
+                  f"{a['annotations']} annotations by {a['annotators']} annotators; {a['scored']} scores matched "
+                  f"(Spearman {_fmt(a.get('spearman'))}, mean |difference| {_fmt(a.get('mean_abs_diff'))}), "
+                  f"{a['pairwise']} pairwise choices matched (agreement {_fmt(a.get('pairwise_agreement'))}).", ""]
     if result.get("pairwise"):
         parts += ["## Pairwise: each adapter against the base", "",
                   "Every example is asked twice, A/B and B/A. A verdict counts only when both orders pick the "
@@ -630,4 +959,15 @@ def report(result: dict[str, Any]) -> str:
                   "(0 = consistent) and the share answered identically.", "", bigfive_table(result["bigfive"])]
     if result.get("rubric") or result.get("bigfive"):
         parts += ["![rubric and Big Five](judge.png)", ""]
+    usage = result.get("usage") or {}
+    if usage or result.get("cache"):
+        parts += ["## Requests", "", "| who | requests | prompt tokens | completion tokens | repairs | cost |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for who, u in usage.items():
+            parts.append(f"| {who} | {u['requests']} | {u['prompt_tokens']} | {u['completion_tokens']} | "
+                         f"{u['repairs']} | {_fmt(u.get('cost'), 4)} |")
+        if result.get("cache"):
+            c = result["cache"]
+            parts += ["", f"Judge cache: {c['hits']} answers from the cache, {c['misses']} asked."]
+        parts.append("")
     return "\n".join(parts) + "\n"
