@@ -29,7 +29,7 @@ from .labels import LABELS
 @dataclass(frozen=True)
 class TrainSettings:
     seed: int = 0
-    epochs: float = 2.0
+    epochs: float = 1.5
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup: float = 0.06
