@@ -118,3 +118,14 @@ def test_contradictions_built_from_a_mined_utterance():
     negated = {h for source, premise, h in found if source == "mined:chat_negation" and premise == "I work as a chef."}
     assert negated and negated <= {"i dont work as a chef at a diner downtown", "i do not work as a chef at a diner downtown"}
     assert any(p.source == "mined:question" and p.label == "neutral" for p in pairs)
+
+
+def test_named_evaluation_sets_load_by_name():
+    from persona_forge.nli.evaluate import named_set
+
+    dev, test = named_set("chat-dev"), named_set("chat-test")
+    assert len(dev) == 150 and len(test) >= 300
+    assert {p.label for p in test} == {"entailment", "neutral", "contradiction"}
+    assert not {(p.premise, p.hypothesis) for p in dev} & {(p.premise, p.hypothesis) for p in test}
+    assert len(named_set("persona-test")) == 240
+    assert named_set("corpora/nli/chat_test.jsonl") is None  # a path, read as such by the caller
