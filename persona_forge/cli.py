@@ -588,21 +588,22 @@ def nli_build(rebuild: bool) -> None:
 @nli.command("eval")
 @_stage_recipe_option
 @click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
-              help="JSONL rows {premise, hypothesis, label}; or 'sick-test' for SICK's test split.")
+              help="JSONL rows {premise, hypothesis, label}; or a named set: sick-test (SICK's test split), "
+                   "chat-test, chat-dev (natural chat), persona-test, persona-dev.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--errors", "show_errors", type=int, default=0, help="Also list up to N misclassified pairs.")
 @click.pass_obj
 def nli_eval(obj: Context, sub_recipe: Path | None, data_path: Path, as_json: bool, show_errors: int) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled pairs.
 
-    Example: forge nli eval --data corpora/nli/persona_test.jsonl
+    Example: forge nli eval --data chat-test
     """
     import time
 
     from .nli.data import read_labelled
-    from .nli.evaluate import evaluate, sick_test
+    from .nli.evaluate import evaluate, named_set
 
-    pairs = sick_test() if str(data_path) == "sick-test" else read_labelled(data_path)
+    pairs = named_set(str(data_path)) or read_labelled(data_path)
     model = _nli_model(obj, sub_recipe)
     started = time.time()
     with ui.progress("judging pairs", total=len(pairs)) as advance:

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import LABELS, NLIModel
-from .data import NLIPair, load_sick
+from ..resources import data_dir
+from .data import NLIPair, load_sick, read_labelled
 
 
 def metrics(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
@@ -41,3 +42,18 @@ def evaluate(model: NLIModel, pairs: Sequence[NLIPair], progress=None) -> dict[s
 
 def sick_test() -> list[NLIPair]:
     return load_sick(["SICK_test_annotated.txt"])
+
+
+# `forge nli eval --data NAME`: the evaluation sets by name. chat-dev is the set the critic's
+# thresholds are tuned on; chat-test, sick-test and persona-test are never trained or tuned on.
+NAMED_SETS = {"sick-test": None, "chat-test": "chat_test.jsonl", "chat-dev": "chat_dev.jsonl",
+              "persona-test": "persona_test.jsonl", "persona-dev": "persona_dev.jsonl"}
+
+
+def named_set(name: str) -> list[NLIPair] | None:
+    """The pairs of a named evaluation set, or None when `name` names none (then it is a path)."""
+    if name not in NAMED_SETS:
+        return None
+    if NAMED_SETS[name] is None:
+        return sick_test()
+    return read_labelled(data_dir("corpora") / "nli" / NAMED_SETS[name], source=name)

@@ -23,13 +23,13 @@ from pathlib import Path
 from .. import ui
 from ..models import _file_lock, cache_dir, sentence_model_path
 from ..resources import data_dir
-from .base import LABELS
+from .labels import LABELS
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     seed: int = 0
-    epochs: float = 2.0
+    epochs: float = 1.5
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup: float = 0.06
@@ -41,6 +41,8 @@ class TrainSettings:
     unrelated: int = 2000
     ungrounded: int = 3000
     reactions: int = 4500
+    mined_conversations: int = 1500
+    mined_per_label: int = 3000
     threads: int | None = None
 
 
@@ -55,7 +57,7 @@ def build_key(settings: TrainSettings = DEFAULT_SETTINGS) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": BUILD_VERSION, **asdict(settings), "threads": None}, sort_keys=True).encode())
     here = Path(__file__).parent
-    for source in (here / "data.py", here / "frames.py", Path(__file__)):
+    for source in (here / "data.py", here / "frames.py", here / "mine.py", Path(__file__)):
         digest.update(source.read_bytes())
     corpora = data_dir("corpora")
     for name in ("nli/sick2014/SICK_train.txt", "nli/sick2014/SICK_trial.txt", "spc/train.jsonl.gz",
@@ -87,7 +89,7 @@ def build(target: Path, settings: TrainSettings = DEFAULT_SETTINGS, progress: bo
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from ..backends.local import set_torch_threads
+    from ..hardware import set_torch_threads
     from .data import build_training_pairs
 
     started = time.time()
@@ -99,6 +101,11 @@ def build(target: Path, settings: TrainSettings = DEFAULT_SETTINGS, progress: bo
     pairs = build_training_pairs(settings.seed, settings.frame_per_label, settings.corpus_per_label,
                                  handwritten_repeats=settings.handwritten_repeats, unrelated=settings.unrelated,
                                  ungrounded=settings.ungrounded, reactions=settings.reactions)
+    if settings.mined_per_label:
+        from .mine import mined_pairs
+
+        pairs += mined_pairs(settings.seed + 3, settings.mined_conversations, settings.mined_per_label)
+        random.Random(settings.seed + 4).shuffle(pairs)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
