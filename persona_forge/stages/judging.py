@@ -396,7 +396,9 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
 def _usage(before: dict[str, Any], after: dict[str, Any], config: BackendConfig) -> dict[str, Any]:
     from ..costs import cost
 
-    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k] for k in after}
+    # Counters only: last_errors (a dict of messages per failure kind) is not a difference.
+    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k]
+           for k in after if isinstance(after[k], (int, float))}
     price = cost(out["prompt_tokens"], out["completion_tokens"], config.prices)
     if price is not None:
         out["cost"] = price
