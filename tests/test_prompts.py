@@ -6,6 +6,7 @@ import pytest
 
 from persona_forge.errors import UserError
 from persona_forge.prompts import PromptLibrary, render, split_messages
+from persona_forge.rubric import CONVERSATION
 
 
 def test_nli_judge_prompt_renders_exactly():
@@ -94,7 +95,9 @@ def test_generate_turn_prompt_renders_exactly_opening_and_not():
 
 
 def test_generate_judge_prompt_renders_exactly():
-    rendered = render("generate/judge", user1=["I have two dogs."], user2=["I am a nurse."], transcript=EXAMPLE)
+    # The scale, criteria and answer shape come from rubric.CONVERSATION, exactly as the critic passes them.
+    rendered = render("generate/judge", user1=["I have two dogs."], user2=["I am a nurse."], transcript=EXAMPLE,
+                      **CONVERSATION.variables())
     assert rendered.messages == (
         {"role": "system", "content": "You are a strict judge of conversations written for a chatbot training set. "
                                       "Answer only with a JSON object."},
@@ -108,7 +111,12 @@ def test_generate_judge_prompt_renders_exactly():
             "- consistency: each speaker stays true to their own persona.\n"
             "Also say whether any turn is unsafe (insults, hate, harassment, sexual content, violence, self-harm).\n"
             "Answer with exactly this JSON shape:\n"
-            '{"coherence": {"score": 1-5, "reason": "..."}, "engagingness": {"score": 1-5, "reason": "..."},\n'
-            ' "naturalness": {"score": 1-5, "reason": "..."}, "consistency": {"score": 1-5, "reason": "..."},\n'
-            ' "unsafe": true or false, "unsafe_reason": "..."}')},
+            '{"coherence": {"score": 1, "reason": "..."}, "engagingness": {"score": 1, "reason": "..."}, '
+            '"naturalness": {"score": 1, "reason": "..."}, "consistency": {"score": 1, "reason": "..."}, '
+            '"unsafe": false, "unsafe_reason": "..."}')},
     )
+
+
+def test_generate_judge_prompt_refuses_missing_rubric_variables():
+    with pytest.raises(UserError, match="'low' is undefined"):
+        render("generate/judge", user1=["I have two dogs."], user2=["I am a nurse."], transcript=EXAMPLE)
