@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 
@@ -478,10 +478,10 @@ class RestyleConfig(Section):
     data: Path | None = Field(None, description="Source conversations: Dialogue records or any "
                               "Synthetic-Persona-Chat-shaped JSONL(.gz) (default <run_dir>/best.jsonl).")
     n: int = Field(0, ge=0, description="Restyle the first N conversations; 0: all.")
-    styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="The styles to rewrite "
-                              "into, each one of `descriptions` with lines in the corpus.")
     descriptions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES), description="Every known "
                                          "style: name -> the voice described in words (shown in the prompt).")
+    styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="The styles to rewrite "
+                              "into, each one of `descriptions` with lines in the corpus.")
     corpus: Path | None = Field(None, description="Style corpus JSONL ({style, text} a line; default "
                                 "corpora/styles/styles.jsonl): few-shot examples and the classifier's data.")
     speaker: Literal["both", "user1", "user2"] = Field("both", description="Whose replies are rewritten.")
@@ -502,19 +502,21 @@ class RestyleConfig(Section):
     batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
 
-    @model_validator(mode="after")
-    def _styles_are_described(self) -> "RestyleConfig":
-        if not self.styles:
-            raise ValueError("styles is empty; name at least one style, e.g. warm")
-        for name in self.styles:
-            if name not in self.descriptions:
-                close = difflib.get_close_matches(name, list(self.descriptions), n=1)
+    @field_validator("styles")
+    @classmethod
+    def _styles_are_described(cls, styles: list[str], info: ValidationInfo) -> list[str]:
+        known = info.data.get("descriptions") or {}
+        if not styles:
+            raise ValueError("no style named; name at least one, e.g. warm")
+        for name in styles:
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"unknown style {name!r}; {hint}known: {', '.join(self.descriptions)} "
+                raise ValueError(f"unknown style {name!r}; {hint}known: {', '.join(known)} "
                                  f"(describe a new one under restyle.descriptions)")
-        if len(set(self.styles)) != len(self.styles):
-            raise ValueError("a style is named twice in styles")
-        return self
+        if len(set(styles)) != len(styles):
+            raise ValueError("a style is named twice")
+        return styles
 
     def identity(self) -> dict[str, Any]:
         """What decides the outputs, for config hashes: not the input path (hashed apart), n (a larger n
