@@ -1085,6 +1085,26 @@ def restyle(obj: Context, sub_recipe: Path | None, data_path: Path | None, style
                         f"command again to retry only those")
 
 
+@forge.command("voices")
+@_stage_recipe_option
+@click.option("--generations", "generations_path", type=click.Path(path_type=Path), default=None,
+              help="forge eval's generations (default <run_dir>/eval/generations.jsonl).")
+@click.pass_obj
+def voices(obj: Context, sub_recipe: Path | None, generations_path: Path | None) -> None:
+    """How well each style adapter carries its voice: its eval replies classified by the style
+    classifier (style accuracy, a confusion matrix chart), beside eval's contradiction rate per model.
+    Name each adapter after its style (forge train --name warm; forge eval --adapter warm=DIR).
+
+    Example: forge --run-dir runs/styles voices
+    """
+    from .stages import restyle as stage
+
+    recipe = _context(obj, sub_recipe).recipe()
+    result = stage.evaluate_voices(recipe.restyle, _stage_context(recipe, obj), generations_path)
+    click.echo(stage.voices_table(result.data))
+    ui.summary("forge voices", result.summary)
+
+
 _HELP_SECTIONS["restyle"] = "restyle"
 _document_defaults()  # idempotent: options already documented are left alone
 _common_options_last(forge)

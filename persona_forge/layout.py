@@ -96,6 +96,12 @@ RESTYLE_CLASSIFIER = f"{RESTYLE}/classifier.json"          # the style classifie
 RESTYLE_CONFUSION = f"{RESTYLE}/classifier_confusion.png"
 
 
+VOICES = "voices"                                          # forge voices: style adapters judged by the classifier
+VOICES_REPORT = f"{VOICES}/voices.json"
+VOICES_TABLE = f"{VOICES}/table.md"
+VOICES_CONFUSION = f"{VOICES}/confusion.png"
+
+
 def restyled(style: str) -> str:
     """The conversations rewritten into one style (Dialogue records): restyle/<style>.jsonl."""
     return f"{RESTYLE}/{style}.jsonl"

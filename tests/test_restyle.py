@@ -328,3 +328,35 @@ def test_cli_restyles_with_the_fake_backend(forge, tmp_path, monkeypatch):
     records = read_jsonl(tmp_path / "r" / layout.RESTYLE_REWRITES, Rewrite)
     assert sorted(r.style for r in records) == ["calm", "warm"]
     assert (tmp_path / "r" / layout.restyled("calm")).is_file()
+
+
+# --- the voices of style adapters ---------------------------------------------------------------
+
+def test_voices_scores_each_style_adapter_and_draws_the_confusion(tmp_path):
+    from persona_forge.schema import EvalGeneration
+
+    replies = {"base": ["I do it now.", "I do it now."], "warm": ["How lovely!", "Do it now."],
+               "witty": ["Ha, sure.", "Ha, right."]}
+    rows = []
+    for model, texts in replies.items():
+        for i, text in enumerate(texts):
+            rows.append(EvalGeneration(id=f"{model}{i}", example_id=str(i), source_id="s", model=model, model_digest="d",
+                                       messages=[], persona=ALICE, reference="r", reply=text,
+                                       metrics={"contradicts": float(model == "witty" and i == 0)}))
+    path = tmp_path / "generations.jsonl"
+    path.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    result = restyle.evaluate_voices(RestyleConfig(), StageContext(tmp_path / "run", progress=False), path,
+                                     classifier=KeywordStyles())
+    report = result.data
+    assert report["adapters"] == ["warm", "witty"] and report["style_accuracy"] == 0.75
+    assert report["models"]["warm"]["style_accuracy"] == 0.5 and report["models"]["witty"]["style_accuracy"] == 1.0
+    assert report["models"]["base"]["predicted"] == {"direct": 2, "warm": 0, "witty": 0}
+    assert report["models"]["witty"]["contradiction_rate"] == 0.5
+    assert report["confusion_rows"] == ["warm", "witty"] and report["confusion"] == [[1, 1, 0], [0, 0, 2]]
+    assert (tmp_path / "run" / layout.VOICES_CONFUSION).stat().st_size > 1000
+    assert "| warm | 2 | 0.50 | 0.00 | 1 | 1 | 0 |" in (tmp_path / "run" / layout.VOICES_TABLE).read_text()
+
+
+def test_voices_without_generations_is_one_line(forge, tmp_path):
+    line = one_line_error(forge("--run-dir", str(tmp_path / "r"), "voices"))
+    assert "generations.jsonl: no generations" in line and "forge eval" in line

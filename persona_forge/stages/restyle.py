@@ -427,3 +427,109 @@ def already_done(run_dir: RunDir, config: dict[str, Any], inputs: list[Path], n:
         return None
     return {"status": "already done with this config and input: nothing to do",
             **dict(previous.figures.get("summary", {}))}
+
+
+# --- the voices of style adapters ----------------------------------------------------------------
+
+def evaluate_voices(cfg: RestyleConfig, context: StageContext, generations: Path | None = None,
+                    embed: Callable[[Sequence[str]], np.ndarray] | None = None, classifier: Any = None) -> StageResult:
+    """Style accuracy of style adapters' replies: `forge eval`'s generations (one model per adapter, an
+    adapter named after its style, e.g. train --name warm), each reply classified by the style
+    classifier. Writes voices/voices.json (per model: replies, predicted styles, style accuracy, the
+    eval's contradiction rate), voices/table.md and voices/confusion.png (adapters' style x predicted)."""
+    from ..schema import BASE, EvalGeneration
+    from ..store import iter_jsonl
+
+    run_dir = RunDir(context.run_dir)
+    path = Path(generations) if generations else run_dir.file(layout.EVAL_GENERATIONS)
+    if not path.is_file():
+        raise UserError(f"{path}: no generations; run forge eval with an adapter per style first (forge eval --adapter "
+                        f"warm=runs/x/train/warm/adapter ...), or give --generations FILE")
+    records = [r for r in iter_jsonl(path, EvalGeneration) if not r.error]
+    if not records:
+        raise UserError(f"{path}: no usable generations in it (every one failed or the file is empty)")
+    corpus_path = Path(cfg.corpus) if cfg.corpus else default_corpus()
+    if classifier is None:
+        if embed is None:
+            from ..embeddings import Embedder
+
+            embed = Embedder(cfg.model, cfg.batch_size, cfg.threads)
+        train, test = split(load_corpus(corpus_path), cfg.heldout, cfg.seed)
+        classifier = StyleClassifier(embed, cfg.classifier_c, cfg.seed).fit(train, test)
+    styles = list(classifier.styles)
+    models = sorted({r.model for r in records}, key=lambda m: (m != BASE, m))
+    per_model: dict[str, Any] = {}
+    truth: list[str] = []
+    predicted_all: list[str] = []
+    for model in models:
+        mine = [r for r in records if r.model == model]
+        texts = [r.reply if r.reply.strip() else " " for r in mine]
+        predicted = [styles[i] for i in np.asarray(classifier.predict_proba(texts)).argmax(axis=1)]
+        contradicts = [r.metrics.get("contradicts") for r in mine if r.metrics.get("contradicts") is not None]
+        row = {"replies": len(mine), "predicted": {s: predicted.count(s) for s in styles},
+               "contradiction_rate": round(float(np.mean(contradicts)), 4) if contradicts else None,
+               "style": model if model in styles else None}
+        if model in styles:
+            row["style_accuracy"] = round(predicted.count(model) / len(predicted), 4)
+            truth += [model] * len(predicted)
+            predicted_all += predicted
+        per_model[model] = row
+    adapters = [m for m in models if m in styles]
+    confusion_rows = [s for s in styles if s in adapters]
+    matrix = [[sum(1 for t, p in zip(truth, predicted_all) if t == s and p == q) for q in styles]
+              for s in confusion_rows]
+    accuracy = round(sum(t == p for t, p in zip(truth, predicted_all)) / len(truth), 4) if truth else None
+    report = {"generations": str(path), "styles": styles, "adapters": adapters, "style_accuracy": accuracy,
+              "chance": round(1 / len(styles), 4), "confusion_rows": confusion_rows, "confusion": matrix,
+              "models": per_model, "classifier_heldout": dict(getattr(classifier, "heldout", {}) or {})}
+    atomic_write_json(run_dir.file(layout.VOICES_REPORT), report)
+    from ..store import atomic_write_text
+
+    atomic_write_text(run_dir.file(layout.VOICES_TABLE), voices_table(report))
+    if adapters:
+        _voices_chart(report, run_dir.file(layout.VOICES_CONFUSION))
+    summary = {"generations": str(path), "models": ", ".join(models),
+               "style adapters": ", ".join(adapters) or "none (name adapters after their style)",
+               "style accuracy": "n/a" if accuracy is None else f"{accuracy:.3f} (chance {report['chance']:.2f})",
+               **{f"{m}: contradiction rate": v["contradiction_rate"] for m, v in per_model.items()},
+               "outputs": str(run_dir.file(layout.VOICES))}
+    return StageResult(stage="voices", summary=summary, figures=report,
+                       outputs=[run_dir.file(layout.VOICES_REPORT), run_dir.file(layout.VOICES_TABLE)], data=report)
+
+
+def voices_table(report: dict[str, Any]) -> str:
+    styles = report["styles"]
+    head = "| model | replies | style accuracy | contradiction rate | " + " | ".join(f"as {s}" for s in styles) + " |"
+    lines = [head, "|" + "---|" * (4 + len(styles))]
+    for model, row in report["models"].items():
+        acc = row.get("style_accuracy")
+        rate = row["contradiction_rate"]
+        lines.append(f"| {model} | {row['replies']} | {'' if acc is None else f'{acc:.2f}'} | "
+                     f"{'' if rate is None else f'{rate:.2f}'} | "
+                     + " | ".join(str(row["predicted"][s]) for s in styles) + " |")
+    acc = report["style_accuracy"]
+    lines.append("")
+    lines.append(f"Style accuracy over the style adapters: {'n/a' if acc is None else f'{acc:.3f}'} "
+                 f"(chance {report['chance']:.2f}); each reply classified by the style classifier "
+                 f"(held-out accuracy on the corpus: {report['classifier_heldout'].get('accuracy', 'n/a')}).")
+    return "\n".join(lines) + "\n"
+
+
+def _voices_chart(report: dict[str, Any], path: Path) -> None:
+    from .. import plots
+
+    plt = plots.pyplot()
+    rows, cols = report["confusion_rows"], report["styles"]
+    matrix = np.array(report["confusion"], dtype=float)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 1.0 * len(rows) + 2))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), [f"adapter {r}" for r in rows])
+    ax.set_xlabel("style the classifier reads in its replies")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center",
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_title(f"voices of the style adapters (accuracy {report['style_accuracy']:.2f}, chance {report['chance']:.2f})")
+    plots.save(fig, path)
