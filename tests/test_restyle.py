@@ -360,3 +360,17 @@ def test_voices_scores_each_style_adapter_and_draws_the_confusion(tmp_path):
 def test_voices_without_generations_is_one_line(forge, tmp_path):
     line = one_line_error(forge("--run-dir", str(tmp_path / "r"), "voices"))
     assert "generations.jsonl: no generations" in line and "forge eval" in line
+
+
+def test_a_styled_file_is_training_data_for_curate(tmp_path):
+    """restyle/<style>.jsonl reads back as scored Dialogue records, and curate's sample targets the rewrite."""
+    from persona_forge import corpora
+    from persona_forge.config import CurateConfig
+    from persona_forge.stages import curate
+
+    data = write_data(tmp_path / "data.jsonl")
+    run(tmp_path, cfg(data, speaker="user2"), ScriptedBackend(default="Lovely! I am a nurse, you know."))
+    conv = corpora.load_conversations(tmp_path / "run" / layout.restyled("warm"))
+    assert conv.scored and conv.dialogues[0].scores["critic"] == 1.0
+    samples, _ = curate.build_samples(conv, CurateConfig(), "warm.jsonl")
+    assert samples[0].messages[-1].content == "Lovely! I am a nurse, you know."
