@@ -1029,6 +1029,87 @@ _document_defaults()
 _common_options_last(forge)
 
 
+# --- forge restyle ---
+@forge.command("restyle")
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Source conversations: Dialogue records or a Synthetic-Persona-Chat-shaped .jsonl(.gz) "
+                   "(default <run_dir>/best.jsonl).")
+@click.option("--styles", "styles", default=None, metavar="A,B,...",
+              help="Styles to rewrite into (default: warm, witty, direct, socratic, calm; see restyle.descriptions).")
+@click.option("--n", "n", type=int, default=None, help="Restyle the first N conversations (0: all; a larger N "
+                                                      "later extends the run).")
+@click.option("--speaker", type=click.Choice(["both", "user1", "user2"]), default=None,
+              help="Whose replies are rewritten.")
+@click.option("--examples", type=int, default=None, help="Few-shot lines of the style per request.")
+@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path), default=None,
+              help="Style corpus JSONL of {style, text} lines (default corpora/styles/styles.jsonl).")
+@click.option("--max-tokens", type=int, default=None, help="Most tokens of one rewritten reply.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature of the rewrites.")
+@click.pass_obj
+def restyle(obj: Context, sub_recipe: Path | None, data_path: Path | None, styles: str | None, n: int | None,
+            speaker: str | None, examples: int | None, corpus_path: Path | None, max_tokens: int | None,
+            temperature: float | None) -> None:
+    """Rewrite the replies of conversations into several voices, keeping their content; every rewrite
+    checked (NLI both ways, persona facts, similarity, a style classifier), failures logged with a reason.
+
+    Example: forge --run-dir runs/styles restyle --data corpora/spc/test.jsonl.gz --styles warm,witty --n 20
+    """
+    from .backends import build_backend
+    from .stages import restyle as stage
+
+    chosen = None
+    if styles is not None:
+        chosen = [s.strip() for s in styles.split(",") if s.strip()]
+        if not chosen:
+            raise UserError(f"--styles {styles!r}: name at least one style, e.g. --styles warm,witty")
+    recipe = _context(obj, sub_recipe).recipe(**{
+        "restyle.data": str(data_path) if data_path else None, "restyle.styles": chosen, "restyle.n": n,
+        "restyle.speaker": speaker, "restyle.examples": examples,
+        "restyle.corpus": str(corpus_path) if corpus_path else None, "restyle.max_tokens": max_tokens,
+        "restyle.temperature": temperature})
+    progress = ui.verbosity() >= 0
+    backend = build_backend(recipe.backend, progress=progress)
+
+    def nli():
+        from .nli.base import load_nli
+
+        return load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress)
+
+    identity = {"backend": recipe.backend.identity(),
+                "nli": recipe.nli.model_dump(mode="json", exclude={"threads", "batch_size"})}
+    result = stage.run(recipe.restyle, _stage_context(recipe, obj), backend, nli, identity=identity)
+    ui.summary("forge restyle", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} rewrite requests failed after retries{_last_error(backend)}; run the same "
+                        f"command again to retry only those")
+
+
+@forge.command("voices")
+@_stage_recipe_option
+@click.option("--generations", "generations_path", type=click.Path(path_type=Path), default=None,
+              help="forge eval's generations (default <run_dir>/eval/generations.jsonl).")
+@click.pass_obj
+def voices(obj: Context, sub_recipe: Path | None, generations_path: Path | None) -> None:
+    """How well each style adapter carries its voice: its eval replies classified by the style
+    classifier (style accuracy, a confusion matrix chart), beside eval's contradiction rate per model.
+    Name each adapter after its style (forge train --name warm; forge eval --adapter warm=DIR).
+
+    Example: forge --run-dir runs/styles voices
+    """
+    from .stages import restyle as stage
+
+    recipe = _context(obj, sub_recipe).recipe()
+    result = stage.evaluate_voices(recipe.restyle, _stage_context(recipe, obj), generations_path)
+    click.echo(stage.voices_table(result.data))
+    ui.summary("forge voices", result.summary)
+
+
+_HELP_SECTIONS["restyle"] = "restyle"
+_document_defaults()  # idempotent: options already documented are left alone
+_common_options_last(forge)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and an exit code, never a traceback."""
     try:

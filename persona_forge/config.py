@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 
@@ -447,6 +447,83 @@ class CurateConfig(Section):
     def identity(self) -> dict[str, Any]:
         """What decides the outputs, for config hashes: not the input paths (hashed apart), threads or batches."""
         return self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size"})
+DEFAULT_STYLES: dict[str, str] = {
+    "warm": "warm and encouraging: kind, supportive, celebrates the other person and reassures them",
+    "witty": "dry and witty: deadpan humour, understatement and a wry twist, never cruel",
+    "direct": "direct and no-nonsense: short, plain, practical; says what to do, no padding",
+    "socratic": "curious and socratic: answers with a thoughtful question that helps the other person reflect",
+    "calm": "calm and grounding: slow, soothing and steady; invites a breath and takes the pressure off",
+}
+
+
+class RestyleChecks(Section):
+    """What a rewrite must pass to be kept: the content kept (NLI both ways, the speaker's persona
+    facts, encoder similarity) and the style carried (the style classifier)."""
+
+    contradiction: float = Field(0.8, gt=0.0, lt=1.0, description="Reject a rewrite when the NLI's contradiction "
+                                 "probability between original and rewrite, in either direction, is above this "
+                                 "(0.8 as the critic: the embedded NLI over-calls contradiction on chat, issue #16).")
+    entailment: float = Field(0.5, gt=0.0, lt=1.0, description="A persona fact is stated by a line when the NLI's "
+                              "entailment probability (fact as premise, line as hypothesis) is above this; a fact the "
+                              "original states must still be stated by the rewrite.")
+    similarity: float = Field(0.5, ge=-1.0, le=1.0, description="Reject a rewrite whose sentence-embedding cosine "
+                              "similarity to the original is below this (the content drifted away).")
+    style_probability: float = Field(0.0, ge=0.0, le=1.0, description="The style classifier must pick the target "
+                                     "style, with at least this probability (0: its top choice is enough).")
+
+
+class RestyleConfig(Section):
+    """`forge restyle`: rewrite the replies of source conversations into several voices, checked."""
+
+    data: Path | None = Field(None, description="Source conversations: Dialogue records or any "
+                              "Synthetic-Persona-Chat-shaped JSONL(.gz) (default <run_dir>/best.jsonl).")
+    n: int = Field(0, ge=0, description="Restyle the first N conversations; 0: all.")
+    descriptions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES), description="Every known "
+                                         "style: name -> the voice described in words (shown in the prompt).")
+    styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="The styles to rewrite "
+                              "into, each one of `descriptions` with lines in the corpus.")
+    corpus: Path | None = Field(None, description="Style corpus JSONL ({style, text} a line; default "
+                                "corpora/styles/styles.jsonl): few-shot examples and the classifier's data.")
+    speaker: Literal["both", "user1", "user2"] = Field("both", description="Whose replies are rewritten.")
+    examples: int = Field(3, ge=0, le=10, description="Few-shot examples of the style per request, drawn "
+                          "(seeded) from the corpus.")
+    max_tokens: int = Field(64, ge=8, description="Most tokens of one rewritten reply.")
+    temperature: float | None = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; null: the backend's.")
+    chunk: int = Field(64, ge=1, description="Replies rewritten, checked and written together (a killed run loses "
+                       "at most one chunk's requests).")
+    heldout: float = Field(0.2, gt=0.0, lt=1.0, description="Share of each style's corpus lines held out to "
+                           "measure the style classifier's accuracy (seeded, stratified).")
+    classifier_c: float = Field(4.0, gt=0.0, description="Inverse regularisation of the classifier's "
+                                "logistic-regression head.")
+    model: str = Field("packaged:minilm-l6", description="Sentence-embedding model for the similarity check "
+                       "and the style classifier.")
+    checks: RestyleChecks = Field(default_factory=RestyleChecks)
+    seed: int = Field(0, description="Seed for few-shot examples, sampling and the held-out split.")
+    batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+
+    @field_validator("styles")
+    @classmethod
+    def _styles_are_described(cls, styles: list[str], info: ValidationInfo) -> list[str]:
+        known = info.data.get("descriptions") or {}
+        if not styles:
+            raise ValueError("no style named; name at least one, e.g. warm")
+        for name in styles:
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown style {name!r}; {hint}known: {', '.join(known)} "
+                                 f"(describe a new one under restyle.descriptions)")
+        if len(set(styles)) != len(styles):
+            raise ValueError("a style is named twice")
+        return styles
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the outputs, for config hashes: not the input path (hashed apart), n (a larger n
+        extends the run), chunks, threads or batches."""
+        return self.model_dump(mode="json", exclude={"data", "corpus", "n", "chunk", "threads", "batch_size"})
+
+
 class LoraSettings(Section):
     """The LoRA adapter `forge train` fits (peft.LoraConfig)."""
 
@@ -703,6 +780,7 @@ class Recipe(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    restyle: RestyleConfig = Field(default_factory=RestyleConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,

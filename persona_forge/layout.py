@@ -12,6 +12,7 @@ Paths are relative to the run directory; `<stage>.manifest.json` sits beside the
     train      -> train/<name>/ (adapter/, checkpoints/, log.jsonl, loss.png, merged/, train.manifest.json)
     eval       -> eval/ (generations.jsonl, metrics.json, table.md, eval.png, report.md)
     judge      -> judge/ (judgements.jsonl, pairwise.jsonl, bigfive.jsonl, judge.json, judge.png, report.md)
+    restyle    -> restyle/ (rewrites.jsonl, rejections.jsonl, <style>.jsonl, classifier.json, classifier_confusion.png)
     run        -> report.md
 """
 
@@ -86,6 +87,25 @@ EVAL_REPORT = f"{EVAL}/report.md"
 JUDGE = "judge"                                            # a folder
 JUDGE_REPORT = f"{JUDGE}/report.md"
 JUDGE_CHART = f"{JUDGE}/judge.png"
+
+# --- restyle -------------------------------------------------------------------------------------
+RESTYLE = "restyle"                                        # a folder
+RESTYLE_REWRITES = f"{RESTYLE}/rewrites.jsonl"             # every Rewrite, appended (the resume log)
+RESTYLE_REJECTIONS = f"{RESTYLE}/rejections.jsonl"
+RESTYLE_CLASSIFIER = f"{RESTYLE}/classifier.json"          # the style classifier's held-out figures
+RESTYLE_CONFUSION = f"{RESTYLE}/classifier_confusion.png"
+
+
+VOICES = "voices"                                          # forge voices: style adapters judged by the classifier
+VOICES_REPORT = f"{VOICES}/voices.json"
+VOICES_TABLE = f"{VOICES}/table.md"
+VOICES_CONFUSION = f"{VOICES}/confusion.png"
+
+
+def restyled(style: str) -> str:
+    """The conversations rewritten into one style (Dialogue records): restyle/<style>.jsonl."""
+    return f"{RESTYLE}/{style}.jsonl"
+
 
 # --- the whole run -------------------------------------------------------------------------------
 REPORT = "report.md"

@@ -161,6 +161,15 @@ def _judge(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult
     return _result(judging.STAGE, summary, context, judging.OUTPUTS, data=data)
 
 
+def _restyle(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
+    """Not in PIPELINE: `forge restyle` runs it; from Python, STAGES["restyle"](recipe, shared, context)."""
+    from .stages import restyle
+
+    identity = {"backend": recipe.backend.identity(),
+                "nli": recipe.nli.model_dump(mode="json", exclude={"threads", "batch_size"})}
+    return restyle.run(recipe.restyle, context, shared.backend(), shared.nli, identity=identity)
+
+
 STAGES: dict[str, Callable[[Recipe, Shared, StageContext], StageResult]] = {
     "personas": _personas, "pair": _pair, "generate": _generate, "curate": _curate, "train": _train,
-    "eval": _eval, "judge": _judge}
+    "eval": _eval, "judge": _judge, "restyle": _restyle}

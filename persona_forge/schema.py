@@ -260,3 +260,28 @@ class Sample(Record):
     quality: float | None = None  # the critic's combined score of the conversation; None: unscored
     scores: dict[str, float | None] = Field(default_factory=dict)
     source: str
+
+
+class Rewrite(Record):
+    """One reply of a conversation rewritten into one style by `forge restyle`, with its checks.
+
+    `id` hashes the conversation, the reply's position and the style (never the rewrite). `checks`
+    holds the figures (NLI contradiction both ways, persona facts stated before and after, encoder
+    similarity, the style classifier's pick and probability); `reason` names the first check it
+    failed, None when it passed both the content and the style checks.
+    """
+
+    dialogue_id: str
+    position: int
+    speaker: Literal["user1", "user2"]
+    style: str
+    original: str
+    text: str | None = None
+    raw: str | None = None
+    parse_error: str | None = None
+    checks: dict[str, Any] = Field(default_factory=dict)
+    content_ok: bool = False
+    style_ok: bool = False
+    passed: bool = False
+    reason: str | None = None
+    provenance: Provenance | None = None
