@@ -16,7 +16,7 @@ from persona_forge.errors import UserError
 from persona_forge.schema import Preference, Turn
 from persona_forge.stages import train, train_reward, train_rl
 from persona_forge.store import iter_jsonl
-from train_data import SPC, tiny_llama
+from train_data import SPC, StopAfter, tiny_llama
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -251,23 +251,6 @@ def test_alarm_logic_on_a_scripted_log():
     assert rlwatch.alarms(steady[:1]) == [] and rlwatch.alarms([]) == []
     # Rows without a reward (trl's final summary row) are ignored; a short log shrinks the window.
     assert len(rlwatch.alarms(hacked[:2] + hacked[-2:] + [{"step": 6, "train_runtime": 1.0}], window=3)) == 3
-
-
-class StopAfter:
-    """Kills the run (as Ctrl-C would) right after checkpoint `step` is written."""
-
-    def __init__(self, step: int):
-        from transformers import TrainerCallback
-
-        outer = self
-
-        class Callback(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == outer.step:
-                    raise KeyboardInterrupt
-
-        self.step = step
-        self.callback = Callback()
 
 
 def test_a_killed_rloo_run_resumes_from_its_last_checkpoint(tiny, trained, tmp_path):

@@ -1,5 +1,6 @@
-"""Training fixtures: next-reply SFT rows and DPO pairs from Synthetic-Persona-Chat, and a tiny
-random llama with SmolLM2's tokenizer (training mechanics in seconds, no lock needed)."""
+"""Training fixtures: next-reply SFT rows and DPO pairs from Synthetic-Persona-Chat, a tiny
+random llama with SmolLM2's tokenizer (training mechanics in seconds, no lock needed), and a
+callback that kills a run after a checkpoint (the resume tests)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,20 @@ def tiny_llama(folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class StopAfter:
+    """Kills the run (as Ctrl-C would) right after checkpoint `step` is written."""
+
+    def __init__(self, step: int):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == outer.step:
+                    raise KeyboardInterrupt
+
+        self.step = step
+        self.callback = Callback()
