@@ -40,7 +40,7 @@ from ..resources import data_dir
 from ..samples import reply_messages
 from ..schema import (BASE, BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
                       record_id)
-from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
+from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "judge"
 FOLDER = layout.JUDGE
@@ -879,11 +879,7 @@ def bigfive_table(bigfive: dict[str, Any]) -> str:
 
 
 def save_chart(path: Path, result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     panels = [k for k in ("rubric", "bigfive") if result.get(k)]
     if not panels:
         return
@@ -892,7 +888,6 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         data = result[panel]
         names = list(data)
         keys = CRITERIA if panel == "rubric" else TRAITS
-        width = 0.8 / max(1, len(names))
         x = np.arange(len(keys))
         for j, name in enumerate(names):
             if panel == "rubric":
@@ -904,7 +899,8 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
             else:
                 vals = [data[name]["traits"][k]["mean"] or 0 for k in keys]
                 errs = None
-            ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+            offset, width = plots.grouped_offsets(j, len(names))
+            ax.bar(x + offset, vals, width, yerr=errs, capsize=2, label=name)
         empty = all((data[n][k]["value"] if panel == "rubric" else data[n]["traits"][k]["mean"]) is None
                     for n in names for k in keys)
         if empty:   # say so, rather than show an empty frame
@@ -914,10 +910,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         ax.set_title("judge rubric (1-5, 95% intervals)" if panel == "rubric" else "Big Five, in persona (1-5)",
                      fontsize=10)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def report(result: dict[str, Any]) -> str:
