@@ -348,10 +348,10 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
                 backends[part.role] = make(part.config)
                 stage.record_model(part.role, json.dumps(backends[part.role].describe()))
             backend = backends[part.role]
-            before = backend.usage.as_dict()
+            before = backend.usage.counters()
             answers = _ask(backend, part, cache, ctx.prompts)
             WRITERS[part.name](ctx, part, backend, answers, failed)
-            usage[part.label] = _usage(before, backend.usage.as_dict(), part.config)
+            usage[part.label] = _usage(before, backend.usage.counters(), part.config)
             if part.role != "judge":
                 del backends[part.role]   # a probe model answers once: free its memory
     finally:
@@ -393,12 +393,11 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
     return result
 
 
-def _usage(before: dict[str, Any], after: dict[str, Any], config: BackendConfig) -> dict[str, Any]:
+def _usage(before: dict[str, int | float], after: dict[str, int | float], config: BackendConfig) -> dict[str, Any]:
+    """What a part cost: the difference of two UsageTotals.counters() snapshots, priced."""
     from ..costs import cost
 
-    # Counters only: last_errors (a dict of messages per failure kind) is not a difference.
-    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k]
-           for k in after if isinstance(after[k], (int, float))}
+    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k] for k in after}
     price = cost(out["prompt_tokens"], out["completion_tokens"], config.prices)
     if price is not None:
         out["cost"] = price
