@@ -486,10 +486,9 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
 
 
 def _stage_context(recipe: Recipe, obj: Context):
-    from . import executors
     from .contract import StageContext
 
-    return StageContext(recipe.run_dir, obj.force, ui.verbosity() >= 0, executors.get(recipe.executor))
+    return StageContext.for_recipe(recipe, obj.force, ui.verbosity() >= 0)
 
 
 @forge.command("run")

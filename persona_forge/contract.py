@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Recipe
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,13 @@ class StageContext:
     force: bool = False      # redo a stage whose config or input changed (old outputs go to .trash/)
     progress: bool = True    # progress bars on the terminal
     executor: Any = None     # where per-record model work fans out (executors/); None: in this process
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, force: bool = False, progress: bool = True) -> "StageContext":
+        """The context a recipe's stages run in: its run directory and the executor it asks for."""
+        from . import executors
+
+        return cls(Path(recipe.run_dir), force, progress, executors.get(recipe.executor))
 
 
 @dataclass

@@ -93,23 +93,14 @@ def ask_text(backend, requests: Sequence[ChatRequest], identity: dict[str, Any],
     if not _usable(cache, backend):
         return send(list(requests)) if requests else []
     keys = [request_key(identity, "text", r) for r in requests]
-    out: list[Completion | None] = []
-    for key in keys:
-        hit = cache.get(key)
-        out.append(Completion(**{**hit, "prompt_tokens": 0, "completion_tokens": 0}) if hit else None)
-    todo = [i for i, c in enumerate(out) if c is None]
-    cache.stats.hits += len(requests) - len(todo)
-    cache.stats.misses += len(todo)
-    if todo:
-        answers = send([requests[i] for i in todo])
-        keep = []
-        for i, completion in zip(todo, answers):
-            out[i] = completion
-            if completion.ok:
-                keep.append((keys[i], {"text": completion.text, "finish_reason": completion.finish_reason,
-                                       "parsed": completion.parsed, "parse_error": completion.parse_error}))
-        cache.put_many(keep)
-    return out  # type: ignore[return-value]
+
+    def stored(completion: Completion) -> dict[str, Any] | None:
+        if not completion.ok:
+            return None
+        return {"text": completion.text, "finish_reason": completion.finish_reason,
+                "parsed": completion.parsed, "parse_error": completion.parse_error}
+
+    return _through_cache(cache, requests, keys, send, Completion, stored)
 
 
 def ask_options(backend, requests: Sequence[ChatRequest], options: Sequence[str], prefix: str,
@@ -119,10 +110,18 @@ def ask_options(backend, requests: Sequence[ChatRequest], options: Sequence[str]
     if not _usable(cache, backend):
         return send(list(requests)) if requests else []
     keys = [request_key(identity, "options", r, options=list(options), prefix=prefix) for r in requests]
-    out: list[OptionProbs | None] = []
+    return _through_cache(cache, requests, keys, send, OptionProbs,
+                          lambda answer: asdict(answer) if answer.error is None or answer.probs else None)
+
+
+def _through_cache(cache: JudgeCache, requests: Sequence[ChatRequest], keys: list[str], send: Callable[[list], list],
+                   kind: type, stored: Callable[[Any], dict[str, Any] | None]) -> list:
+    """One answer per request (key): a hit is rebuilt as `kind` at no token cost, the misses go to `send`
+    in one call, and each answer `stored` makes a dict of (None: not worth keeping) is cached."""
+    out: list[Any] = []
     for key in keys:
         hit = cache.get(key)
-        out.append(OptionProbs(**{**hit, "prompt_tokens": 0, "completion_tokens": 0}) if hit else None)
+        out.append(kind(**{**hit, "prompt_tokens": 0, "completion_tokens": 0}) if hit else None)
     todo = [i for i, c in enumerate(out) if c is None]
     cache.stats.hits += len(requests) - len(todo)
     cache.stats.misses += len(todo)
@@ -131,7 +130,8 @@ def ask_options(backend, requests: Sequence[ChatRequest], options: Sequence[str]
         keep = []
         for i, answer in zip(todo, answers):
             out[i] = answer
-            if answer.error is None or answer.probs:
-                keep.append((keys[i], asdict(answer)))
+            value = stored(answer)
+            if value is not None:
+                keep.append((keys[i], value))
         cache.put_many(keep)
-    return out  # type: ignore[return-value]
+    return out

@@ -75,9 +75,7 @@ def run(recipe: Recipe, stages: Sequence[str] | str | None = None, force: bool =
 
     chosen = choose(stages)
     shared = Shared(recipe, progress)
-    from . import executors
-
-    context = StageContext(Path(recipe.run_dir), force, progress, executors.get(recipe.executor))
+    context = StageContext.for_recipe(recipe, force, progress)
     results: dict[str, StageResult] = {}
     for number, name in enumerate(chosen, 1):
         ui.info(f"[bold]forge run[/bold] {number}/{len(chosen)}: {name}")

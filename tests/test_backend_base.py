@@ -40,3 +40,13 @@ def test_results_in_request_order_and_sampling_defaults_filled():
     assert [c.text for c in results] == ["M0", "M1", "M2", "M3", "M4"]
     assert fake.seen[0].max_tokens == 256 and fake.seen[0].temperature == 0.8
     assert fake.usage.requests == 5
+
+
+def test_usage_counters_are_the_totals_without_the_error_messages():
+    fake = ScriptedBackend(default="ok")
+    before = fake.usage.counters()
+    fake.complete_sync([req("a"), req("b")])
+    after = fake.usage.counters()
+    assert "last_errors" not in after and set(after) | {"last_errors"} == set(fake.usage.as_dict())
+    assert after["requests"] - before["requests"] == 2
+    assert all(isinstance(v, (int, float)) for v in after.values())

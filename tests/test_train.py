@@ -15,7 +15,7 @@ from persona_forge.chat import converse, read_persona
 from persona_forge.config import TrainConfig, load_recipe
 from persona_forge.errors import UserError
 from persona_forge.stages import train
-from train_data import spc_samples, tiny_llama, write_dpo, write_sft
+from train_data import StopAfter, spc_samples, tiny_llama, write_dpo, write_sft
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -72,23 +72,6 @@ def test_long_contexts_lose_their_oldest_turns_not_persona_or_target(tiny):
     assert len(train._chat_ids(tokenizer, fitted["prompt"] + row["completion"])) <= full - 10
     (same,), none = train.fit_rows([row], tokenizer, full, ("completion",))
     assert none == 0 and same["prompt"] == messages
-
-
-class StopAfter:
-    """Kills the run (as Ctrl-C would) right after checkpoint `step` is written."""
-
-    def __init__(self, step: int):
-        from transformers import TrainerCallback
-
-        outer = self
-
-        class Callback(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == outer.step:
-                    raise KeyboardInterrupt
-
-        self.step = step
-        self.callback = Callback()
 
 
 @pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock

@@ -16,7 +16,7 @@ from persona_forge.errors import UserError
 from persona_forge.schema import Preference, Turn
 from persona_forge.stages import train, train_reward, train_rl
 from persona_forge.store import iter_jsonl
-from train_data import SPC, tiny_llama
+from train_data import SPC, StopAfter, tiny_llama, tiny_llama_config
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -188,15 +188,11 @@ def terse_llama(folder: Path) -> Path:
     """A tiny random llama that mostly ends its reply after a few words: every embedding shares a large
     component along one axis and the (untied) output row of <|im_end|> points along it."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama(folder.parent / "tiny"))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, tie_word_embeddings=False))
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] += 1.0
         model.lm_head.weight[tokenizer.eos_token_id] = 0.0
@@ -251,23 +247,6 @@ def test_alarm_logic_on_a_scripted_log():
     assert rlwatch.alarms(steady[:1]) == [] and rlwatch.alarms([]) == []
     # Rows without a reward (trl's final summary row) are ignored; a short log shrinks the window.
     assert len(rlwatch.alarms(hacked[:2] + hacked[-2:] + [{"step": 6, "train_runtime": 1.0}], window=3)) == 3
-
-
-class StopAfter:
-    """Kills the run (as Ctrl-C would) right after checkpoint `step` is written."""
-
-    def __init__(self, step: int):
-        from transformers import TrainerCallback
-
-        outer = self
-
-        class Callback(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == outer.step:
-                    raise KeyboardInterrupt
-
-        self.step = step
-        self.callback = Callback()
 
 
 def test_a_killed_rloo_run_resumes_from_its_last_checkpoint(tiny, trained, tmp_path):

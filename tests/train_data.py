@@ -1,5 +1,6 @@
-"""Training fixtures: next-reply SFT rows and DPO pairs from Synthetic-Persona-Chat, and a tiny
-random llama with SmolLM2's tokenizer (training mechanics in seconds, no lock needed)."""
+"""Training fixtures: next-reply SFT rows and DPO pairs from Synthetic-Persona-Chat, a tiny
+random llama with SmolLM2's tokenizer (training mechanics in seconds, no lock needed), and a
+callback that kills a run after a checkpoint (the resume tests)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def write_dpo(path: Path, n: int) -> list[dict]:
 def tiny_llama(folder: Path) -> Path:
     """A 2-layer random llama (hidden 32) with SmolLM2's tokenizer and chat template."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from persona_forge.models import causal_lm_path
 
@@ -67,11 +68,34 @@ def tiny_llama(folder: Path) -> Path:
         return folder
     tokenizer = AutoTokenizer.from_pretrained(causal_lm_path("packaged:smollm2-135m-instruct", progress=False))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_llama_config(tokenizer, tie_word_embeddings: bool = True):
+    """tiny_llama's shape (2 layers, hidden 32) over `tokenizer`'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                       tie_word_embeddings=tie_word_embeddings, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+
+
+class StopAfter:
+    """Kills the run (as Ctrl-C would) right after checkpoint `step` is written."""
+
+    def __init__(self, step: int):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == outer.step:
+                    raise KeyboardInterrupt
+
+        self.step = step
+        self.callback = Callback()

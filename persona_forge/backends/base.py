@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..config import SamplingConfig
@@ -112,6 +112,10 @@ class UsageTotals:
         out = dict(self.__dict__)
         out["last_errors"] = dict(self.last_errors)
         return out
+
+    def counters(self) -> dict[str, int | float]:
+        """The running totals alone (not last_errors): two snapshots subtract to what happened between them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "last_errors"}
 
 
 def error_kind(error: str) -> str:

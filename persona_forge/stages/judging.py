@@ -40,7 +40,7 @@ from ..resources import data_dir
 from ..samples import reply_messages
 from ..schema import (BASE, BigFiveAnswer, EvalGeneration, PairwiseJudgement, Provenance, RubricJudgement, Turn,
                       record_id)
-from ..store import JsonlStore, RunDir, atomic_open, atomic_write_json, atomic_write_text, iter_json_lines
+from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
 
 STAGE = "judge"
 FOLDER = layout.JUDGE
@@ -348,10 +348,10 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
                 backends[part.role] = make(part.config)
                 stage.record_model(part.role, json.dumps(backends[part.role].describe()))
             backend = backends[part.role]
-            before = backend.usage.as_dict()
+            before = backend.usage.counters()
             answers = _ask(backend, part, cache, ctx.prompts)
             WRITERS[part.name](ctx, part, backend, answers, failed)
-            usage[part.label] = _usage(before, backend.usage.as_dict(), part.config)
+            usage[part.label] = _usage(before, backend.usage.counters(), part.config)
             if part.role != "judge":
                 del backends[part.role]   # a probe model answers once: free its memory
     finally:
@@ -393,12 +393,11 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
     return result
 
 
-def _usage(before: dict[str, Any], after: dict[str, Any], config: BackendConfig) -> dict[str, Any]:
+def _usage(before: dict[str, int | float], after: dict[str, int | float], config: BackendConfig) -> dict[str, Any]:
+    """What a part cost: the difference of two UsageTotals.counters() snapshots, priced."""
     from ..costs import cost
 
-    # Counters only: last_errors (a dict of messages per failure kind) is not a difference.
-    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k]
-           for k in after if isinstance(after[k], (int, float))}
+    out = {k: round(after[k] - before[k], 3) if isinstance(after[k], float) else after[k] - before[k] for k in after}
     price = cost(out["prompt_tokens"], out["completion_tokens"], config.prices)
     if price is not None:
         out["cost"] = price
@@ -879,11 +878,7 @@ def bigfive_table(bigfive: dict[str, Any]) -> str:
 
 
 def save_chart(path: Path, result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     panels = [k for k in ("rubric", "bigfive") if result.get(k)]
     if not panels:
         return
@@ -892,7 +887,6 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         data = result[panel]
         names = list(data)
         keys = CRITERIA if panel == "rubric" else TRAITS
-        width = 0.8 / max(1, len(names))
         x = np.arange(len(keys))
         for j, name in enumerate(names):
             if panel == "rubric":
@@ -904,7 +898,8 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
             else:
                 vals = [data[name]["traits"][k]["mean"] or 0 for k in keys]
                 errs = None
-            ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=errs, capsize=2, label=name)
+            offset, width = plots.grouped_offsets(j, len(names))
+            ax.bar(x + offset, vals, width, yerr=errs, capsize=2, label=name)
         empty = all((data[n][k]["value"] if panel == "rubric" else data[n]["traits"][k]["mean"]) is None
                     for n in names for k in keys)
         if empty:   # say so, rather than show an empty frame
@@ -914,10 +909,7 @@ def save_chart(path: Path, result: dict[str, Any]) -> None:
         ax.set_title("judge rubric (1-5, 95% intervals)" if panel == "rubric" else "Big Five, in persona (1-5)",
                      fontsize=10)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def report(result: dict[str, Any]) -> str:

@@ -286,6 +286,32 @@ def last_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def train_resuming(trainer, checkpoints: Path, log_path: Path, progress: bool,
+                   callbacks: Sequence[Any]) -> tuple[Path | None, int, float]:
+    """Run `trainer` from the last complete checkpoint in `checkpoints` (if any), with the live bar and
+    log.jsonl in place of trl's printer; returns (the checkpoint resumed from, steps this run, seconds)."""
+    resume = last_checkpoint(checkpoints)
+    live = _callbacks(progress, log_path)
+    # log.jsonl restarts from what the checkpoint saw; later rows were lost with the killed run.
+    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    live.start_step = resumed_state.get("global_step", 0)
+    _write_log(log_path, resumed_state.get("log_history", []))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints each log dict; our bar shows the loss
+    trainer.add_callback(live)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    if resume is not None:
+        ui.info(f"resuming from {resume}")
+    train_started = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        live.close()
+    return resume, trainer.state.global_step - live.start_step, time.time() - train_started
+
+
 def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     scale = 1 / 1024 if os.uname().sysname == "Linux" else 1 / (1024 * 1024)
@@ -360,29 +386,9 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
 
     checkpoints = folder / "checkpoints"
     log_path = folder / "log.jsonl"
-    resume = last_checkpoint(checkpoints)
     trainer = _trainer(cfg, loaded, rows, checkpoints)
-    live = _callbacks(progress, log_path)
-    # log.jsonl restarts from what the checkpoint saw; later rows were lost with the killed run.
-    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
-    live.start_step = resumed_state.get("global_step", 0)
-    _write_log(log_path, resumed_state.get("log_history", []))
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # it prints each log dict; our bar shows the loss
-    trainer.add_callback(live)
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    if resume is not None:
-        ui.info(f"resuming from {resume}")
-    train_started = time.time()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    finally:
-        live.close()
-    train_seconds = time.time() - train_started
+    resume, steps_this_run, train_seconds = train_resuming(trainer, checkpoints, log_path, progress, callbacks)
     state = trainer.state
-    steps_this_run = state.global_step - live.start_step
     history = [row for row in state.log_history]
     _write_log(log_path, history)
     plot_loss(history, folder / layout.LOSS_CURVE,

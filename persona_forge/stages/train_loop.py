@@ -1,11 +1,10 @@
 """The run around a trl trainer for the RLHF methods of `forge train` (reward, rloo): the same
 resume / refusal / --force / log.jsonl / loss.png / manifest behaviour as SFT and DPO, built from
-train.py's own pieces (RunDir, last_checkpoint, the live callback, the log writer, the loss plot).
+train.py's own pieces (RunDir, train_resuming, the log writer, the loss plot).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -71,27 +70,8 @@ def run_job(recipe: Recipe, job: Job, force: bool, progress: bool, callbacks: Se
     stage.save()
 
     log_path = folder / "log.jsonl"
-    resume = T.last_checkpoint(checkpoints)
-    live = T._callbacks(progress, log_path)
-    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
-    live.start_step = resumed_state.get("global_step", 0)
-    T._write_log(log_path, resumed_state.get("log_history", []))
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(live)
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    if resume is not None:
-        ui.info(f"resuming from {resume}")
-    train_started = time.time()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    finally:
-        live.close()
-    train_seconds = time.time() - train_started
+    resume, steps_this_run, train_seconds = T.train_resuming(trainer, checkpoints, log_path, progress, callbacks)
     state = trainer.state
-    steps_this_run = state.global_step - live.start_step
     history = list(state.log_history)
     extra = job.finish(trainer, history, folder)  # may add rows (e.g. a final evaluation) to the history
     T._write_log(log_path, history)
