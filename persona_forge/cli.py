@@ -237,7 +237,6 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
 
     Example: forge --run-dir runs/spc pair --profiles corpora/spc/train.jsonl.gz --per-user 2
     """
-    from .contract import StageContext
     from .stages import pairing as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
@@ -379,7 +378,6 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 
     Example: forge --run-dir runs/spc curate --n 200 --data corpora/spc/train.jsonl.gz
     """
-    from .contract import StageContext
     from .stages import curate as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
@@ -424,7 +422,6 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
     if backend_kind == "openai":
-        from .contract import StageContext
         from .stages import train_openai as stage
 
         overrides["backend.kind"] = "openai"

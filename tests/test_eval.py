@@ -320,6 +320,7 @@ def test_forge_eval_limit_5_with_and_without_adapter(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run_dir = tmp_path / "run"
     cmd = [*forge_cmd(), "--run-dir", str(run_dir), "--set", "backend.threads=2", "--set", "eval.bootstrap=200",
+           "--set", "eval.max_new_tokens=24",
            "eval", "--limit", "5", "--json"]
     base = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     assert base.returncode == 0, base.stderr
