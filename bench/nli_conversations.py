@@ -76,8 +76,23 @@ def covered_share(cands: list[Candidate], model, cfg: CriticConfig) -> float:
     return hit / total if total else 0.0
 
 
+class Remembered:
+    """The model with every pair's probabilities kept: the critic, the coverage count and the
+    injected figures ask about the same pairs, and each is judged once."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, {}
+
+    def predict(self, pairs):
+        new = list(dict.fromkeys(p for p in pairs if p not in self.seen))
+        if new:
+            self.seen.update(zip(new, self.model.predict(new)))
+        return np.array([self.seen[p] for p in pairs]).reshape(len(pairs), 3)
+
+
 def measure(model, conversations: list[dict], cfg: CriticConfig, with_injected: bool) -> dict:
     started = time.time()
+    model = Remembered(model)
     real = candidates(conversations)
     changed = injected(conversations) if with_injected else []
     critic.score_faithfulness(real + [c for c, _, _ in changed], model, cfg)
