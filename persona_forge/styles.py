@@ -91,7 +91,7 @@ class StyleClassifier:
     heldout: dict[str, Any] = field(default_factory=dict)  # accuracy, per-style accuracy, confusion
     _model: Any = None
 
-    def fit(self, train: Sequence[StyleLine], test: Sequence[StyleLine] = ()) -> "StyleClassifier":
+    def fit(self, train: Sequence[StyleLine], test: Sequence[StyleLine] = ()) -> StyleClassifier:
         """Train on `train`; measure on `test` (kept apart) when given."""
         from sklearn.linear_model import LogisticRegression
 
@@ -126,23 +126,37 @@ class StyleClassifier:
                 "confusion": confusion(truth, predicted, self.styles)}
 
 
-def confusion_chart(measured: dict[str, Any], path: Path, title: str) -> None:
-    """The confusion matrix of `measured` (StyleClassifier.measure) as a PNG heat map."""
+def confusion_chart(matrix: Sequence[Sequence[int]], rows: Sequence[str], cols: Sequence[str], path: Path,
+                    title: str, row_label: str = "true style", col_label: str = "predicted style") -> None:
+    """A confusion matrix (counts; rows may be a subset of the columns) as a PNG heat map, each row
+    shaded by its shares."""
     from . import plots
 
     plt = plots.pyplot()
-    styles, matrix = measured["styles"], np.array(measured["confusion"], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 * len(styles) + 2, 1.1 * len(styles) + 1.5))
-    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(styles)), styles, rotation=30, ha="right")
-    ax.set_yticks(range(len(styles)), styles)
-    ax.set_xlabel("predicted style")
-    ax.set_ylabel("true style")
-    for i in range(len(styles)):
-        for j in range(len(styles)):
-            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center",
+    counts = np.array(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 1.1 * len(rows) + 1.5))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
                     color="white" if shares[i, j] > 0.5 else "black")
-    accuracy = measured.get("accuracy")
-    ax.set_title(f"{title} (accuracy {accuracy:.2f}, n={measured['n']})" if accuracy is not None else title)
+    ax.set_title(title)
     plots.save(fig, path)
+
+
+def measured_chart(measured: dict[str, Any], path: Path, title: str) -> None:
+    """The confusion matrix of `measured` (StyleClassifier.measure) as a PNG heat map."""
+    accuracy = measured.get("accuracy")
+    confusion_chart(measured["confusion"], measured["styles"], measured["styles"], path,
+                    f"{title} (accuracy {accuracy:.2f}, n={measured['n']})" if accuracy is not None else title)
+
+
+def fitted_classifier(corpus: Sequence[StyleLine], embed, heldout: float, c: float, seed: int) -> StyleClassifier:
+    """The style classifier fitted on the corpus less a held-out share, measured on that share."""
+    train, test = split(corpus, heldout, seed)
+    return StyleClassifier(embed, c, seed).fit(train, test)

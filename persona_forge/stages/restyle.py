@@ -22,7 +22,6 @@ style. `reason` is the first check failed: empty, contradiction, fact_dropped, d
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import layout, ui
-from ..backends import ChatBackend, ChatRequest, Completion
+from ..backends import ChatBackend, ChatRequest
 from ..config import RestyleConfig
 from ..contract import StageContext, StageResult
 from ..corpora import load_conversations
@@ -43,7 +42,7 @@ from ..nli.labels import CONTRADICTION, ENTAILMENT
 from ..prompts import library
 from ..schema import Dialogue, Provenance, Rejection, Rewrite, Turn, record_id
 from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_jsonl, config_hash, file_sha256
-from ..styles import StyleClassifier, by_style, confusion_chart, default_corpus, load_corpus, split
+from ..styles import by_style, confusion_chart, default_corpus, fitted_classifier, load_corpus, measured_chart
 
 STAGE = "restyle"
 FOLDER = layout.RESTYLE
@@ -261,8 +260,7 @@ def _run(cfg: RestyleConfig, run_dir: RunDir, backend: ChatBackend, nli: Any, em
         embed = Embedder(cfg.model, cfg.batch_size, cfg.threads)
     t = time.time()
     if classifier is None:
-        train, test = split(corpus, cfg.heldout, cfg.seed)
-        classifier = StyleClassifier(embed, cfg.classifier_c, cfg.seed).fit(train, test)
+        classifier = fitted_classifier(corpus, embed, cfg.heldout, cfg.classifier_c, cfg.seed)
     classifier_s = time.time() - t
     folder = run_dir.file(FOLDER)
     folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +269,7 @@ def _run(cfg: RestyleConfig, run_dir: RunDir, backend: ChatBackend, nli: Any, em
                       {"corpus": str(corpus_path), "heldout_share": cfg.heldout, "c": cfg.classifier_c,
                        "encoder": cfg.model, **heldout})
     if heldout.get("confusion"):
-        confusion_chart(heldout, run_dir.file(layout.RESTYLE_CONFUSION), "style classifier, held-out corpus lines")
+        measured_chart(heldout, run_dir.file(layout.RESTYLE_CONFUSION), "style classifier, held-out corpus lines")
 
     store = JsonlStore(run_dir.file(layout.RESTYLE_REWRITES), Rewrite)
     have = store.ids()
@@ -286,7 +284,7 @@ def _run(cfg: RestyleConfig, run_dir: RunDir, backend: ChatBackend, nli: Any, em
             for start in range(0, len(todo), cfg.chunk):
                 chunk = todo[start:start + cfg.chunk]
                 requests = [request_for(item, cfg, examples, prompts) for item in chunk]
-                completions = asyncio.run(_complete(backend, requests))
+                completions = backend.complete_sync(requests)
                 answered = [(item, req, c) for item, req, c in zip(chunk, requests, completions) if c.ok]
                 failed += len(chunk) - len(answered)
                 texts = [clean_rewrite(c.text) for _, _, c in answered]
@@ -327,13 +325,6 @@ def _run(cfg: RestyleConfig, run_dir: RunDir, backend: ChatBackend, nli: Any, em
     else:
         stage.finish(**final)
     return rows
-
-
-async def _complete(backend: ChatBackend, requests: list[ChatRequest]) -> list[Completion]:
-    try:
-        return await backend.complete(requests)
-    finally:
-        await backend.aclose()
 
 
 def write_styled(run_dir: RunDir, cfg: RestyleConfig, dialogues: Sequence[Dialogue],
@@ -454,8 +445,7 @@ def evaluate_voices(cfg: RestyleConfig, context: StageContext, generations: Path
             from ..embeddings import Embedder
 
             embed = Embedder(cfg.model, cfg.batch_size, cfg.threads)
-        train, test = split(load_corpus(corpus_path), cfg.heldout, cfg.seed)
-        classifier = StyleClassifier(embed, cfg.classifier_c, cfg.seed).fit(train, test)
+        classifier = fitted_classifier(load_corpus(corpus_path), embed, cfg.heldout, cfg.classifier_c, cfg.seed)
     styles = list(classifier.styles)
     models = sorted({r.model for r in records}, key=lambda m: (m != BASE, m))
     per_model: dict[str, Any] = {}
@@ -487,7 +477,10 @@ def evaluate_voices(cfg: RestyleConfig, context: StageContext, generations: Path
 
     atomic_write_text(run_dir.file(layout.VOICES_TABLE), voices_table(report))
     if adapters:
-        _voices_chart(report, run_dir.file(layout.VOICES_CONFUSION))
+        confusion_chart(report["confusion"], [f"adapter {r}" for r in report["confusion_rows"]], report["styles"],
+                        run_dir.file(layout.VOICES_CONFUSION),
+                        f"voices of the style adapters (accuracy {report['style_accuracy']:.2f}, "
+                        f"chance {report['chance']:.2f})", row_label="", col_label="style the classifier reads in its replies")
     summary = {"generations": str(path), "models": ", ".join(models),
                "style adapters": ", ".join(adapters) or "none (name adapters after their style)",
                "style accuracy": "n/a" if accuracy is None else f"{accuracy:.3f} (chance {report['chance']:.2f})",
@@ -513,23 +506,3 @@ def voices_table(report: dict[str, Any]) -> str:
                  f"(chance {report['chance']:.2f}); each reply classified by the style classifier "
                  f"(held-out accuracy on the corpus: {report['classifier_heldout'].get('accuracy', 'n/a')}).")
     return "\n".join(lines) + "\n"
-
-
-def _voices_chart(report: dict[str, Any], path: Path) -> None:
-    from .. import plots
-
-    plt = plots.pyplot()
-    rows, cols = report["confusion_rows"], report["styles"]
-    matrix = np.array(report["confusion"], dtype=float)
-    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 1.0 * len(rows) + 2))
-    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), [f"adapter {r}" for r in rows])
-    ax.set_xlabel("style the classifier reads in its replies")
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center",
-                    color="white" if shares[i, j] > 0.5 else "black")
-    ax.set_title(f"voices of the style adapters (accuracy {report['style_accuracy']:.2f}, chance {report['chance']:.2f})")
-    plots.save(fig, path)

@@ -324,6 +324,26 @@ def stage_config(recipe: Recipe, spec: str) -> dict[str, Any]:
     return {"train": recipe.train.identity(), "model": spec, "seed": recipe.seed}
 
 
+
+def prepare_process(threads: int | None, seed: int) -> int:
+    """Torch threads set, library chatter quieted and the seed fixed, before any training loads a
+    model (every training stage does this); returns the thread count."""
+    from ..hardware import set_torch_threads
+
+    used = set_torch_threads(threads)
+    ui.quiet_libraries(ui.verbosity() <= 0)
+    import datasets
+    import transformers
+
+    if ui.verbosity() <= 0:
+        import warnings
+
+        datasets.disable_progress_bars()
+        # transformers 5 warns about its own renamed arguments, which trl still passes.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    transformers.set_seed(seed)
+    return used
+
 def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool = True,
         callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train (or resume, or find done) the adapter; returns the summary rows."""
@@ -354,21 +374,7 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
     reader = read_dpo if cfg.method == "dpo" else read_sft
     raw_rows = reader(data)  # a malformed file fails here, before a model is loaded or a manifest written
     stage = rundir.begin(STAGE, config, [data], OUTPUTS, force)
-    from ..hardware import set_torch_threads
-
-    threads = set_torch_threads(cfg.threads)
-    ui.quiet_libraries(ui.verbosity() <= 0)
-    import datasets
-    import transformers
-
-    if ui.verbosity() <= 0:
-        import warnings
-
-        datasets.disable_progress_bars()
-        # transformers 5 warns about its own renamed arguments, which trl still passes.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
-
-    transformers.set_seed(cfg.seed)
+    threads = prepare_process(cfg.threads, cfg.seed)
     loaded = load_for_training(spec, cfg, progress)
     if not loaded.quantized:
         loaded.note += ", base weights in bf16" if uses_bf16(cfg) else ", float32"

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import ui
 from ..config import Recipe
 from ..store import RunDir
 from . import train as T
@@ -47,19 +46,7 @@ def run_job(recipe: Recipe, job: Job, force: bool, progress: bool, callbacks: Se
     started = time.time()
     prepared = job.prepare()
     stage = rundir.begin(T.STAGE, config, job.inputs, T.OUTPUTS, force)
-    from ..hardware import set_torch_threads
-
-    threads = set_torch_threads(cfg.threads)
-    ui.quiet_libraries(ui.verbosity() <= 0)
-    import datasets
-    import transformers
-
-    if ui.verbosity() <= 0:
-        import warnings
-
-        datasets.disable_progress_bars()
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
-    transformers.set_seed(cfg.seed)
+    threads = T.prepare_process(cfg.threads, cfg.seed)
     stage.record_model("base", spec)
     if cfg.adapter is not None:
         stage.record_model("start_adapter", str(cfg.adapter))
