@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_forge.config import CriticConfig  # noqa: E402
-from persona_forge.nli.base import CONTRADICTION, CrossEncoderNLI  # noqa: E402
+from persona_forge.nli.base import CrossEncoderNLI  # noqa: E402
+from persona_forge.nli.labels import CONTRADICTION  # noqa: E402
 from persona_forge.nli.data import _favorites, contradictions_of, load_spc, normalize  # noqa: E402
 from persona_forge.nli.train import ensure_embedded  # noqa: E402
 from persona_forge.schema import Turn  # noqa: E402

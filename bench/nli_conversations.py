@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_forge.config import CriticConfig  # noqa: E402
-from persona_forge.nli.base import CONTRADICTION, ENTAILMENT, CrossEncoderNLI  # noqa: E402
+from persona_forge.nli.base import CrossEncoderNLI  # noqa: E402
+from persona_forge.nli.labels import CONTRADICTION, ENTAILMENT  # noqa: E402
 from persona_forge.nli.data import load_spc  # noqa: E402
 from persona_forge.nli.train import ensure_embedded  # noqa: E402
 from persona_forge.schema import Turn  # noqa: E402

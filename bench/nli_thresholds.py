@@ -20,7 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from persona_forge.nli.base import CONTRADICTION, ENTAILMENT, LABELS, CrossEncoderNLI  # noqa: E402
+from persona_forge.nli.base import CrossEncoderNLI  # noqa: E402
+from persona_forge.nli.labels import CONTRADICTION, ENTAILMENT, LABELS  # noqa: E402
 from persona_forge.nli.data import read_labelled  # noqa: E402
 from persona_forge.nli.evaluate import metrics, named_set  # noqa: E402
 from persona_forge.nli.train import ensure_embedded  # noqa: E402

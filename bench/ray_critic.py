@@ -84,7 +84,7 @@ def main() -> None:
     model.predict(pairs[:64])  # warm-up, as a long-running process would be
     local, local_s = timed(lambda: model.predict(pairs))
     rows = [("local (in-process, %d threads)" % cores, local_s + load_s, local_s)]
-    del model
+    model = None  # freed before the Ray actors load their own copies
 
     import ray
 

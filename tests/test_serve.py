@@ -10,8 +10,6 @@ import concurrent.futures
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..config import BackendConfig
-from ..hardware import native_bf16, set_torch_threads, usable_cores  # noqa: F401 - re-exported
+from ..hardware import set_torch_threads
 from ..schema import record_id
 from .base import ChatBackend, ChatRequest, Completion, OptionProbs
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from .. import ui
 
-from .labels import CONTRADICTION, ENTAILMENT, LABELS, NEUTRAL  # noqa: F401 - re-exported
+from .labels import LABELS
 
 Pair = tuple[str, str]
 ProgressFn = Callable[[int], None]

@@ -32,7 +32,6 @@ from ..contract import StageContext, StageResult
 from ..corpora import ProfileSet, load_profiles
 from ..embeddings import Encoder, VectorCache, cached_embeddings, describe_model, set_threads
 from ..errors import UserError
-from ..limits import blank_attribute_error
 from ..schema import Pair, Profile, Rejection, SharedTopic, record_id
 from ..store import RunDir, atomic_write_jsonl, config_hash, file_sha256, sniff_gzip
 

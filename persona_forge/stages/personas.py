@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .. import executors, layout, ui
-from ..config import NLIConfig, Recipe
+from ..config import Recipe
 from ..embeddings import Embed, Embedder
 from ..errors import UserError
 from ..nli.base import identity as nli_identity

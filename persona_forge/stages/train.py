@@ -157,9 +157,9 @@ def wants_4bit(cfg: TrainConfig) -> tuple[bool, str]:
     if cfg.quantize == "none":
         return False, "LoRA (quantize: none)"
     if torch.cuda.is_available():
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
             return False, "LoRA (bitsandbytes is not installed: pip install bitsandbytes for 4-bit QLoRA)"
         return True, "4-bit QLoRA (bitsandbytes nf4, CUDA)"
     if cfg.quantize == "4bit":
