@@ -115,8 +115,7 @@ def test_contradictions_built_from_a_mined_utterance():
     assert ("mined:restate", "I work as a chef.", "i work as a chef at a diner downtown") in found
     assert ("mined:swap", "I work as a chef.", "i work as a nurse at a diner downtown") in found
     assert ("mined:rival", "I am a nurse.", "i work as a chef at a diner downtown") in found
-    negated = {h for source, premise, h in found if source == "mined:chat_negation" and premise == "I work as a chef."}
-    assert negated and negated <= {"i dont work as a chef at a diner downtown", "i do not work as a chef at a diner downtown"}
+    assert not {source for source, _, _ in found} & {"mined:chat_negation", "mined:negated"}  # left out of the build
     assert any(p.source == "mined:question" and p.label == "neutral" for p in pairs)
 
 
@@ -129,3 +128,15 @@ def test_named_evaluation_sets_load_by_name():
     assert not {(p.premise, p.hypothesis) for p in dev} & {(p.premise, p.hypothesis) for p in test}
     assert len(named_set("persona-test")) == 240
     assert named_set("corpora/nli/chat_test.jsonl") is None  # a path, read as such by the caller
+
+
+def test_a_line_about_the_partner_is_not_mined_as_a_restatement():
+    conversation = {
+        "id": "y", "user1_persona": ["I work as a chef.", "I have a cat named Tom.", "I like jazz."],
+        "user2_persona": ["I am a student.", "I live in Ohio.", "I ski."],
+        "turns": [{"speaker": "user1", "text": "You work as a chef at a diner too?"},
+                  {"speaker": "user1", "text": "I bet you work as a chef at a fancy diner."},
+                  {"speaker": "user1", "text": "I have a cat named Tom, he is lazy."}]}
+    pairs = mine.mine_pairs([conversation], 100, random.Random(0), [("I am a nurse.",)], bag_of_words)
+    restated = {(p.premise, _plain(p.hypothesis)) for p in pairs if p.source == "mined:restate"}
+    assert restated == {("I have a cat named Tom.", "i have a cat named tom he is lazy")}

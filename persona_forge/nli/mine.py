@@ -14,9 +14,10 @@ paraphrase their personas all the time, so the corpus itself supplies the pairs:
   `mined_swap`: the utterance with its exclusive-slot value replaced (job, home, age, a count,
   marital status, a favourite): premise = the speaker's sentence, hypothesis = the changed line;
   `mined_rival`: a sentence of another persona that fills the same exclusive slot differently,
-  against the utterance; `mined_negated`: the persona sentence negated by the rules of
-  data.contradictions_of, against the utterance; `mined_chat_negation`: the utterance with its
-  matched sentence negated by those rules, against the persona sentence;
+  against the utterance; (`mined_negated`: the persona sentence negated by the rules of
+  data.contradictions_of, against the utterance, and `mined_chat_negation`: the utterance with its
+  matched sentence negated by those rules, against the persona sentence, are built but left out
+  of the build: see CONTRADICTION_SOURCES);
 - neutral: the utterance against another sentence of the same persona it is far from
   (`mined_other`; a persona is consistent by construction); the speaker's lines on other topics
   (`mined_unrelated`); the speaker's pure questions (`mined_question`); the partner's lines
@@ -48,6 +49,13 @@ _NEGATION = re.compile(r"\b(not|no|never|nobody|nothing|none|cannot|can't|don't|
 _PLACEHOLDER = re.compile(r"\[|participant_|user ?[12]", re.I)
 _SENTENCE = re.compile(r"[^.!?]+[.!?]*")
 _TOO = re.compile(r"\b(too|also|as well|either)\b", re.I)
+_PARTNER = re.compile(r"\b(you|your|you're|youre|yours|u|ur)\b", re.I)
+# Which contradiction makers feed the build. Measured in session 6 on 200 SPC train conversations:
+# with all four, the critic rejected a third more faithful conversations (0.35 against 0.26). The
+# negation makers teach that a chat line with a negation word contradicts ("I don't have much time
+# since I work a lot"), and `negated` pairs a negated persona sentence with lines that are only on
+# its topic; swaps and rivals change a value the line states, which is what a contradiction is.
+CONTRADICTION_SOURCES = ("swap", "rival")
 
 JOB_NOUNS = sorted({job for job, _, _ in JOBS} | {
     "waitress", "waiter", "bartender", "cop", "soldier", "carpenter", "engineer", "programmer", "writer",
@@ -194,6 +202,8 @@ def mine_pairs(conversations: list[dict], per_label: int, rng: random.Random,
     by_label: dict[str, list[NLIPair]] = defaultdict(list)
 
     def add(premise: str, hypothesis: str, label: str, source: str) -> None:
+        if label == "contradiction" and source not in CONTRADICTION_SOURCES:
+            return
         by_label[label].append(NLIPair(premise, _chat_noise(hypothesis, rng), label, "mined:" + source))
 
     for persona, own, other in speakers:
@@ -212,8 +222,8 @@ def mine_pairs(conversations: list[dict], per_label: int, rng: random.Random,
             best = None
             for x in own:
                 for s in sentences(x):
-                    if s.endswith("?") or len(s.split()) < 3:
-                        continue
+                    if s.endswith("?") or len(s.split()) < 3 or _PARTNER.search(s):
+                        continue  # a question, too short, or about the partner ("you're a great teacher")
                     sims = p_vec @ vectors[index[s]]
                     rest = np.delete(sims, i).max()
                     if sims[i] >= ENTAIL_SIM and sims[i] - rest >= ENTAIL_MARGIN \
