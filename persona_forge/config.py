@@ -351,12 +351,28 @@ class EvalConfig(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of the bootstrap intervals.")
     seed: int = Field(0, description="Seed of the bootstrap resamples and of sampled replies.")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+    hits_candidates: int = Field(0, ge=0, description="Hits@1 of K (ConvAI2: 20): the reference among K-1 replies "
+                                 "drawn (seeded) from other conversations, ranked by the model's summed "
+                                 "log-likelihood given the prompt; K forward passes per example, local models "
+                                 "only. 0: off.")
+
+    @field_validator("hits_candidates")
+    @classmethod
+    def _hits_candidates(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 candidate ranks the reference against nothing; use 0 (off) or at least 2 (20 for "
+                             "ConvAI2's Hits@1 of 20)")
+        return value
 
     def identity(self) -> dict[str, Any]:
         """What decides each record, for config hashes: not the data path (hashed apart), the limit, the
-        adapters (each generation record carries its model's digest), threads, batches or chunks."""
-        return self.model_dump(mode="json", exclude={"data", "limit", "adapters", "threads", "batch_size",
-                                                     "chunk"})
+        adapters (each generation record carries its model's digest), threads, batches or chunks; Hits@1
+        only when on (runs made before it existed keep their hash)."""
+        out = self.model_dump(mode="json", exclude={"data", "limit", "adapters", "threads", "batch_size",
+                                                    "chunk"})
+        if not self.hits_candidates:
+            out.pop("hits_candidates")
+        return out
 
 
 class JudgeConfig(Section):
