@@ -302,7 +302,8 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
 @click.pass_obj
 def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapters: tuple[str, ...],
           limit: int | None, sample: bool | None, as_json: bool) -> None:
-    """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, F1, distinct-n, perplexity, NLI contradiction and C-score (Hits@1 with --set eval.hits_candidates=20).
+    """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, F1, distinct-n, perplexity,
+    NLI contradiction and C-score (Hits@1 of 20 with --set eval.hits_candidates=20).
 
     Example: forge --run-dir runs/demo eval --limit 50 --adapter sft=runs/demo/train/sft/adapter
     """
