@@ -1103,6 +1103,42 @@ def voices(obj: Context, sub_recipe: Path | None, generations_path: Path | None)
 
 
 _HELP_SECTIONS["restyle"] = "restyle"
+
+
+# --- forge score ---
+@forge.command("score")
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Conversations to score: a Synthetic-Persona-Chat-shaped .jsonl(.gz) or Dialogue records.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Folder for <name>.scores.jsonl and its manifest (default: beside the data).")
+@click.option("--model", default=None, help="Base model for IFD and perplexity (default: backend.model).")
+@click.option("--limit", type=int, default=None, help="Score the first N conversations (0: all).")
+@click.option("--positions", type=click.Choice(["study", "all"]), default=None,
+              help="study: one reply per conversation (as curate's default); all: every reply.")
+@click.option("--nli/--no-nli", default=None, help="Persona entailment, contradiction and C-score from the NLI.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_obj
+def score(obj: Context, sub_recipe: Path | None, data_path: Path | None, out_path: Path | None, model: str | None,
+          limit: int | None, positions: str | None, nli: bool | None, as_json: bool) -> None:
+    """Per-reply quality signals of a corpus, each in its own field: length and its z-score, instruction-
+    following difficulty (IFD), reference perplexity, persona entailment/contradiction (docs/score.md).
+
+    Example: forge score --data corpora/spc/train.jsonl.gz --out runs/scores --limit 200
+    """
+    from .stages import score as stage
+
+    recipe = _context(obj, sub_recipe).recipe(writes=False, **{
+        "score.data": str(data_path) if data_path else None, "score.out": str(out_path) if out_path else None,
+        "score.model": model, "score.limit": limit, "score.positions": positions, "score.nli": nli})
+    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    ui.summary("forge score", stage.summary_rows(result))
+
+
+_HELP_SECTIONS["score"] = "score"
 _document_defaults()  # idempotent: options already documented are left alone
 _common_options_last(forge)
 

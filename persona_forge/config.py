@@ -778,6 +778,33 @@ class ExecutorConfig(Section):
                                                          "(small machines need little: only texts and scores move).")
 
 
+class ScoreConfig(Section):
+    """`forge score`: per-reply quality signals of a conversation corpus (length, IFD, reference
+    perplexity, persona entailment and contradiction), each in its own field, for curate and for study."""
+
+    data: Path | None = Field(None, description="Conversations to score: Dialogue records or a "
+                                                "Synthetic-Persona-Chat-shaped JSONL(.gz) (forge score --data).")
+    out: Path | None = Field(None, description="Folder of <data name>.scores.jsonl and its manifest; default: "
+                                               "beside the data.")
+    positions: Literal["study", "all"] = Field(
+        "study", description="Which replies are scored, as forge curate builds its next_reply samples: study: one "
+                             "per conversation (the reply at `position`, or the last before it); all: every reply.")
+    position: int = Field(7, ge=1, description="study: the 0-based turn scored (7: the 8th).")
+    context: int = Field(6, ge=0, description="Earlier turns kept before the other user's turn (as curate and eval).")
+    model: str | None = Field(None, description="The base model whose losses give IFD and perplexity; default: "
+                                                "backend.model (a local model: the losses need its logits).")
+    nli: bool = Field(True, description="Grounding signals from the recipe's NLI (nli:): largest entailment and "
+                                        "contradiction of the reply against its persona's sentences, and the C-score.")
+    limit: int = Field(0, ge=0, description="Score the first N conversations; 0: all (a larger N later continues).")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+    chunk: int = Field(64, ge=1, description="Replies scored and written per step (a kill loses at most one chunk).")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides each record: not the paths (the data is hashed apart), limit, batches or threads."""
+        return self.model_dump(mode="json", exclude={"data", "out", "limit", "batch_size", "chunk", "threads"})
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
@@ -797,6 +824,7 @@ class Recipe(Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     restyle: RestyleConfig = Field(default_factory=RestyleConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,

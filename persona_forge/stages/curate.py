@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dataset_card, dpo_row, measure_cell, openai_dpo_row,
                        openai_file_errors, sft_row, sharegpt_row, template_check, write_datasets)
 from ..prompts import library
+from .. import samples as samples_module
 from ..samples import SYSTEM_PROMPT, next_reply, reply_messages
 from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, record_id
 from ..store import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, file_sha256
@@ -54,7 +55,7 @@ RENDER_ROUNDS = 5  # re-selections after the chat template rejects chosen rows
 
 def sample_id(dialogue_id: str, kind: str, position: int) -> str:
     """Stable: the dialogue, the kind and the target's position determine a sample (and its speaker)."""
-    return record_id("sample", dialogue_id, kind, position)
+    return samples_module.sample_id(dialogue_id, kind, position)
 
 
 def persona_of(dialogue: Dialogue, speaker: str) -> list[str]:
@@ -73,12 +74,7 @@ def next_reply_positions(dialogue: Dialogue, cfg: CurateConfig) -> list[int]:
     all: every reply of both speakers (more samples, strongly correlated within a conversation;
     useful when conversations are few).
     """
-    turns = dialogue.turns
-    valid = [p for p in range(1, len(turns)) if turns[p].speaker != turns[p - 1].speaker and turns[p].text.strip()]
-    if cfg.positions == "all":
-        return valid
-    upto = [p for p in valid if p <= cfg.position]
-    return [upto[-1]] if upto else []
+    return samples_module.reply_positions(dialogue.turns, cfg.positions, cfg.position)
 
 
 def build_samples(conv: Conversations, cfg: CurateConfig, source: str) -> tuple[list[Sample], list[Rejection]]:
