@@ -372,9 +372,12 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
 @click.option("--quality-weight", type=float, default=None, help="0..1: how much the critic's score counts in selection.")
 @click.option("--dedup-threshold", type=float, default=None, help="Cosine similarity at which samples are near-duplicates.")
 @click.option("--heldout", type=int, default=None, help="Also export this many held-out samples.")
+@click.option("--quality", "quality", default=None, metavar="FILE:FIELD",
+              help="Quality for selection from a forge score file's signal (FILE:-FIELD: lower is better).")
 @click.pass_obj
 def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str | None, data_path: Path | None,
-           kind: str | None, quality_weight: float | None, dedup_threshold: float | None, heldout: int | None) -> None:
+           kind: str | None, quality_weight: float | None, dedup_threshold: float | None, heldout: int | None,
+           quality: str | None = None) -> None:
     """Choose n training samples for quality and diversity; export SFT, DPO, OpenAI, ShareGPT, datasets.
 
     Example: forge --run-dir runs/spc curate --n 200 --data corpora/spc/train.jsonl.gz
@@ -384,7 +387,7 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
     recipe = _context(obj, sub_recipe).recipe(**{
         "curate.n": n, "curate.strategy": strategy, "curate.data": str(data_path) if data_path else None,
         "curate.kind": kind, "curate.quality_weight": quality_weight, "curate.dedup_threshold": dedup_threshold,
-        "curate.heldout": heldout})
+        "curate.heldout": heldout, "curate.quality": quality})
     result = stage.run(recipe.curate, _stage_context(recipe, obj), recipe.backend)
     ui.summary("forge curate", result.summary)
 

@@ -437,6 +437,11 @@ class CurateConfig(Section):
                                                                    "by (1 - d) + d * density (how typical it is): plain "
                                                                    "farthest-first (0) chases outliers and covered the "
                                                                    "average SPC sample worse than random (docs/curate.md).")
+    quality: str | None = Field(None, description="FILE:FIELD: each sample's quality for selection from a forge "
+                                "score file's signal (e.g. runs/scores/train.scores.jsonl:max_entailment; -FIELD: "
+                                "lower is better, e.g. :-perplexity), as its percentile rank in the pool (0-1); "
+                                "samples the file does not score count as neutral. Replaces the critic score in "
+                                "selection (after the min_quality floor, which stays on the critic score).")
     min_quality: float | None = Field(0.5, ge=0.0, le=1.0, description="Drop samples whose critic score is below "
                                                                        "this (unscored samples are kept); null: no floor.")
     dedup_threshold: float = Field(0.95, ge=0.0, le=1.0, description="Near-duplicates: cosine similarity of the "
@@ -462,7 +467,10 @@ class CurateConfig(Section):
 
     def identity(self) -> dict[str, Any]:
         """What decides the outputs, for config hashes: not the input paths (hashed apart), threads or batches."""
-        return self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size"})
+        out = self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size", "quality"})
+        if self.quality:   # the field decides; the file is hashed as an input
+            out["quality"] = self.quality.rpartition(":")[2]
+        return out
 DEFAULT_STYLES: dict[str, str] = {
     "warm": "warm and encouraging: kind, supportive, celebrates the other person and reassures them",
     "witty": "dry and witty: deadpan humour, understatement and a wry twist, never cruel",
