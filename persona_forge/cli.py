@@ -1118,14 +1118,15 @@ _HELP_SECTIONS["restyle"] = "restyle"
 @click.option("--model", default=None, help="Base model for IFD and perplexity (default: backend.model).")
 @click.option("--limit", type=int, default=None, help="Score the first N conversations (0: all).")
 @click.option("--positions", type=click.Choice(["study", "all"]), default=None,
-              help="study: one reply per conversation (as curate's default); all: every reply.")
+              help="study: one reply per conversation, as curate builds them; all: every reply.")
 @click.option("--nli/--no-nli", default=None, help="Persona entailment, contradiction and C-score from the NLI.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_obj
 def score(obj: Context, sub_recipe: Path | None, data_path: Path | None, out_path: Path | None, model: str | None,
           limit: int | None, positions: str | None, nli: bool | None, as_json: bool) -> None:
-    """Per-reply quality signals of a corpus, each in its own field: length and its z-score, instruction-
-    following difficulty (IFD), reference perplexity, persona entailment/contradiction (docs/score.md).
+    """Per-reply quality signals of a corpus, each in its own field: length and its z-score,
+    instruction-following difficulty (IFD), reference perplexity, persona entailment and contradiction
+    (docs/score.md); resumable, written beside the data (or --out) for curate --quality.
 
     Example: forge score --data corpora/spc/train.jsonl.gz --out runs/scores --limit 200
     """

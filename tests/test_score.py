@@ -24,8 +24,9 @@ NOVEL = "Kw! 7?"
 
 class CopyLM:
     """A tiny causal LM built by hand (an induction head, nothing trained): at each position it puts
-    logit 8 on the token that followed the latest earlier occurrence of the current token, 0 elsewhere.
-    A reply copied from its context is then nearly free given the context and costly alone."""
+    logit 8 on the token that followed the latest earlier occurrence of the last 3 tokens (else of the
+    last 2, else of the last one), 0 elsewhere. A reply copied from its context is then nearly free
+    given the context and costly alone."""
 
     def __init__(self, vocab: int):
         import torch
@@ -41,12 +42,16 @@ class CopyLM:
 
         logits = torch.zeros((*input_ids.shape, self.vocab))
         for b, row in enumerate(input_ids.tolist()):
-            follow: dict[int, int] = {}
-            for t, token in enumerate(row):
-                if t:
-                    follow[row[t - 1]] = token
-                if token in follow:
-                    logits[b, t, follow[token]] = 8.0
+            follow: dict[tuple[int, ...], int] = {}
+            for t in range(len(row)):
+                for k in (1, 2, 3):       # what followed each earlier k-gram ending at t - 1
+                    if t - k >= 0:
+                        follow[tuple(row[t - k:t])] = row[t]
+                for k in (3, 2, 1):       # predict from the longest k-gram ending at t seen before
+                    key = tuple(row[t - k + 1:t + 1])
+                    if t - k + 1 >= 0 and key in follow:
+                        logits[b, t, follow[key]] = 8.0
+                        break
 
         class Out:
             pass
@@ -181,3 +186,20 @@ def test_cli_bad_file_and_missing_data_are_one_line(tmp_path, forge):
 def test_c_score_matches_metrics_on_the_same_rows():
     rows = KeywordNLI().predict([("I have a cat.", "never"), ("I swim.", "never")])
     assert M.c_score(rows) == -1
+
+
+@pytest.mark.integration
+def test_forge_score_on_spc_with_the_packaged_model(tmp_path, forge):
+    from conftest import REPO
+
+    proc = forge("--set", "backend.threads=2", "score", "--data", str(REPO / "corpora" / "spc" / "test.jsonl.gz"),
+                 "--out", str(tmp_path), "--limit", "3", "--no-nli", "--json", process=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    records = read_jsonl(tmp_path / "test.scores.jsonl", ReplyScore)
+    assert summary["samples"] == len(records) == 3
+    for r in records:
+        assert r.tokens and 0 < r.loss_context and 0 < r.loss_alone and 1.0 < r.perplexity < 1000
+        assert r.ifd == pytest.approx(r.loss_context / r.loss_alone) and r.max_entailment is None
+    manifest = json.loads((tmp_path / "test.score.manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["models"]["base"] == "packaged:smollm2-135m-instruct"
