@@ -302,7 +302,8 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
 @click.pass_obj
 def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapters: tuple[str, ...],
           limit: int | None, sample: bool | None, as_json: bool) -> None:
-    """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, perplexity, NLI contradiction.
+    """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, F1, distinct-n, perplexity,
+    NLI contradiction and C-score (Hits@1 of 20 with --set eval.hits_candidates=20).
 
     Example: forge --run-dir runs/demo eval --limit 50 --adapter sft=runs/demo/train/sft/adapter
     """
@@ -371,9 +372,12 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
 @click.option("--quality-weight", type=float, default=None, help="0..1: how much the critic's score counts in selection.")
 @click.option("--dedup-threshold", type=float, default=None, help="Cosine similarity at which samples are near-duplicates.")
 @click.option("--heldout", type=int, default=None, help="Also export this many held-out samples.")
+@click.option("--quality", "quality", default=None, metavar="FILE:FIELD",
+              help="Quality for selection from a forge score file's signal (FILE:-FIELD: lower is better).")
 @click.pass_obj
 def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str | None, data_path: Path | None,
-           kind: str | None, quality_weight: float | None, dedup_threshold: float | None, heldout: int | None) -> None:
+           kind: str | None, quality_weight: float | None, dedup_threshold: float | None, heldout: int | None,
+           quality: str | None = None) -> None:
     """Choose n training samples for quality and diversity; export SFT, DPO, OpenAI, ShareGPT, datasets.
 
     Example: forge --run-dir runs/spc curate --n 200 --data corpora/spc/train.jsonl.gz
@@ -383,7 +387,7 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
     recipe = _context(obj, sub_recipe).recipe(**{
         "curate.n": n, "curate.strategy": strategy, "curate.data": str(data_path) if data_path else None,
         "curate.kind": kind, "curate.quality_weight": quality_weight, "curate.dedup_threshold": dedup_threshold,
-        "curate.heldout": heldout})
+        "curate.heldout": heldout, "curate.quality": quality})
     result = stage.run(recipe.curate, _stage_context(recipe, obj), recipe.backend)
     ui.summary("forge curate", result.summary)
 
@@ -1102,6 +1106,43 @@ def voices(obj: Context, sub_recipe: Path | None, generations_path: Path | None)
 
 
 _HELP_SECTIONS["restyle"] = "restyle"
+
+
+# --- forge score ---
+@forge.command("score")
+@_stage_recipe_option
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Conversations to score: a Synthetic-Persona-Chat-shaped .jsonl(.gz) or Dialogue records.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Folder for <name>.scores.jsonl and its manifest (default: beside the data).")
+@click.option("--model", default=None, help="Base model for IFD and perplexity (default: backend.model).")
+@click.option("--limit", type=int, default=None, help="Score the first N conversations (0: all).")
+@click.option("--positions", type=click.Choice(["study", "all"]), default=None,
+              help="study: one reply per conversation, as curate builds them; all: every reply.")
+@click.option("--nli/--no-nli", default=None, help="Persona entailment, contradiction and C-score from the NLI.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_obj
+def score(obj: Context, sub_recipe: Path | None, data_path: Path | None, out_path: Path | None, model: str | None,
+          limit: int | None, positions: str | None, nli: bool | None, as_json: bool) -> None:
+    """Per-reply quality signals of a corpus, each in its own field: length and its z-score,
+    instruction-following difficulty (IFD), reference perplexity, persona entailment and contradiction
+    (docs/score.md); resumable, written beside the data (or --out) for curate --quality.
+
+    Example: forge score --data corpora/spc/train.jsonl.gz --out runs/scores --limit 200
+    """
+    from .stages import score as stage
+
+    recipe = _context(obj, sub_recipe).recipe(writes=False, **{
+        "score.data": str(data_path) if data_path else None, "score.out": str(out_path) if out_path else None,
+        "score.model": model, "score.limit": limit, "score.positions": positions, "score.nli": nli})
+    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    ui.summary("forge score", stage.summary_rows(result))
+
+
+_HELP_SECTIONS["score"] = "score"
 _document_defaults()  # idempotent: options already documented are left alone
 _common_options_last(forge)
 

@@ -351,12 +351,28 @@ class EvalConfig(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of the bootstrap intervals.")
     seed: int = Field(0, description="Seed of the bootstrap resamples and of sampled replies.")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+    hits_candidates: int = Field(0, ge=0, description="Hits@1 of K (ConvAI2: 20): the reference among K-1 replies "
+                                 "drawn (seeded) from other conversations, ranked by the model's summed "
+                                 "log-likelihood given the prompt; K forward passes per example, local models "
+                                 "only. 0: off.")
+
+    @field_validator("hits_candidates")
+    @classmethod
+    def _hits_candidates(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 candidate ranks the reference against nothing; use 0 (off) or at least 2 (20 for "
+                             "ConvAI2's Hits@1 of 20)")
+        return value
 
     def identity(self) -> dict[str, Any]:
         """What decides each record, for config hashes: not the data path (hashed apart), the limit, the
-        adapters (each generation record carries its model's digest), threads, batches or chunks."""
-        return self.model_dump(mode="json", exclude={"data", "limit", "adapters", "threads", "batch_size",
-                                                     "chunk"})
+        adapters (each generation record carries its model's digest), threads, batches or chunks; Hits@1
+        only when on (runs made before it existed keep their hash)."""
+        out = self.model_dump(mode="json", exclude={"data", "limit", "adapters", "threads", "batch_size",
+                                                    "chunk"})
+        if not self.hits_candidates:
+            out.pop("hits_candidates")
+        return out
 
 
 class JudgeConfig(Section):
@@ -421,6 +437,11 @@ class CurateConfig(Section):
                                                                    "by (1 - d) + d * density (how typical it is): plain "
                                                                    "farthest-first (0) chases outliers and covered the "
                                                                    "average SPC sample worse than random (docs/curate.md).")
+    quality: str | None = Field(None, description="FILE:FIELD: each sample's quality for selection from a forge "
+                                "score file's signal (e.g. runs/scores/train.scores.jsonl:max_entailment; -FIELD: "
+                                "lower is better, e.g. :-perplexity), as its percentile rank in the pool (0-1); "
+                                "samples the file does not score count as neutral. Replaces the critic score in "
+                                "selection (after the min_quality floor, which stays on the critic score).")
     min_quality: float | None = Field(0.5, ge=0.0, le=1.0, description="Drop samples whose critic score is below "
                                                                        "this (unscored samples are kept); null: no floor.")
     dedup_threshold: float = Field(0.95, ge=0.0, le=1.0, description="Near-duplicates: cosine similarity of the "
@@ -446,7 +467,10 @@ class CurateConfig(Section):
 
     def identity(self) -> dict[str, Any]:
         """What decides the outputs, for config hashes: not the input paths (hashed apart), threads or batches."""
-        return self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size"})
+        out = self.model_dump(mode="json", exclude={"data", "preferences", "threads", "batch_size", "quality"})
+        if self.quality:   # the field decides; the file is hashed as an input
+            out["quality"] = self.quality.rpartition(":")[2]
+        return out
 DEFAULT_STYLES: dict[str, str] = {
     "warm": "warm and encouraging: kind, supportive, celebrates the other person and reassures them",
     "witty": "dry and witty: deadpan humour, understatement and a wry twist, never cruel",
@@ -762,6 +786,33 @@ class ExecutorConfig(Section):
                                                          "(small machines need little: only texts and scores move).")
 
 
+class ScoreConfig(Section):
+    """`forge score`: per-reply quality signals of a conversation corpus (length, IFD, reference
+    perplexity, persona entailment and contradiction), each in its own field, for curate and for study."""
+
+    data: Path | None = Field(None, description="Conversations to score: Dialogue records or a "
+                                                "Synthetic-Persona-Chat-shaped JSONL(.gz) (forge score --data).")
+    out: Path | None = Field(None, description="Folder of <data name>.scores.jsonl and its manifest; default: "
+                                               "beside the data.")
+    positions: Literal["study", "all"] = Field(
+        "study", description="Which replies are scored, as forge curate builds its next_reply samples: study: one "
+                             "per conversation (the reply at `position`, or the last before it); all: every reply.")
+    position: int = Field(7, ge=1, description="study: the 0-based turn scored (7: the 8th).")
+    context: int = Field(6, ge=0, description="Earlier turns kept before the other user's turn (as curate and eval).")
+    model: str | None = Field(None, description="The base model whose losses give IFD and perplexity; default: "
+                                                "backend.model (a local model: the losses need its logits).")
+    nli: bool = Field(True, description="Grounding signals from the recipe's NLI (nli:): largest entailment and "
+                                        "contradiction of the reply against its persona's sentences, and the C-score.")
+    limit: int = Field(0, ge=0, description="Score the first N conversations; 0: all (a larger N later continues).")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+    chunk: int = Field(64, ge=1, description="Replies scored and written per step (a kill loses at most one chunk).")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides each record: not the paths (the data is hashed apart), limit, batches or threads."""
+        return self.model_dump(mode="json", exclude={"data", "out", "limit", "batch_size", "chunk", "threads"})
+
+
 class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
@@ -781,6 +832,7 @@ class Recipe(Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     restyle: RestyleConfig = Field(default_factory=RestyleConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,

@@ -9,12 +9,26 @@
   An empty candidate or reference scores 0 (bert_score 0.3.13 crashes on empty strings).
 - Perplexity: exp of the mean token negative log-likelihood; corpus perplexity weights every
   reference token equally (sum of NLL / sum of tokens).
+- Unigram F1: ConvAI2's (ParlAI's `F1Metric`): both texts lowercased, punctuation replaced by spaces,
+  the articles a/an/the removed, split on whitespace; precision and recall over token counts
+  (multiset overlap); 0 when nothing overlaps. 0-1, mean over examples.
+- Distinct-1/2 (Li et al. 2016): distinct n-grams / all n-grams over the whole set of replies (tokens:
+  lowercased, punctuation replaced by spaces, articles kept). A property of the set, not of one reply,
+  so it has no bootstrap interval (resampling with replacement repeats replies and biases it low).
+- Hits@1 of K (ConvAI2): the reference among K-1 distractor replies, ranked by a score (the model's
+  summed log-likelihood of each candidate given the prompt); 1 when the reference scores strictly
+  highest, else 0 (a tie is a miss).
+- C-score (Madotto et al. 2019, per reply): the NLI on (persona sentence, reply) for each sentence,
+  each pair labelled by its most probable label; +1 when any sentence is entailed, else -1 when any is
+  contradicted, else 0. An entailed sentence wins over a contradicted one: the reply used the persona.
 - Bootstrap: the same seeded resamples of examples for every statistic (percentile intervals).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +47,7 @@ class Metric:
     scale: float = 1.0     # the table shows value x scale (ROUGE and BERTScore as 0-100)
     decimals: int = 2
     delta: bool = False    # shown as adapter - base (with a paired interval) and kept in the manifest
+    interval: bool = True  # False: a property of the whole set of replies, reported without an interval
 
     def cell(self, value: float) -> str:
         return f"{value * self.scale:.{self.decimals}f}"
@@ -47,11 +62,21 @@ METRICS = (
     Metric("bertscore_p", "BERTScore P", True, 100.0),
     Metric("bertscore_r", "BERTScore R", True, 100.0),
     Metric("bertscore_f1", "BERTScore F1", True, 100.0, delta=True),
+    Metric("f1", "F1 (unigram)", True, 100.0, delta=True),
+    Metric("distinct1", "Distinct-1", True, 100.0, interval=False),
+    Metric("distinct2", "Distinct-2", True, 100.0, interval=False),
+    Metric("hits_at_1", "Hits@1", True, 100.0, 1, delta=True),
+    Metric("c_score", "C-score", True, 1.0, 3, delta=True),
     Metric("perplexity", "PPL (ref.)", False, delta=True),
     Metric("contradiction_rate", "Contradiction %", False, 100.0, 1, delta=True),
 )
 BY_KEY = {m.key: m for m in METRICS}
 DELTA_METRICS = tuple(m for m in METRICS if m.delta)
+
+
+# The per-example means among METRICS (each a mean over examples of metrics[key] in a generation record).
+MEAN_KEYS = ("bleu_sentence", "rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1", "f1",
+             "hits_at_1", "c_score")
 
 
 BLEU_DESCRIPTION = "sacrebleu {version}: 13a tokenisation, 4-grams, smoothing exp (sentence: effective order)"
@@ -133,6 +158,72 @@ def rouge(hypothesis: str, reference: str) -> dict[str, float]:
     return {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
 
 
+# --- ConvAI2 unigram F1, distinct-n ---------------------------------------------------------------
+
+_PUNCTUATION = re.compile(r"[!\"#$%&()*+,-./:;<=>?@\[\]\\^`{|}~_']")  # ParlAI's re_punc
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """ParlAI's normalisation: lowercase, punctuation to spaces, articles out, whitespace collapsed."""
+    text = _PUNCTUATION.sub(" ", (text or "").lower())
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def unigram_f1(hypothesis: str, reference: str) -> float:
+    """ConvAI2's unigram F1 of a reply against its reference (ParlAI F1Metric, one reference), 0-1."""
+    guess, gold = normalize_answer(hypothesis).split(), normalize_answer(reference).split()
+    same = sum((Counter(guess) & Counter(gold)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(guess), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def distinct_tokens(text: str) -> list[str]:
+    return " ".join(_PUNCTUATION.sub(" ", (text or "").lower()).split()).split()
+
+
+def distinct_n(replies: Sequence[str], n: int) -> float | None:
+    """Distinct n-grams / all n-grams over every reply (n-grams never cross replies); None without any."""
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for reply in replies:
+        tokens = distinct_tokens(reply)
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        seen.update(grams)
+        total += len(grams)
+    return len(seen) / total if total else None
+
+
+# --- Hits@1 of K, C-score ------------------------------------------------------------------------------
+
+def hits_at_1(scores: Sequence[float], reference_index: int) -> float:
+    """1.0 when the reference's score is strictly above every other candidate's, else 0.0 (ties miss)."""
+    if not 0 <= reference_index < len(scores):
+        raise ValueError(f"reference_index {reference_index} outside the {len(scores)} candidates")
+    ref = scores[reference_index]
+    return float(all(s < ref for i, s in enumerate(scores) if i != reference_index))
+
+
+def c_score(probs: Sequence[Sequence[float]] | np.ndarray) -> int | None:
+    """Persona consistency of one reply from its NLI rows (one per persona sentence, LABELS order:
+    entailment, neutral, contradiction), each read as its argmax: +1 when any sentence is entailed,
+    -1 when none is and any is contradicted, 0 else; None without sentences."""
+    from .nli.labels import CONTRADICTION, ENTAILMENT
+
+    rows = np.asarray(probs, dtype=float)
+    if rows.size == 0:
+        return None
+    labels = rows.reshape(-1, 3).argmax(axis=1)
+    if (labels == ENTAILMENT).any():
+        return 1
+    if (labels == CONTRADICTION).any():
+        return -1
+    return 0
+
+
 # --- BERTScore ------------------------------------------------------------------------------------
 
 class BertScore:
@@ -177,23 +268,28 @@ def load_bertscore(layer: int) -> BertScore:
 
 # --- NLI contradiction ------------------------------------------------------------------------------
 
-def max_contradiction(nli, personas: Sequence[Sequence[str]], replies: Sequence[str]) -> list[float | None]:
-    """Per reply, the largest contradiction probability over its persona's attributes
-    (premise = attribute, hypothesis = reply); None for an empty reply (nothing to contradict)."""
-    from .nli.labels import CONTRADICTION
-
+def persona_nli(nli, personas: Sequence[Sequence[str]], replies: Sequence[str]) -> list[np.ndarray | None]:
+    """Per reply, its NLI rows (n_attributes, 3) against its persona's attributes (premise = attribute,
+    hypothesis = reply), in one predict call; None for an empty reply or an empty persona."""
     pairs, owner = [], []
     for i, (persona, reply) in enumerate(zip(personas, replies)):
         if reply.strip():
             for attribute in persona:
                 pairs.append((attribute, reply))
                 owner.append(i)
-    out: list[float | None] = [None] * len(replies)
+    rows: list[list[np.ndarray]] = [[] for _ in replies]
     if pairs:
-        probs = nli.predict(pairs)[:, CONTRADICTION]
-        for i, p in zip(owner, probs):
-            out[i] = max(out[i] or 0.0, float(p))
-    return out
+        for i, row in zip(owner, np.asarray(nli.predict(pairs), dtype=float)):
+            rows[i].append(row)
+    return [np.stack(r) if r else None for r in rows]
+
+
+def max_contradiction(nli, personas: Sequence[Sequence[str]], replies: Sequence[str]) -> list[float | None]:
+    """Per reply, the largest contradiction probability over its persona's attributes
+    (premise = attribute, hypothesis = reply); None for an empty reply (nothing to contradict)."""
+    from .nli.labels import CONTRADICTION
+
+    return [None if r is None else float(r[:, CONTRADICTION].max()) for r in persona_nli(nli, personas, replies)]
 
 
 # --- perplexity -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .prompts import PromptLibrary, library
-from .schema import ChatMessage, Turn
+from .schema import ChatMessage, Turn, record_id
 
 SYSTEM_PROMPT = "samples/persona_system"
 MEMORY_BLOCK = "memory/block"
@@ -63,3 +63,20 @@ def next_reply(persona: Sequence[str], turns: Sequence[Turn], position: int, con
     start = max(0, position - 1 - context)
     history = list(turns[start:position])
     return reply_messages(persona, history, target.speaker, prompts), target.text
+
+
+def sample_id(dialogue_id: str, kind: str, position: int) -> str:
+    """A training sample's stable id: the dialogue, the kind and the target's position determine it
+    (forge curate's Sample ids and forge score's records share it, so a score finds its sample)."""
+    return record_id("sample", dialogue_id, kind, position)
+
+
+def reply_positions(turns: Sequence[Turn], positions: str, position: int) -> list[int]:
+    """Which replies of a conversation are next-reply samples: every reply to the other user's turn
+    ("all"), or ("study") the one at `position`, or the last such reply before it when the
+    conversation is shorter (see forge curate's docs for why one per conversation)."""
+    valid = [p for p in range(1, len(turns)) if turns[p].speaker != turns[p - 1].speaker and turns[p].text.strip()]
+    if positions == "all":
+        return valid
+    upto = [p for p in valid if p <= position]
+    return [upto[-1]] if upto else []

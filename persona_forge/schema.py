@@ -285,3 +285,31 @@ class Rewrite(Record):
     passed: bool = False
     reason: str | None = None
     provenance: Provenance | None = None
+
+
+class ReplyScore(Record):
+    """`forge score`'s signals for one next-reply sample (id: the sample's id, as forge curate makes it).
+
+    Each signal is its own field, None when it could not be measured: `words` (whitespace words of the
+    reply) and `words_z` (against the scored corpus's mean and spread); `loss_context` and `loss_alone`
+    (mean token NLL of the reply under the base model, given its chat context, and given an empty user
+    turn), `ifd` (their ratio: instruction-following difficulty, Li et al. 2023), `perplexity`
+    (exp(loss_context)); `max_entailment`, `max_contradiction` (NLI, premise = each sentence of the
+    replying persona, hypothesis = the reply) and `c_score` (+1 / -1 / 0, metrics.c_score).
+    """
+
+    dialogue_id: str
+    position: int
+    speaker: Literal["user1", "user2"]
+    reply: str
+    words: int
+    words_z: float | None = None
+    tokens: int | None = None
+    loss_context: float | None = None
+    loss_alone: float | None = None
+    ifd: float | None = None
+    perplexity: float | None = None
+    max_entailment: float | None = None
+    max_contradiction: float | None = None
+    c_score: int | None = None
+    model: str | None = None

@@ -457,3 +457,45 @@ def test_random_strategy_is_compared_with_kcenter_and_conversations_export_too(t
     assert all(openai_row_errors(r) == [] for r in read_jsonl(out / "openai.jsonl"))
     counts = json.loads((tmp_path / "curate.manifest.json").read_text())["counts"]
     assert counts["samples"] == 82 and "samples built" in rows  # 41 conversations, one sample per persona
+
+
+# --- quality from a forge score file ---------------------------------------------------------------------
+
+def _score_file(path: Path, values: dict[str, float | None]) -> Path:
+    from persona_forge.schema import ReplyScore
+
+    path.write_text("".join(ReplyScore(id=record_id("sample", did, "next_reply", 7), dialogue_id=did, position=7,
+                                       speaker="user2", reply="r", words=1, max_entailment=v,
+                                       perplexity=v).model_dump_json() + "\n" for did, v in values.items()))
+    return path
+
+
+def test_score_quality_is_the_percentile_rank_of_the_signal(tmp_path):
+    samples, _ = curate.build_samples(conv(*(dialogue(f"d{i}") for i in range(5))), CurateConfig(), "x")
+    path = _score_file(tmp_path / "s.jsonl", {"d0": 0.9, "d1": 0.1, "d2": 0.5, "d3": 0.5})   # d4 unscored
+    out, found = curate.score_quality(samples, f"{path}:max_entailment")
+    # sorted 0.1 < 0.5 = 0.5 < 0.9: ranks 0, (1+2)/2 = 1.5, 1.5, 3; divided by 4 - 1 = 3
+    assert found == 4 and [s.quality for s in out] == [1.0, 0.0, 0.5, 0.5, None]
+    assert out[0].scores["score.max_entailment"] == 0.9 and out[0].scores["critic"] == 0.8
+    lower, _ = curate.score_quality(samples, f"{path}:-perplexity")      # lower is better: reversed
+    assert [s.quality for s in lower] == [0.0, 1.0, 0.5, 0.5, None]
+    with pytest.raises(UserError, match="expected FILE:FIELD"):
+        curate.parse_quality(f"{path}:nonsense")
+    with pytest.raises(UserError, match="no such file"):
+        curate.parse_quality(f"{tmp_path / 'none.jsonl'}:ifd")
+    with pytest.raises(UserError, match="none of the 5 samples"):
+        curate.score_quality(samples, f"{_score_file(tmp_path / 'o.jsonl', {'other': 1.0})}:ifd")
+
+
+def test_curate_quality_from_a_score_file_steers_selection(tmp_path):
+    write_run(tmp_path)
+    top = {f"d{i}" for i in range(30, 40)}
+    path = _score_file(tmp_path / "best.scores.jsonl", {f"d{i}": (1.0 + i if f"d{i}" in top else 0.01 * i)
+                                                        for i in range(40)})
+    run_curate(recipe(tmp_path, n=5, quality_weight=1.0, density_weight=0.0, quality=f"{path}:max_entailment"),
+               encoder=FakeEncoder(), check=TemplateCheck())
+    selected = read_jsonl(tmp_path / "curated" / "selected.jsonl")
+    assert len(selected) == 5 and all(s["dialogue_id"] in top for s in selected)
+    assert all(s["quality"] > 0.7 and "score.max_entailment" in s["scores"] for s in selected)
+    manifest = json.loads((tmp_path / "curate.manifest.json").read_text())
+    assert str(path) in manifest["inputs"] and manifest["config"]["curate"]["quality"] == "max_entailment"

@@ -253,10 +253,23 @@ def test_stage_generates_scores_aggregates_and_resumes(tmp_path):
     assert base["bertscore_f1"]["value"] == pytest.approx((1 + 0.5 * 3) / 4)
     assert base["contradiction_rate"]["value"] == 0.0
     assert base["perplexity"]["value"] is None                          # no logits from this backend
+    # ConvAI2 F1: the exact reply scores 1, "ok" shares no token with the references -> 1/4
+    assert base["f1"]["value"] == pytest.approx(0.25)
+    assert base["hits_at_1"]["value"] is None                           # off by default
+    # FakeNLI's "ok" rows [0.4, 0.4, 0.2] read as entailment (argmax, first of the tie) -> +1 each
+    assert base["c_score"]["value"] == 1.0
     sft = result["models"]["sft"]
     assert sft["metrics"]["contradiction_rate"]["value"] == 1.0
     assert sft["delta_vs_base"]["contradiction_rate"]["value"] == 1.0
     assert sft["delta_vs_base"]["contradiction_rate"]["low"] == 1.0
+    # "I hate everything" x4: 12 unigrams, 3 distinct; 8 bigrams, 2 distinct; no interval (a set property)
+    assert sft["metrics"]["distinct1"] == {"value": 0.25, "low": None, "high": None}
+    assert sft["metrics"]["distinct2"]["value"] == 0.25
+    assert sft["metrics"]["c_score"]["value"] == -1.0                   # contradicted, nothing entailed
+    assert sft["delta_vs_base"]["c_score"]["value"] == -2.0
+    sft_f1 = np.mean([M.unigram_f1("I hate everything", e.reference) for e in examples])  # "i" overlaps
+    assert sft["metrics"]["f1"]["value"] == pytest.approx(sft_f1)
+    assert sft["delta_vs_base"]["f1"]["value"] == pytest.approx(sft_f1 - 0.25)
     assert sft["adapter"] == str(adapter)
     for name in ("metrics.json", "table.md", "eval.png", "report.md"):
         assert (folder / name).stat().st_size > 0
@@ -291,6 +304,65 @@ def test_retrained_adapter_is_generated_anew(tmp_path):
     (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
     E.run(recipe, {"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
     assert len(fakes.backends["a"].seen) == 4 and len(fakes.backends["base"].seen) == 2
+
+
+def test_hits_candidates_are_seeded_and_from_other_conversations(tmp_path):
+    recipe = _recipe(tmp_path, limit=3)
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    pool = E.distractor_pool(SPC_TEST)
+    own = {text for source, text in pool if source == examples[0].source_id}
+    first = E.hits_candidates(examples[0], pool, 20, seed=0)
+    assert len(first) == 20 and first[0] == examples[0].reference
+    assert not own & set(first[1:]) and len(set(first)) == 20
+    assert first == E.hits_candidates(examples[0], pool, 20, seed=0)
+    assert first != E.hits_candidates(examples[0], pool, 20, seed=1)
+    assert E.hits_candidates(examples[1], pool, 20, seed=0)[1:] != first[1:]
+
+
+def test_hits_at_1_of_20_on_the_tiny_model_and_with_a_fake_scorer(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tiny_lm import make_tiny_model, tiny_tokenizer
+
+    folder = make_tiny_model(tmp_path / "tiny")
+    lm = (AutoModelForCausalLM.from_pretrained(folder).eval(), tiny_tokenizer())
+    ranked = []
+
+    class Recording(E.Generator):
+        def candidate_scores(self, examples, candidates, batch_size):
+            out = super().candidate_scores(examples, candidates, batch_size)
+            ranked.extend(out)
+            return out
+
+    factory = lambda recipe, model, progress: Recording(ScriptedBackend(default="ok"), lm, "tiny")  # noqa: E731
+    recipe = _recipe(tmp_path, limit=2, context=1, hits_candidates=20, bootstrap=20, batch_size=20)
+    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    records = read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
+    assert len(ranked) == 2 and all(len(r) == 20 and all(s < 0 for s in r) for r in ranked)
+    assert [r.metrics["hits_at_1"] for r in records] == [M.hits_at_1(r, 0) for r in ranked]
+    hits = result["models"]["base"]["metrics"]["hits_at_1"]["value"]
+    assert 0.0 <= hits <= 1.0
+    assert result["settings"]["hits"].startswith("Hits@1 of 20")
+
+    class ReferenceFirst(E.Generator):
+        """A scorer under which the reference (candidate 0) always has the highest log-likelihood."""
+
+        def candidate_scores(self, examples, candidates, batch_size):
+            return [[0.0] + [-1.0 - j for j in range(len(c) - 1)] for c in candidates]
+
+    fake = lambda recipe, model, progress: ReferenceFirst(ScriptedBackend(default="ok"), None, "fake")  # noqa: E731
+    again = _recipe(tmp_path / "b", limit=3, hits_candidates=20, bootstrap=20)
+    result = E.run(again, scorers=_fake_scorers(), generator_factory=fake, progress=False)
+    assert result["models"]["base"]["metrics"]["hits_at_1"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+
+
+def test_hits_candidates_config():
+    from persona_forge.config import EvalConfig
+
+    assert "hits_candidates" not in EvalConfig().identity()      # old runs keep their config hash
+    assert EvalConfig(hits_candidates=20).identity()["hits_candidates"] == 20
+    with pytest.raises(ValueError, match="at least 2"):
+        EvalConfig(hits_candidates=1)
 
 
 def test_cli_rejects_a_folder_that_is_not_an_adapter(tmp_path, forge):

@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..exports import (DPO_PROMPT, RenderError, TemplateCheck, dataset_card, dpo_row, measure_cell, openai_dpo_row,
                        openai_file_errors, sft_row, sharegpt_row, template_check, write_datasets)
 from ..prompts import library
+from .. import samples as samples_module
 from ..samples import SYSTEM_PROMPT, next_reply, reply_messages
 from ..schema import ChatMessage, Dialogue, Preference, Rejection, Sample, record_id
 from ..store import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, file_sha256
@@ -54,7 +55,7 @@ RENDER_ROUNDS = 5  # re-selections after the chat template rejects chosen rows
 
 def sample_id(dialogue_id: str, kind: str, position: int) -> str:
     """Stable: the dialogue, the kind and the target's position determine a sample (and its speaker)."""
-    return record_id("sample", dialogue_id, kind, position)
+    return samples_module.sample_id(dialogue_id, kind, position)
 
 
 def persona_of(dialogue: Dialogue, speaker: str) -> list[str]:
@@ -73,12 +74,7 @@ def next_reply_positions(dialogue: Dialogue, cfg: CurateConfig) -> list[int]:
     all: every reply of both speakers (more samples, strongly correlated within a conversation;
     useful when conversations are few).
     """
-    turns = dialogue.turns
-    valid = [p for p in range(1, len(turns)) if turns[p].speaker != turns[p - 1].speaker and turns[p].text.strip()]
-    if cfg.positions == "all":
-        return valid
-    upto = [p for p in valid if p <= cfg.position]
-    return [upto[-1]] if upto else []
+    return samples_module.reply_positions(dialogue.turns, cfg.positions, cfg.position)
 
 
 def build_samples(conv: Conversations, cfg: CurateConfig, source: str) -> tuple[list[Sample], list[Rejection]]:
@@ -235,6 +231,57 @@ def stage_config(cfg: CurateConfig, check: str) -> dict[str, Any]:
     return {"curate": cfg.identity(), "template": check}
 
 
+SCORE_FIELDS = ("words", "words_z", "tokens", "loss_context", "loss_alone", "ifd", "perplexity", "max_entailment",
+                "max_contradiction", "c_score")
+
+
+def parse_quality(spec: str) -> tuple[Path, str, bool]:
+    """curate.quality "FILE:FIELD" (or FILE:-FIELD, lower is better) as (file, field, lower_is_better)."""
+    path, sep, field = spec.rpartition(":")
+    lower = field.startswith("-")
+    field = field.removeprefix("-")
+    if not sep or not path or field not in SCORE_FIELDS:
+        raise UserError(f"--quality {spec!r}: expected FILE:FIELD (FILE:-FIELD when lower is better) with FIELD one "
+                        f"of {', '.join(SCORE_FIELDS)}, e.g. train.scores.jsonl:max_entailment")
+    if not Path(path).is_file():
+        raise UserError(f"--quality {spec!r}: {path}: no such file; run forge score --data DATA first")
+    return Path(path), field, lower
+
+
+def score_quality(samples: list[Sample], spec: str) -> tuple[list[Sample], int]:
+    """Each sample's quality from a forge score file: the percentile rank (0-1, ties averaged) of its
+    signal among the samples the file scores; unscored samples get None (neutral in selection). The
+    raw signal is kept in scores["score.<field>"]. Returns the samples and how many were scored."""
+    from ..schema import ReplyScore
+    from ..store import read_jsonl
+
+    path, field, lower = parse_quality(spec)
+    values = {r.id: getattr(r, field) for r in read_jsonl(path, ReplyScore)}
+    found = [(i, float(values[s.id])) for i, s in enumerate(samples) if values.get(s.id) is not None]
+    if not found:
+        raise UserError(f"--quality {spec!r}: none of the {len(samples):,} samples is in {path}; score the same data "
+                        f"with the same positions (forge score --data DATA --positions {{study|all}})")
+    raw = np.array([v for _, v in found])
+    ranks = _average_ranks(-raw if lower else raw)
+    quality = ranks / (len(raw) - 1) if len(raw) > 1 else np.ones(1)
+    out = [s.model_copy(update={"quality": None}) for s in samples]
+    for (i, value), q in zip(found, quality):
+        out[i] = samples[i].model_copy(update={"quality": float(q),
+                                               "scores": {**samples[i].scores, f"score.{field}": value}})
+    return out, len(found)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties given their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for v in np.unique(values):
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def inputs_of(cfg: CurateConfig, run_dir: RunDir) -> tuple[Path, Path | None]:
     data = Path(cfg.data) if cfg.data else run_dir.file(layout.BEST)
     if not data.is_file():
@@ -269,6 +316,8 @@ def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool
          check: TemplateCheck | None, executor: Any = None) -> dict[str, Any]:
     data, prefs_path = inputs_of(cfg, run_dir)
     inputs = [data] + ([prefs_path] if prefs_path else [])
+    if cfg.quality:
+        inputs.append(parse_quality(cfg.quality)[0])
     check_spec = "injected" if check is not None else f"{backend.kind}:{backend.model}"
     config = stage_config(cfg, check_spec)
     done = already_done(run_dir, config, inputs)
@@ -287,6 +336,8 @@ def _run(cfg: CurateConfig, run_dir: RunDir, backend: BackendConfig, force: bool
     rejections += dropped
     pool, dropped = exact_duplicates(pool)
     rejections += dropped
+    if cfg.quality and pool:
+        pool, _ = score_quality(pool, cfg.quality)
     if not pool:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(Counter(r.reason for r in rejections).items()))
         raise UserError(f"{data}: no sample is left to choose from ({len(built):,} built; dropped: {reasons or 'none'}); "

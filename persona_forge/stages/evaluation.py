@@ -14,7 +14,9 @@ loaded by `lm.load_chat_model` with the adapter merged. Replies are greedy by de
 across models), batched with left padding, with the local backend's repetition penalty. The
 reference's perplexity is computed from the same loaded model (loss on the reference tokens only,
 conditioned on the chat-templated prompt); an `openai` backend has no logits to read, so its
-perplexity is reported as not available.
+perplexity is reported as not available. With eval.hits_candidates K > 0 (local models), Hits@1 of K
+ranks the reference among K-1 replies drawn (seeded per example) from the other conversations of the
+same file by the same summed log-likelihood. The metric keys are listed once, in metrics.METRICS.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ INPUTS = ()  # eval.data, else the packaged SPC test split; adapters from train/
 OUTPUTS = (FOLDER,)
 
 DELTA_KEYS = tuple(m.key for m in M.DELTA_METRICS)
+WHOLE_SET = {m.key for m in M.METRICS if not m.interval}   # distinct-n: one value for the set, no interval
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,40 @@ def _digest(spec: str) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
+# --- Hits@1 candidates ---------------------------------------------------------------------------------
+
+def distractor_pool(path: Path) -> list[tuple[str, str]]:
+    """(conversation id, text) of every non-empty turn in the file: the replies Hits@1 draws its
+    distractors from (the whole file, whatever the limit, so an example's candidates never change)."""
+    pool = []
+    for _, row in iter_json_lines(path):
+        turns = row.get("turns") if isinstance(row, dict) else None
+        if not isinstance(turns, list):
+            continue
+        source = str(row.get("id") or record_id(turns))
+        pool += [(source, str(t["text"]).strip()) for t in turns
+                 if isinstance(t, dict) and str(t.get("text") or "").strip()]
+    return pool
+
+
+def hits_candidates(example: Example, pool: Sequence[tuple[str, str]], k: int, seed: int) -> list[str]:
+    """The reference first, then k-1 replies drawn (seeded by the example) from other conversations,
+    none equal to the reference (case and spacing aside); fewer when the pool runs out."""
+    rng = np.random.default_rng(int(record_id(seed, "hits", example.id), 16) % 2**32)
+    key = " ".join(example.reference.lower().split())
+    out, taken = [example.reference], set()
+    for i in rng.permutation(len(pool)):
+        if len(out) >= k:
+            break
+        source, text = pool[i]
+        norm = " ".join(text.lower().split())
+        if source == example.source_id or norm == key or norm in taken:
+            continue
+        taken.add(norm)
+        out.append(text)
+    return out
+
+
 # --- scorers ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -176,15 +213,21 @@ class Scorers:
 def score_examples(examples: Sequence[Example], replies: Sequence[str], scorers: Scorers,
                    threshold: float) -> list[tuple[dict[str, float | None], list[int]]]:
     """Per-example metrics and BLEU statistics for these replies."""
+    from ..nli.labels import CONTRADICTION
+
     refs = [e.reference for e in examples]
     berts = scorers.bertscore(list(replies), refs)
-    contra = M.max_contradiction(scorers.nli, [e.persona for e in examples], replies)
+    judged = M.persona_nli(scorers.nli, [e.persona for e in examples], replies)
     out = []
-    for reply, ref, bert, c in zip(replies, refs, berts, contra):
+    for reply, ref, bert, rows in zip(replies, refs, berts, judged):
         row: dict[str, float | None] = {"bleu_sentence": M.sentence_bleu(reply, ref)}
         row.update(M.rouge(reply, ref))
         row.update(bertscore_p=bert[0], bertscore_r=bert[1], bertscore_f1=bert[2])
+        row["f1"] = M.unigram_f1(reply, ref)
+        c = None if rows is None else float(rows[:, CONTRADICTION].max())
         row["max_contradiction"] = c
+        cs = None if rows is None else M.c_score(rows)
+        row["c_score"] = None if cs is None else float(cs)
         row["contradicts"] = None if c is None else float(c > threshold)
         row["empty"] = float(not reply.strip())
         out.append((row, M.bleu_stats(reply, ref).as_list()))
@@ -232,6 +275,25 @@ class Generator:
         return M.reference_nll(model, tokenizer, [[m.model_dump() for m in e.messages] for e in examples],
                                [e.reference for e in examples], batch_size)
 
+    def candidate_scores(self, examples: Sequence[Example], candidates: Sequence[Sequence[str]],
+                         batch_size: int) -> list[list[float]] | None:
+        """Per example, the summed log-likelihood of each candidate reply given its prompt (None
+        without a local model): Hits@1's ranking score."""
+        if self.lm is None:
+            return None
+        model, tokenizer = self.lm
+        prompts, texts = [], []
+        for example, options in zip(examples, candidates):
+            messages = [m.model_dump() for m in example.messages]
+            prompts += [messages] * len(options)
+            texts += list(options)
+        nll = M.reference_nll(model, tokenizer, prompts, texts, batch_size)
+        out, at = [], 0
+        for options in candidates:
+            out.append([-total for total, _ in nll[at:at + len(options)]])
+            at += len(options)
+        return out
+
 
 GeneratorFactory = Callable[[Recipe, ModelUnderTest, bool], Generator]
 
@@ -260,6 +322,7 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     store = JsonlStore(run_dir.file(layout.EVAL_GENERATIONS), EvalGeneration)
     scorers = scorers or default_scorers(recipe, progress)
     factory = generator_factory or Generator.for_model
+    pool = distractor_pool(data) if cfg.hits_candidates else []
 
     done = store.ids()
     generated = 0
@@ -273,7 +336,7 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
         with store.appender() as out, ui.progress(f"eval {model.name}", total=len(todo)) as advance:
             for start in range(0, len(todo), cfg.chunk):
                 chunk = todo[start:start + cfg.chunk]
-                for record in _chunk_records(chunk, model, generator, scorers, recipe):
+                for record in _chunk_records(chunk, model, generator, scorers, recipe, pool):
                     if record.error is not None:   # not written: a re-run asks again
                         failed.append(f"{model.name}: {record.error}")
                         continue
@@ -317,11 +380,16 @@ def _gen_id(example: Example, model: ModelUnderTest) -> str:
 
 
 def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: Generator, scorers: Scorers,
-                   recipe: Recipe) -> list[EvalGeneration]:
+                   recipe: Recipe, pool: Sequence[tuple[str, str]] = ()) -> list[EvalGeneration]:
     cfg = recipe.eval
     completions = generator.generate(chunk, cfg)
     replies = [(c.text or "").strip() if c.ok else "" for c in completions]
     nll = generator.nll(chunk, cfg.batch_size)
+    hits = None
+    if cfg.hits_candidates:
+        candidates = [hits_candidates(e, pool, cfg.hits_candidates, cfg.seed) for e in chunk]
+        ranked = generator.candidate_scores(chunk, candidates, cfg.batch_size)
+        hits = None if ranked is None else [M.hits_at_1(scores, 0) for scores in ranked]
     scored = score_examples(chunk, replies, scorers, cfg.contradiction)
     params = {"sample": cfg.sample, "max_new_tokens": cfg.max_new_tokens,
               "repetition_penalty": recipe.backend.repetition_penalty if recipe.backend.kind == "local" else None}
@@ -332,6 +400,8 @@ def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: G
         nll_sum, tokens = nll[i] if nll is not None else (None, None)
         if tokens:
             row["perplexity"] = M.perplexity(nll_sum, tokens)
+        if hits is not None:
+            row["hits_at_1"] = hits[i]
         records.append(EvalGeneration(
             id=_gen_id(example, model), example_id=example.id, source_id=example.source_id, model=model.name,
             model_digest=model.digest, messages=example.messages, persona=example.persona,
@@ -366,7 +436,9 @@ def aggregate(records: Sequence[EvalGeneration], examples: Sequence[Example], mo
             "adapter": str(model.adapter) if model.adapter else None, "digest": model.digest, "n": n,
             "empty_replies": int(sum(r.metrics.get("empty") or 0 for r in rows)),
             "errors": int(sum(r.error is not None for r in rows)),
-            "metrics": {k: _clean(M.interval(f, indices, n, cfg.confidence)) for k, f in stats.items()},
+            "metrics": {k: _clean(M.interval(f, indices, n, cfg.confidence) if k not in WHOLE_SET else
+                                  {"value": f(np.arange(n)), "low": None, "high": None})
+                        for k, f in stats.items()},
         }
     for model in models[1:]:
         deltas = {}
@@ -381,6 +453,18 @@ def aggregate(records: Sequence[EvalGeneration], examples: Sequence[Example], mo
         "perplexity": "exp(mean NLL of the reference reply's tokens), conditioned on the chat-templated prompt; "
                       "corpus-level (token-weighted)" if recipe.backend.kind == "local" else
                       f"not available: the {recipe.backend.kind} backend gives no token log-probabilities",
+        "f1": "ConvAI2 unigram F1 (ParlAI: lowercase, punctuation and a/an/the removed, whitespace tokens, "
+              "multiset overlap), mean over examples (table: x100)",
+        "distinct": "distinct-1/2: distinct n-grams / all n-grams over all of a model's replies (lowercase, "
+                    "punctuation removed); one value for the set, no interval (table: x100)",
+        "hits": (f"Hits@1 of {cfg.hits_candidates}: the reference among {cfg.hits_candidates - 1} replies drawn "
+                 f"(seeded per example, seed {cfg.seed}) from other conversations of the file, ranked by the "
+                 f"model's summed log-likelihood given the prompt; a tie is a miss (table: %)"
+                 if cfg.hits_candidates and any("hits_at_1" in r.metrics for r in records) else
+                 "off (eval.hits_candidates: 0)" if not cfg.hits_candidates else
+                 f"not available: the {recipe.backend.kind} backend gives no token log-probabilities"),
+        "c_score": "C-score per reply: the NLI label (argmax) of each (persona attribute, reply) pair; +1 when any "
+                   "attribute is entailed, else -1 when any is contradicted, else 0; mean over non-empty replies",
         "nli": f"{recipe.nli.kind} NLI; a reply contradicts its persona when max over attributes of "
                f"P(contradiction | premise=attribute, hypothesis=reply) > {cfg.contradiction}; empty replies "
                f"are left out of the rate",
@@ -401,11 +485,19 @@ def _statistics(rows: Sequence[EvalGeneration]) -> dict[str, Callable[[np.ndarra
     def values(key: str) -> list[float | None]:
         return [r.metrics.get(key) for r in rows]
 
-    stats = {
+    replies = [r.reply for r in rows]
+
+    def distinct(n: int) -> Callable[[np.ndarray], float]:
+        def statistic(idx: np.ndarray) -> float:
+            value = M.distinct_n([replies[i] for i in idx], n)
+            return float("nan") if value is None else value
+        return statistic
+
+    stats: dict[str, Callable[[np.ndarray], float]] = {
         "bleu_corpus": M.corpus_bleu_of([M.BleuStats.from_list(r.bleu_stats) for r in rows]),
-        "bleu_sentence": M.mean_of(values("bleu_sentence")),
+        "distinct1": distinct(1), "distinct2": distinct(2),
     }
-    for key in ("rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1"):
+    for key in M.MEAN_KEYS:
         stats[key] = M.mean_of(values(key))
     if all(r.reference_tokens for r in rows):
         stats["perplexity"] = M.corpus_perplexity_of([r.reference_nll for r in rows],
@@ -414,6 +506,8 @@ def _statistics(rows: Sequence[EvalGeneration]) -> dict[str, Callable[[np.ndarra
         stats["perplexity"] = lambda idx: float("nan")
     stats["contradiction_rate"] = M.mean_of(values("contradicts"))
     stats["max_contradiction"] = M.mean_of(values("max_contradiction"))
+    missing = {m.key for m in M.METRICS} - set(stats)
+    assert not missing, f"metrics.METRICS lists {missing} but no statistic computes them"
     return stats
 
 
@@ -444,7 +538,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append(f"n = {n} examples; values with {result['settings']['bootstrap']}. BLEU 0-100 "
                  f"({result['settings']['bleu']}); ROUGE and BERTScore x100; perplexity of the reference reply "
                  f"(lower is better; {result['settings']['perplexity']}); contradiction: % of non-empty replies "
-                 f"the NLI judges to contradict the replying persona (lower is better).")
+                 f"the NLI judges to contradict the replying persona (lower is better); F1: ConvAI2's unigram F1 "
+                 f"x100; distinct-1/2 x100 over all replies (no interval); Hits@1: "
+                 f"{result['settings'].get('hits', 'off')}; C-score: mean persona consistency, -1 to +1.")
     return "\n".join(lines) + "\n"
 
 
@@ -463,7 +559,7 @@ def delta_table(result: dict[str, Any]) -> str:
 def save_chart(path: Path, result: dict[str, Any]) -> None:
     """Grouped bars per metric (0-100 scale) with interval whiskers, and perplexity on its own axis."""
     plt = plots.pyplot()
-    keys = [(m.key, m.title, m.scale) for m in M.METRICS if m.key != "perplexity"]
+    keys = [(m.key, m.title, m.scale) for m in M.METRICS if m.key not in ("perplexity", "c_score")]
     names = list(result["models"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100, gridspec_kw={"width_ratios": [5, 1]})
     x = np.arange(len(keys))
