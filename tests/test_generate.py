@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd, make_recipe
+from conftest import REPO, KeywordNLI, forge_cmd, make_recipe
 from persona_forge.backends import ScriptedBackend
 from persona_forge.backends.base import Completion
 from persona_forge.config import CriticConfig, GenerateConfig
@@ -21,30 +21,6 @@ from persona_forge.transcript import ParseError, clean_reply, format_transcript,
 
 ALICE = ["I have two dogs.", "I live in Ohio."]
 BOB = ["I am a nurse.", "I like jazz."]
-
-
-class KeywordNLI:
-    """Contradiction when the utterance says "no dogs" against a dog sentence; entailment when the
-    utterance contains the sentence's last word; neutral otherwise."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def predict(self, pairs):
-        self.calls += 1
-        out = np.zeros((len(pairs), 3), dtype=np.float32)
-        for i, (premise, hypothesis) in enumerate(pairs):
-            last = premise.rstrip(".").split()[-1].lower()
-            if "dogs" in premise and "no dogs" in hypothesis.lower():
-                out[i] = [0.02, 0.08, 0.9]
-            elif last in hypothesis.lower():
-                out[i] = [0.9, 0.08, 0.02]
-            else:
-                out[i] = [0.1, 0.85, 0.05]
-        return out
-
-    def describe(self):
-        return "keyword test NLI"
 
 
 def conversation(first_line: str = "Hi, I have two dogs.") -> str:
