@@ -276,7 +276,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.candidates": candidates, "generate.rounds": rounds, "generate.limit": limit,
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
-    backend = build_backend(recipe.backend, progress=show)
+    backend = build_backend(stage.backend_config(recipe), progress=show)  # with generate.generator, if set
     from . import executors
 
     embed = Embedder(recipe.personas.model, executor=executors.get(recipe.executor)) \

@@ -307,6 +307,15 @@ class GenerateConfig(Section):
     turns: int | None = Field(None, ge=2, description="turns mode: exactly this many turns (default: drawn "
                                                       "between min_turns and max_turns per candidate).")
     turn_max_tokens: int = Field(48, ge=8, description="Most tokens per reply (turns mode).")
+    turn_candidates: int = Field(1, ge=1, description="turns mode: replies sampled per turn; the one kept does "
+                                 "not contradict its speaker's persona (NLI, critic.contradiction), is grounded "
+                                 "in it (highest entailment of one of its sentences) and is well formed. 1: the "
+                                 "first reply, no selection.")
+    turn_max_words: int = Field(40, ge=1, description="turns mode with turn_candidates > 1: a reply of more words "
+                                                      "than this is not preferred (form).")
+    generator: Path | None = Field(None, description="A generator adapter from `forge train --method generator` "
+                                   "(its train/<name>/ folder or adapter/) that generate applies to the local "
+                                   "model instead of backend.adapter; its hash goes into the config and manifest.")
     max_tokens: int = Field(1200, ge=64, description="Most tokens per conversation (whole mode).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null: the backend's.")
     limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all.")
@@ -322,8 +331,13 @@ class GenerateConfig(Section):
         return self
 
     def identity(self) -> dict[str, Any]:
-        """What decides the outputs: not the chunking (only how often results are written) or the limit."""
-        return self.model_dump(mode="json", exclude={"chunk_pairs", "limit", "pairs", "profiles"})
+        """What decides the outputs: not the chunking (only how often results are written) or the limit.
+        The generator adapter counts through the backend's identity (its weights' hash, not its path);
+        turn selection's settings only when it is on (a run from before it existed keeps its hash)."""
+        skip = {"chunk_pairs", "limit", "pairs", "profiles", "generator"}
+        if self.turn_candidates == 1:
+            skip |= {"turn_candidates", "turn_max_words"}
+        return self.model_dump(mode="json", exclude=skip)
 class EvalConfig(Section):
     """`forge eval`: the study's next-reply protocol on held-out conversations, base model vs adapters."""
 
