@@ -606,12 +606,27 @@ class RLSettings(Section):
                                                                "length moves by more than this share.")
 
 
+class GeneratorTrainSettings(Section):
+    """`forge train --method generator`: which turns of the seed conversations become training rows, shown
+    as generate's `turns` mode asks for a reply (see persona_forge/stages/train_generator.py)."""
+
+    samples: int = Field(600, ge=0, description="Turns drawn at random (seeded by train.seed) from the whole "
+                                                "file; 0: every usable turn.")
+    max_turns: int = Field(16, ge=1, description="Only turns before this position (generate.max_turns: the "
+                                                 "agents never see longer conversations).")
+    example_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of rows that show another conversation "
+                                 "as the example, as generate does when generate.examples > 0.")
+    example_turns: int = Field(6, ge=2, description="Turns of that example (generate.example_turns).")
+
+
 class TrainConfig(Section):
     """`forge train`: LoRA SFT or DPO of the chat model on curated samples (trl + peft)."""
 
-    method: Literal["sft", "dpo", "reward", "rloo", "grpo"] = Field(
+    method: Literal["sft", "dpo", "reward", "rloo", "grpo", "generator"] = Field(
         "sft", description="sft: supervised next replies; dpo: preference pairs; reward: a reward model from "
-                           "preference pairs; rloo (or grpo): RL against the reward model with a KL leash.")
+                           "preference pairs; rloo (or grpo): RL against the reward model with a KL leash; "
+                           "generator: generate's persona agent from seed conversations (SFT on the requests "
+                           "turns mode sends; data default: the packaged Synthetic-Persona-Chat train split).")
     data: Path | None = Field(None, description="Training JSONL; default <run_dir>/curated/sft.jsonl (sft), "
                                                 "dpo.jsonl (dpo) or openai.jsonl (--backend openai).")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -647,17 +662,20 @@ class TrainConfig(Section):
     openai: OpenAITrainSettings = Field(default_factory=OpenAITrainSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     rl: RLSettings = Field(default_factory=RLSettings)
+    generator: GeneratorTrainSettings = Field(default_factory=GeneratorTrainSettings)
 
     def identity(self) -> dict[str, Any]:
         """What decides the adapter, for config hashes: not logging, checkpoint spacing or threads
         (the data's and a start adapter's contents are hashed apart)."""
         # reward / rl only count for their own methods (an SFT run's hash stays what it was).
-        skip = {"logging_steps", "save_steps", "threads", "openai", "adapter", "reward", "rl"}
+        skip = {"logging_steps", "save_steps", "threads", "openai", "adapter", "reward", "rl", "generator"}
         ident = self.model_dump(mode="json", exclude=skip)
         if self.adapter is not None:
             ident["adapter"] = _adapter_digest(self.adapter)
         if self.method == "reward":
             ident["reward"] = self.reward.model_dump(mode="json")
+        if self.method == "generator":
+            ident["generator"] = self.generator.model_dump(mode="json")
         if self.method in ("rloo", "grpo"):
             ident["rl"] = self.rl.model_dump(mode="json", exclude={"samples_per_checkpoint", "alarm_window",
                                                                   "alarm_grounding_drop", "alarm_contradiction_rise",
