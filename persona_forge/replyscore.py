@@ -45,6 +45,25 @@ class ReplyScore:
         return self.form is None and self.contradiction <= threshold
 
 
+class RememberingNLI:
+    """An NLI model that judges each distinct (premise, hypothesis) pair once and remembers the rows."""
+
+    def __init__(self, model):
+        self.model = model
+        self.rows: dict[tuple[str, str], np.ndarray] = {}
+
+    def predict(self, pairs: Sequence[tuple[str, str]], progress=None) -> np.ndarray:
+        missing = [p for p in dict.fromkeys(map(tuple, pairs)) if p not in self.rows]
+        if missing:
+            self.rows.update(zip(missing, self.model.predict(missing)))
+        if not pairs:
+            return np.zeros((0, 3), dtype=np.float32)
+        return np.stack([self.rows[tuple(p)] for p in pairs]).astype(np.float32)
+
+    def describe(self) -> str:
+        return self.model.describe()
+
+
 def _norm(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 

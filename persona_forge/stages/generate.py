@@ -239,10 +239,20 @@ class Loop:
         if mode == "turns" and self.cfg.turn_candidates > 1:
             self.nli_counts["turn_selection_pairs_judged"] = 0
         self.nli_description = "not loaded (nothing to score)"
+        self._chunk_memo = None
         self._blocklist = critic.blocklist(self.cfg.critic.blocklist)
         # Hashed once: every candidate's provenance names the same template (reading and hashing
         # it per candidate was a file read per record).
         self.prompt_ref = prompts.ref(generator_prompt(mode))
+
+    def _memo(self):
+        """The NLI, remembering this chunk's judgements when turns are selected: the critic then finds
+        the (sentence, reply) pairs of every kept reply already judged. Forgotten after each chunk."""
+        if self.cfg.turn_candidates == 1:
+            return self.nli
+        if self._chunk_memo is None:
+            self._chunk_memo = replyscore.RememberingNLI(self.nli)
+        return self._chunk_memo
 
     @property
     def nli(self):
@@ -278,6 +288,7 @@ class Loop:
                     chunk = work[start:start + cfg.chunk_pairs * cfg.candidates]
                     self.generate(chunk)
                     self.score_and_write(chunk)
+                    self._chunk_memo = None
                     advance(len(chunk))
 
     def best_of_round(self, round_no: int, members: list[Pair]) -> list[list[Turn]]:
@@ -405,7 +416,7 @@ class Loop:
             earlier = [t.text for t in work.turns if t.speaker == speaker]
             previous = work.turns[-1].text if work.turns else None
             batch += [replyscore.Reply(persona, text, earlier, previous) for text in replies[work.id]]
-        scores, judged = replyscore.score_replies(batch, self.nli, self.cfg.turn_max_words)
+        scores, judged = replyscore.score_replies(batch, self._memo(), self.cfg.turn_max_words)
         self.nli_counts["turn_selection_pairs_judged"] += judged
         out, k = {}, self.cfg.turn_candidates
         for i, work in enumerate(works):
@@ -441,7 +452,7 @@ class Loop:
 
     def _critique(self, scored: list[Work], candidates: dict[str, Candidate]) -> None:
         cfg = self.cfg.critic
-        counts = critic.score_faithfulness(list(candidates.values()), self.nli, cfg, self.embed)
+        counts = critic.score_faithfulness(list(candidates.values()), self._memo(), cfg, self.embed)
         for key, value in counts.items():
             self.nli_counts[key] += value
         if cfg.judge:
