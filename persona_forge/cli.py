@@ -276,7 +276,7 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.candidates": candidates, "generate.rounds": rounds, "generate.limit": limit,
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
-    backend = build_backend(recipe.backend, progress=show)
+    backend = build_backend(stage.backend_config(recipe), progress=show)  # with generate.generator, if set
     from . import executors
 
     embed = Embedder(recipe.personas.model, executor=executors.get(recipe.executor)) \
@@ -398,9 +398,11 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
               help="Training JSONL (default: <run_dir>/curated/sft.jsonl, dpo.jsonl with --dpo, openai.jsonl "
                    "with --backend openai).")
 @click.option("--dpo", is_flag=True, default=None, help="DPO on preference pairs instead of SFT.")
-@click.option("--method", type=click.Choice(["sft", "dpo", "reward", "rloo", "grpo"]), default=None,
+@click.option("--method", type=click.Choice(["sft", "dpo", "reward", "rloo", "grpo", "generator"]), default=None,
               help="reward: a reward model on <run_dir>/preferences.jsonl; rloo: RL against it from --adapter "
-                   "with a KL leash (train.rl in the recipe; grpo: the same with GRPO); default sft (or dpo with --dpo).")
+                   "with a KL leash (train.rl in the recipe; grpo: the same with GRPO); generator: generate's "
+                   "persona agent, learned from seed conversations (--data, default the packaged "
+                   "Synthetic-Persona-Chat train split); default sft (or dpo with --dpo).")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
               help="Start from this LoRA adapter (e.g. DPO after SFT).")
 @click.option("--name", default=None, help="Output folder <run_dir>/train/NAME (default: sft, dpo or openai).")

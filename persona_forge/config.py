@@ -307,6 +307,15 @@ class GenerateConfig(Section):
     turns: int | None = Field(None, ge=2, description="turns mode: exactly this many turns (default: drawn "
                                                       "between min_turns and max_turns per candidate).")
     turn_max_tokens: int = Field(48, ge=8, description="Most tokens per reply (turns mode).")
+    turn_candidates: int = Field(1, ge=1, description="turns mode: replies sampled per turn; the one kept does "
+                                 "not contradict its speaker's persona (NLI, critic.contradiction), is grounded "
+                                 "in it (highest entailment of one of its sentences) and is well formed. 1: the "
+                                 "first reply, no selection.")
+    turn_max_words: int = Field(40, ge=1, description="turns mode with turn_candidates > 1: a reply of more words "
+                                                      "than this is not preferred (form).")
+    generator: Path | None = Field(None, description="A generator adapter from `forge train --method generator` "
+                                   "(its train/<name>/ folder or adapter/) that generate applies to the local "
+                                   "model instead of backend.adapter; its hash goes into the config and manifest.")
     max_tokens: int = Field(1200, ge=64, description="Most tokens per conversation (whole mode).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null: the backend's.")
     limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all.")
@@ -322,8 +331,13 @@ class GenerateConfig(Section):
         return self
 
     def identity(self) -> dict[str, Any]:
-        """What decides the outputs: not the chunking (only how often results are written) or the limit."""
-        return self.model_dump(mode="json", exclude={"chunk_pairs", "limit", "pairs", "profiles"})
+        """What decides the outputs: not the chunking (only how often results are written) or the limit.
+        The generator adapter counts through the backend's identity (its weights' hash, not its path);
+        turn selection's settings only when it is on (a run from before it existed keeps its hash)."""
+        skip = {"chunk_pairs", "limit", "pairs", "profiles", "generator"}
+        if self.turn_candidates == 1:
+            skip |= {"turn_candidates", "turn_max_words"}
+        return self.model_dump(mode="json", exclude=skip)
 class EvalConfig(Section):
     """`forge eval`: the study's next-reply protocol on held-out conversations, base model vs adapters."""
 
@@ -616,12 +630,27 @@ class RLSettings(Section):
                                                                "length moves by more than this share.")
 
 
+class GeneratorTrainSettings(Section):
+    """`forge train --method generator`: which turns of the seed conversations become training rows, shown
+    as generate's `turns` mode asks for a reply (see persona_forge/stages/train_generator.py)."""
+
+    samples: int = Field(600, ge=0, description="Turns drawn at random (seeded by train.seed) from the whole "
+                                                "file; 0: every usable turn.")
+    max_turns: int = Field(16, ge=1, description="Only turns before this position (generate.max_turns: the "
+                                                 "agents never see longer conversations).")
+    example_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of rows that show another conversation "
+                                 "as the example, as generate does when generate.examples > 0.")
+    example_turns: int = Field(6, ge=2, description="Turns of that example (generate.example_turns).")
+
+
 class TrainConfig(Section):
     """`forge train`: LoRA SFT or DPO of the chat model on curated samples (trl + peft)."""
 
-    method: Literal["sft", "dpo", "reward", "rloo", "grpo"] = Field(
+    method: Literal["sft", "dpo", "reward", "rloo", "grpo", "generator"] = Field(
         "sft", description="sft: supervised next replies; dpo: preference pairs; reward: a reward model from "
-                           "preference pairs; rloo (or grpo): RL against the reward model with a KL leash.")
+                           "preference pairs; rloo (or grpo): RL against the reward model with a KL leash; "
+                           "generator: generate's persona agent from seed conversations (SFT on the requests "
+                           "turns mode sends; data default: the packaged Synthetic-Persona-Chat train split).")
     data: Path | None = Field(None, description="Training JSONL; default <run_dir>/curated/sft.jsonl (sft), "
                                                 "dpo.jsonl (dpo) or openai.jsonl (--backend openai).")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -657,17 +686,20 @@ class TrainConfig(Section):
     openai: OpenAITrainSettings = Field(default_factory=OpenAITrainSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     rl: RLSettings = Field(default_factory=RLSettings)
+    generator: GeneratorTrainSettings = Field(default_factory=GeneratorTrainSettings)
 
     def identity(self) -> dict[str, Any]:
         """What decides the adapter, for config hashes: not logging, checkpoint spacing or threads
         (the data's and a start adapter's contents are hashed apart)."""
         # reward / rl only count for their own methods (an SFT run's hash stays what it was).
-        skip = {"logging_steps", "save_steps", "threads", "openai", "adapter", "reward", "rl"}
+        skip = {"logging_steps", "save_steps", "threads", "openai", "adapter", "reward", "rl", "generator"}
         ident = self.model_dump(mode="json", exclude=skip)
         if self.adapter is not None:
             ident["adapter"] = _adapter_digest(self.adapter)
         if self.method == "reward":
             ident["reward"] = self.reward.model_dump(mode="json")
+        if self.method == "generator":
+            ident["generator"] = self.generator.model_dump(mode="json")
         if self.method in ("rloo", "grpo"):
             ident["rl"] = self.rl.model_dump(mode="json", exclude={"samples_per_checkpoint", "alarm_window",
                                                                   "alarm_grounding_drop", "alarm_contradiction_rise",

@@ -7,7 +7,8 @@ Paths are relative to the run directory; `<stage>.manifest.json` sits beside the
 
     personas   -> attributes.jsonl, profiles.jsonl, rejections.jsonl, personas_*.jsonl
     pair       -> pairs.jsonl, pair_rejections.jsonl, pair_similarity.png, pair_*embeddings.npy/.json
-    generate   -> dialogues.jsonl, best.jsonl, preferences.jsonl, generate_rejections.jsonl
+    generate   -> dialogues.jsonl, best.jsonl, preferences.jsonl, generate_rejections.jsonl (generate_progress.jsonl
+                  while a turns-mode run is unfinished)
     curate     -> curated/ (sft.jsonl, dpo.jsonl, openai.jsonl, ..., dataset/, parquet/, README.md)
     train      -> train/<name>/ (adapter/, checkpoints/, log.jsonl, loss.png, merged/, train.manifest.json)
     eval       -> eval/ (generations.jsonl, metrics.json, table.md, eval.png, report.md)
@@ -43,6 +44,7 @@ DIALOGUES = "dialogues.jsonl"
 BEST = "best.jsonl"
 PREFERENCES = "preferences.jsonl"
 GENERATE_REJECTIONS = "generate_rejections.jsonl"
+GENERATE_PROGRESS = "generate_progress.jsonl"             # turns mode: finished turns of unfinished conversations
 
 # --- curate --------------------------------------------------------------------------------------
 CURATED = "curated"                                        # a folder, replaced whole

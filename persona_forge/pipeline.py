@@ -49,10 +49,11 @@ class Shared:
         self.recipe, self.progress = recipe, progress
         self._nli = None
 
-    def backend(self):
+    def backend(self, config=None):
+        """A chat backend for one stage: recipe.backend, or the stage's own `config` (a BackendConfig)."""
         from .backends import build_backend
 
-        return build_backend(self.recipe.backend, progress=self.progress)
+        return build_backend(config or self.recipe.backend, progress=self.progress)
 
     def nli(self):
         if self._nli is None:
@@ -118,8 +119,8 @@ def _generate(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
     from .stages import generate
 
     embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
-    rows = generate.run(recipe, shared.backend(), shared.nli, embed=embed, force=context.force,
-                        default_profiles=recipe.pair.profiles)
+    rows = generate.run(recipe, shared.backend(generate.backend_config(recipe)), shared.nli, embed=embed,
+                        force=context.force, default_profiles=recipe.pair.profiles)
     return _result(generate.STAGE, rows, context, generate.OUTPUTS)
 
 

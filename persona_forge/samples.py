@@ -4,6 +4,8 @@ system prompt, the conversation so far as alternating turns (the replier's own t
 
 Training samples (forge curate), evaluation prompts (forge eval), the generator's `turns` mode and
 `forge chat` all build their messages here, so a model is trained and tested on the same form.
+`turn_messages` is the persona agent's request in `turns` mode (prompts/generate/turn.j2 then the
+conversation): forge generate sends it, and `forge train --method generator` trains on it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from collections.abc import Sequence
 
 from .prompts import PromptLibrary, library
 from .schema import ChatMessage, Turn, record_id
+from .transcript import format_transcript
 
 SYSTEM_PROMPT = "samples/persona_system"
 MEMORY_BLOCK = "memory/block"
+TURN_PROMPT = "generate/turn"
 
 
 def persona_system(persona: Sequence[str], prompts: PromptLibrary | None = None,
@@ -36,14 +40,34 @@ def reply_messages(persona: Sequence[str], history: Sequence[Turn], replier: str
     Consecutive turns by one speaker (a parse artefact) are joined, so roles always alternate.
     `memory`: lines of the memory block placed in the system prompt (none by default).
     """
-    messages = [persona_system(persona, prompts, memory)]
+    return [persona_system(persona, prompts, memory), *history_messages(history, replier)]
+
+
+def history_messages(history: Sequence[Turn], replier: str) -> list[ChatMessage]:
+    """The conversation so far as chat turns: `replier`'s own lines as assistant, the other user's as
+    user; consecutive lines of one speaker joined by a newline."""
+    messages: list[ChatMessage] = []
     for turn in history:
         role = "assistant" if turn.speaker == replier else "user"
-        if messages[-1].role == role:
+        if messages and messages[-1].role == role:
             messages[-1] = ChatMessage(role=role, content=f"{messages[-1].content}\n{turn.text}")
         else:
             messages.append(ChatMessage(role=role, content=turn.text))
     return messages
+
+
+def turn_messages(persona: Sequence[str], history: Sequence[Turn], speaker: str, topic: str | None = None,
+                  example: Sequence[Turn] | None = None,
+                  prompts: PromptLibrary | None = None) -> list[dict[str, str]]:
+    """The persona agent's request in generate's `turns` mode: prompts/generate/turn.j2 (its persona,
+    the `topic` it may share with the other user, an `example` conversation, already cut to length;
+    user1 is told to open), then the conversation so far. `forge train --method generator` builds its
+    samples here too, so the generator adapter learns exactly the requests it will be sent."""
+    prompts = prompts or library()
+    rendered = prompts.render(TURN_PROMPT, persona=list(persona), topic=topic,
+                              example=format_transcript(example) if example else None,
+                              opening=speaker == "user1")
+    return [*rendered.messages, *(m.model_dump() for m in history_messages(history, speaker))]
 
 
 def next_reply(persona: Sequence[str], turns: Sequence[Turn], position: int, context: int = 6,

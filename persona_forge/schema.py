@@ -97,6 +97,23 @@ class Turn(BaseModel):
     text: str
 
 
+class TurnChoice(BaseModel):
+    """Turn-level selection (generate's `turns` mode with turn_candidates > 1): which of the replies
+    sampled for a turn was kept, and its scores (persona_forge.replyscore)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kept: int
+    of: int
+    contradiction: float
+    grounding: float
+    form: str | None = None
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class Dialogue(Record):
     """A conversation between the two users of a pair (a generated candidate or a corpus one)."""
 
@@ -110,6 +127,19 @@ class Dialogue(Record):
     parse_error: str | None = None
     scores: dict[str, float | None] = Field(default_factory=dict)
     reasons: dict[str, str] = Field(default_factory=dict)
+    # One per turn, when turns were selected from several sampled replies; left out of the JSON
+    # otherwise, so records without selection read and write exactly as before.
+    turn_choices: list[TurnChoice] | None = Field(None, exclude_if=_unset)
+
+
+class TurnProgress(Record):
+    """One finished turn of a conversation still being generated (generate's `turns` mode): a killed
+    run resumes the conversation from its last finished turn. id = record_id(candidate, step)."""
+
+    candidate: str
+    step: int
+    turn: Turn
+    choice: TurnChoice | None = Field(None, exclude_if=_unset)
 
 
 class Rejection(Record):

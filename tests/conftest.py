@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +20,37 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
 from persona_forge.backends import ScriptedBackend  # noqa: E402
+
+
+class KeywordNLI:
+    """A stand-in NLI for the generate and restyle tests (pairs of persona sentence and utterance):
+    contradiction when one side says "no dogs" or "cats" and the other is about dogs; entailment when
+    the hypothesis holds the premise's last word ("dogs", "nurse", "ohio"); neutral otherwise.
+    `calls` counts predict calls, `pairs` the pairs judged."""
+
+    name = "keyword"
+
+    def __init__(self):
+        self.calls = 0
+        self.pairs = 0
+
+    def predict(self, pairs, progress=None):
+        self.calls += 1
+        self.pairs += len(pairs)
+        out = np.zeros((len(pairs), 3), dtype=np.float32)
+        for i, (premise, hypothesis) in enumerate(pairs):
+            p, h = premise.lower(), hypothesis.lower()
+            last = p.rstrip(".").split()[-1]
+            if ("dogs" in p and ("no dogs" in h or "cats" in h)) or ("dogs" in h and ("no dogs" in p or "cats" in p)):
+                out[i] = [0.02, 0.08, 0.9]
+            elif last in h:
+                out[i] = [0.9, 0.08, 0.02]
+            else:
+                out[i] = [0.1, 0.85, 0.05]
+        return out
+
+    def describe(self):
+        return "keyword test NLI"
 
 
 @pytest.fixture

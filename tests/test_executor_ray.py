@@ -41,7 +41,8 @@ def test_the_local_executor_runs_a_stage_without_importing_ray(tmp_path):
         from persona_forge.stages import generate
         from persona_forge.store import read_jsonl
         from pathlib import Path
-        from test_generate import KeywordNLI, conversation, recipe, write_inputs
+        from conftest import KeywordNLI
+        from test_generate import conversation, recipe, write_inputs
         run = Path({str(tmp_path)!r})
         write_inputs(run, n_pairs=2)
         generate.run(recipe(run, mode="whole", rounds=1, critic={{"judge": False}}),

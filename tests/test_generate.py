@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO, forge_cmd, make_recipe
+from conftest import REPO, KeywordNLI, forge_cmd, make_recipe
 from persona_forge.backends import ScriptedBackend
 from persona_forge.backends.base import Completion
 from persona_forge.config import CriticConfig, GenerateConfig
@@ -21,30 +21,6 @@ from persona_forge.transcript import ParseError, clean_reply, format_transcript,
 
 ALICE = ["I have two dogs.", "I live in Ohio."]
 BOB = ["I am a nurse.", "I like jazz."]
-
-
-class KeywordNLI:
-    """Contradiction when the utterance says "no dogs" against a dog sentence; entailment when the
-    utterance contains the sentence's last word; neutral otherwise."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def predict(self, pairs):
-        self.calls += 1
-        out = np.zeros((len(pairs), 3), dtype=np.float32)
-        for i, (premise, hypothesis) in enumerate(pairs):
-            last = premise.rstrip(".").split()[-1].lower()
-            if "dogs" in premise and "no dogs" in hypothesis.lower():
-                out[i] = [0.02, 0.08, 0.9]
-            elif last in hypothesis.lower():
-                out[i] = [0.9, 0.08, 0.02]
-            else:
-                out[i] = [0.1, 0.85, 0.05]
-        return out
-
-    def describe(self):
-        return "keyword test NLI"
 
 
 def conversation(first_line: str = "Hi, I have two dogs.") -> str:
@@ -421,3 +397,156 @@ def test_one_event_loop_serves_every_chunk_and_turn_and_the_backend_is_closed_on
     stage.run(rec, backend, KeywordNLI())
     assert len(backend.loops) == 2 * 4  # two chunks (one pair each) x four turns
     assert len(set(map(id, backend.loops))) == 1 and backend.closed == 1
+
+
+# --- turn-level selection (turns mode, generate.turn_candidates) ---------------------------------
+
+def _digest(rows) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_one_candidate_per_turn_generates_exactly_what_it_did_before_selection_existed(tmp_path):
+    """turn_candidates: 1 (the default) sends the same requests and writes the same bytes as the code
+    before turn-level selection (the digests below were taken from that code, commit d29184d)."""
+    write_inputs(tmp_path, n_pairs=2)
+    rec = recipe(tmp_path, mode="turns", rounds=1, candidates=2, examples=1, turns=4, critic={"judge": False})
+    replies = ["Hi, I have two dogs.", "I am a nurse.", "I have no dogs.", "Jazz is great.", "Ohio is home."]
+    backend = ScriptedBackend(default=lambda r: replies[(r.seed or 0) % len(replies)])
+    stage.run(rec, backend, KeywordNLI())
+    requests = [[list(r.messages), r.seed, r.max_tokens, list(r.stop)] for r in backend.seen]
+    assert len(requests) == 16
+    assert (_digest(requests), _digest((tmp_path / "dialogues.jsonl").read_text())) == ("e8d7a88acbfb5f0e", "2d36a784b68ce81d")
+
+
+def test_turn_selection_keeps_the_grounded_reply_that_contradicts_nothing(tmp_path):
+    """Three replies per turn; the kept one is grounded in its speaker's persona and not refused for
+    contradiction or form (a copy of the turn before, too long, empty), wherever it stands."""
+    from persona_forge.samples import turn_messages
+
+    write_inputs(tmp_path, n_pairs=1)
+    rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, turns=4, turn_candidates=3,
+                 turn_max_words=20, critic={"judge": False})
+    long_reply = "My dogs " + "and I walk " * 12 + "a lot."
+    script = [
+        "I have no dogs at all.", "Hello there!", "Hi! My two dogs say hello.",          # user1: kept 2
+        "Hi! My two dogs say hello.", "I work as a nurse.", "Nice to meet you.",         # user2: kept 1
+        "I live in Ohio, love it here.", "Cats are better, I have cats.", long_reply,    # user1: kept 0
+        "", "Do you like jazz? I love jazz.", "What a day.",                              # user2: kept 1
+    ]
+    backend = ScriptedBackend(script)
+    rows = stage.run(rec, backend, KeywordNLI())
+    [d] = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
+    assert [t.text for t in d.turns] == ["Hi! My two dogs say hello.", "I work as a nurse.",
+                                         "I live in Ohio, love it here.", "Do you like jazz? I love jazz."]
+    assert [(c.kept, c.of, c.grounding, c.contradiction, c.form) for c in d.turn_choices] == [(2, 3, 0.9, 0.05, None),
+                                                                                             (1, 3, 0.9, 0.05, None),
+                                                                                             (0, 3, 0.9, 0.05, None),
+                                                                                             (1, 3, 0.9, 0.05, None)]
+    assert d.provenance.params["turn_candidates"] == 3 and "parse_error" not in rows
+    # Each turn's three requests carry the same rendered prompt, with seeds of their own; the first
+    # reply's seed is the one a single reply would get.
+    assert len(backend.seen) == 12
+    for step in range(4):
+        group = backend.seen[3 * step:3 * step + 3]
+        assert all(r.messages == group[0].messages for r in group) and len({r.seed for r in group}) == 3
+        speaker = "user1" if step % 2 == 0 else "user2"
+        persona, topic = (ALICE, ALICE[0]) if speaker == "user1" else (BOB, BOB[0])
+        assert list(group[0].messages) == turn_messages(persona, d.turns[:step], speaker, topic)
+    assert backend.seen[3].messages == (
+        {"role": "system", "content": "You are a person chatting with someone you have just met. Stay in character; "
+                                      "this is who you are:\n- I am a nurse.\n- I like jazz.\nYou may have this in "
+                                      "common with them: \"I am a nurse.\"\nReply with one or two short, natural "
+                                      "sentences, as this person would. Ask a question sometimes."},
+        {"role": "user", "content": "Hi! My two dogs say hello."})
+    assert [m["role"] for m in backend.seen[6].messages] == ["system", "user", "assistant", "user"]
+    assert backend.seen[6].messages[1]["content"] == "(You meet someone new. Say hello and start the conversation.)"
+    figures = json.loads((tmp_path / "generate.manifest.json").read_text())["figures"]
+    assert figures["nli_pairs"]["turn_selection_pairs_judged"] == 22  # 2 sentences x 11 non-empty replies
+    assert not (tmp_path / "generate_progress.jsonl").exists()
+
+
+class Stop(Exception):
+    """Stands in for a kill: raised by the backend in the middle of a run."""
+
+
+def _request_reply(request) -> str:
+    """A reply that depends only on the request (its seed and history), as a seeded model's would."""
+    pool = ["I have no dogs at all.", "Hello there!", "My two dogs say hi.", "I love Ohio.", "I am a nurse.",
+            "Jazz is my thing.", "What do you do?"]
+    return pool[((request.seed or 0) + len(request.messages)) % len(pool)]
+
+
+@pytest.mark.parametrize("turn_candidates, stop_at", [(1, 9), (3, 3), (3, 9)])
+def test_a_run_stopped_in_the_middle_of_a_conversation_resumes_to_the_same_records(tmp_path, turn_candidates,
+                                                                                  stop_at):
+    settings = dict(mode="turns", rounds=1, candidates=2, examples=0, turns=6, chunk_pairs=1,
+                    turn_candidates=turn_candidates, critic={"judge": False})
+
+    class Stopping(ScriptedBackend):
+        calls = 0
+
+        async def complete(self, requests, progress=None):
+            Stopping.calls += 1
+            if Stopping.calls == stop_at:  # in the middle of a turn: its replies are lost with the run
+                raise Stop
+            return await super().complete(requests, progress)
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    write_inputs(whole, n_pairs=2)
+    uninterrupted = ScriptedBackend(default=_request_reply)
+    stage.run(recipe(whole, **settings), uninterrupted, KeywordNLI())
+
+    run = tmp_path / "stopped"
+    run.mkdir()
+    write_inputs(run, n_pairs=2)
+    first = Stopping(default=_request_reply)
+    with pytest.raises(Stop):
+        stage.run(recipe(run, **settings), first, KeywordNLI())
+    progress = read_jsonl(run / "generate_progress.jsonl")
+    assert len(progress) == len({r["id"] for r in progress}) > 0
+    second = ScriptedBackend(default=_request_reply)
+    stage.run(recipe(run, **settings), second, KeywordNLI())
+
+    assert (run / "dialogues.jsonl").read_text() == (whole / "dialogues.jsonl").read_text()
+    assert (run / "best.jsonl").read_text() == (whole / "best.jsonl").read_text()
+    # No turn was asked for twice: the finished turns were not generated again.
+    assert len(first.seen) + len(second.seen) == len(uninterrupted.seen)
+    assert not (run / "generate_progress.jsonl").exists()
+    assert json.loads((run / "generate.manifest.json").read_text())["status"] == "done"
+
+
+def _fake_adapter(folder, weights: bytes = b"weights"):
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_a_generator_adapter_is_applied_hashed_into_the_config_and_recorded(tmp_path):
+    import hashlib
+
+    from persona_forge.errors import UserError
+
+    write_inputs(tmp_path, n_pairs=1)
+    adapter = _fake_adapter(tmp_path / "gen" / "adapter")
+    rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, turns=2, generator=str(tmp_path / "gen"),
+                 critic={"judge": False})
+    assert stage.backend_config(rec).adapter == adapter and rec.backend.adapter is None
+    stage.run(rec, ScriptedBackend(default="Hi, I have two dogs."), KeywordNLI())
+    manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
+    digest = hashlib.sha256(b"weights").hexdigest()[:16]
+    assert manifest["config"]["generator"] == digest and "generator" not in manifest["config"]["generate"]
+    assert manifest["models"]["generator_adapter"] == f"{adapter} (sha256 {digest})"
+    # Retrained weights at the same path are another generator: the run refuses to mix them.
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(UserError, match="another config"):
+        stage.run(rec, ScriptedBackend(default="Hi."), KeywordNLI())
+    with pytest.raises(UserError, match="no LoRA adapter there"):
+        stage.backend_config(recipe(tmp_path, generator=str(tmp_path / "nowhere")))
+    openai = make_recipe(tmp_path, backend={"kind": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                         generate={"generator": str(adapter)})
+    with pytest.raises(UserError, match="serve it"):
+        stage.backend_config(openai)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_recipe, one_line_error
+from conftest import KeywordNLI, make_recipe, one_line_error
 from persona_forge import layout
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import RestyleConfig
@@ -35,31 +35,6 @@ def conversation(i: int = 0) -> dict:
 def write_data(path: Path, n: int = 1) -> Path:
     path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(n)), encoding="utf-8")
     return path
-
-
-class KeywordNLI:
-    """Entailment when the hypothesis holds the premise's last word ("dogs", "nurse"); contradiction
-    when it says "no dogs" or "cats" against a line about dogs; neutral otherwise."""
-
-    def __init__(self):
-        self.pairs = 0
-
-    def predict(self, pairs):
-        self.pairs += len(pairs)
-        out = np.zeros((len(pairs), 3), dtype=np.float32)
-        for i, (premise, hypothesis) in enumerate(pairs):
-            p, h = premise.lower(), hypothesis.lower()
-            last = p.rstrip(".").split()[-1]
-            if ("dogs" in p and ("no dogs" in h or "cats" in h)) or ("dogs" in h and ("no dogs" in p or "cats" in p)):
-                out[i] = [0.02, 0.03, 0.95]
-            elif last in h:
-                out[i] = [0.9, 0.08, 0.02]
-            else:
-                out[i] = [0.1, 0.85, 0.05]
-        return out
-
-    def describe(self):
-        return "keyword test NLI"
 
 
 def bag_of_words(texts):

@@ -12,17 +12,26 @@ conversations per pair, with few-shot examples: Synthetic-Persona-Chat conversat
 the previous round's best conversations after that. In `whole` mode one request writes a whole
 conversation (the paper; strong models); in `turns` mode two persona agents take turns, one
 reply per request, each seeing only its own persona and the conversation so far (small models
-cannot hold the whole format). The critic (stages/critic.py) scores every candidate and picks the
-best acceptable one per pair.
+cannot hold the whole format). In `turns` mode `turn_candidates` > 1 samples that many replies per
+turn and keeps the one persona_forge.replyscore prefers (not contradicting the speaker's persona,
+grounded in it, well formed); each conversation records which reply it kept per turn and its scores.
+The critic (stages/critic.py) scores every candidate and picks the best acceptable one per pair.
+A generator adapter (`generate.generator`, from `forge train --method generator`) is applied to the
+local model; its hash is part of the config and the manifest.
 
 Resumption: candidates are written as each chunk of pairs is generated and scored; a re-run
-generates only the candidates that are missing. best, preferences and rejections are derived
-from dialogues.jsonl at the end, in one atomic write each.
+generates only the candidates that are missing. In `turns` mode every finished turn is also appended
+to generate_progress.jsonl (keyed by candidate and step), so a run killed in the middle of a
+conversation continues it from its last finished turn (a turn cut off while its replies were being
+sampled is sampled again, with the same seeds); the file is removed when every conversation is
+written. best, preferences and rejections are derived from dialogues.jsonl at the end, in one atomic
+write each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,15 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import executors, layout, ui
-from ..config import GenerateConfig, Recipe
+from .. import executors, layout, replyscore, ui
+from ..config import BackendConfig, GenerateConfig, Recipe
 from ..corpora import load_profiles, spc_file
 from ..errors import UserError
 from ..nli.base import identity as nli_identity
 from ..prompts import library
-from ..samples import reply_messages
-from ..schema import Dialogue, Pair, Preference, Profile, Provenance, Rejection, Turn, record_id
-from ..store import JsonlStore, RunDir, atomic_write_jsonl, iter_jsonl
+from ..samples import TURN_PROMPT, turn_messages
+from ..schema import (Dialogue, Pair, Preference, Profile, Provenance, Rejection, Turn, TurnChoice, TurnProgress,
+                      record_id)
+from ..store import JsonlStore, RunDir, atomic_write_jsonl, file_sha256, iter_jsonl
 from ..transcript import ParseError, clean_reply, format_transcript, parse_transcript
 from . import critic
 from .critic import Candidate
@@ -48,9 +58,9 @@ from .critic import Candidate
 STAGE = "generate"
 INPUTS = (layout.PAIRS, layout.PROFILES)  # or generate.pairs / generate.profiles
 FILES = {"dialogues": layout.DIALOGUES, "best": layout.BEST, "preferences": layout.PREFERENCES,
-         "rejections": layout.GENERATE_REJECTIONS}
+         "rejections": layout.GENERATE_REJECTIONS, "progress": layout.GENERATE_PROGRESS}
 OUTPUTS = tuple(FILES.values())
-WHOLE_PROMPT, TURN_PROMPT = "generate/whole", "generate/turn"
+WHOLE_PROMPT = "generate/whole"  # TURN_PROMPT (generate/turn) lives with turn_messages in samples.py
 SPC_EXAMPLES = 200  # corpus conversations the first round draws its examples from
 
 
@@ -71,6 +81,7 @@ class Work:
     examples: list[list[Turn]]
     turns_wanted: int
     turns: list[Turn] = field(default_factory=list)
+    choices: list[TurnChoice] = field(default_factory=list)
     error: str | None = None
     parse_error: str | None = None
     raw: str | None = None
@@ -126,12 +137,42 @@ def resolve_mode(cfg: GenerateConfig, backend_kind: str) -> str:
     return "turns" if backend_kind == "local" else "whole"
 
 
+def generator_adapter(cfg: GenerateConfig) -> Path | None:
+    """The adapter folder generate.generator names (train/<name>/ or its adapter/), checked."""
+    if cfg.generator is None:
+        return None
+    folder = Path(cfg.generator)
+    for candidate in (folder / layout.ADAPTER, folder):
+        if (candidate / "adapter_config.json").is_file() and (candidate / "adapter_model.safetensors").is_file():
+            return candidate
+    raise UserError(f"generate.generator {folder}: no LoRA adapter there (no adapter_config.json and "
+                    "adapter_model.safetensors); train one with `forge train --method generator` and give its "
+                    "folder, e.g. runs/NAME/train/generator")
+
+
+def backend_config(recipe: Recipe) -> BackendConfig:
+    """The backend generate runs on: recipe.backend, with the generator adapter in place of
+    backend.adapter when generate.generator names one (build the stage's backend from this)."""
+    adapter = generator_adapter(recipe.generate)
+    if adapter is None:
+        return recipe.backend
+    if recipe.backend.kind == "openai":
+        raise UserError("generate.generator: a LoRA adapter is applied to a local model; with an "
+                        "OpenAI-compatible endpoint, serve it (forge serve --adapter generator=DIR) and name it "
+                        "in backend.model instead")
+    return recipe.backend.model_copy(update={"adapter": adapter})
+
+
 def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
     cfg = recipe.generate
     names = [critic.JUDGE_PROMPT] if cfg.critic.judge else []
     names.append(generator_prompt(mode))
-    return {"generate": cfg.identity(), "mode": mode, "backend": recipe.backend.identity(),
-            "nli": nli_identity(recipe.nli), "prompts": {n: prompts.ref(n).hash for n in names}}
+    config = {"generate": cfg.identity(), "mode": mode, "backend": backend_config(recipe).identity(),
+              "nli": nli_identity(recipe.nli), "prompts": {n: prompts.ref(n).hash for n in names}}
+    adapter = generator_adapter(cfg)
+    if adapter is not None:
+        config["generator"] = file_sha256(adapter / "adapter_model.safetensors")[:16]
+    return config
 
 
 def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[list[str]], np.ndarray] | None = None,
@@ -149,11 +190,17 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     for name, digest in config["prompts"].items():
         stage.record_prompt(name, digest)
     stage.record_model("generator", str(backend.describe()))
+    if "generator" in config:
+        stage.record_model("generator_adapter", f"{generator_adapter(cfg)} (sha256 {config['generator']})")
     store = JsonlStore(stage.run_dir.file(FILES["dialogues"]), Dialogue)
     store.repair()
+    progress = JsonlStore(stage.run_dir.file(FILES["progress"]), TurnProgress)
     executor = executors.get(recipe.executor)
-    loop = Loop(recipe, mode, backend, executor.nli(recipe.nli, nli), embed, prompts, profiles, store)
+    loop = Loop(recipe, mode, backend, executor.nli(recipe.nli, nli), embed, prompts, profiles, store, progress)
     loop.run(pairs)
+    if not loop.failed:  # every conversation is in dialogues.jsonl: no unfinished turns to keep
+        progress.path.unlink(missing_ok=True)
+        progress.path.with_name(progress.path.name + ".lock").unlink(missing_ok=True)
     stage.record_model("nli", loop.nli_description)
     results = select(loop.by_pair, pairs, cfg)
     write_results(stage.run_dir, results)
@@ -175,20 +222,37 @@ class Loop:
     """The rounds: generate the missing candidates chunk by chunk, score them, append them."""
 
     def __init__(self, recipe: Recipe, mode: str, backend, nli, embed, prompts, profiles: dict[str, Profile],
-                 store: JsonlStore):
+                 store: JsonlStore, progress: JsonlStore | None = None):
         self.recipe, self.cfg, self.mode = recipe, recipe.generate, mode
         self.backend, self._nli, self.embed, self.prompts = backend, nli, embed, prompts
-        self.profiles, self.store = profiles, store
+        self.profiles, self.store, self.progress = profiles, store, progress
         self.by_pair: dict[str, list[Dialogue]] = defaultdict(list)
         for dialogue in store.read():
             self.by_pair[dialogue.pair_id].append(dialogue)
+        # Finished turns of conversations a killed run left unfinished: candidate id -> step -> record.
+        self.partial: dict[str, dict[int, TurnProgress]] = defaultdict(dict)
+        if progress is not None and mode == "turns":
+            for record in progress.read():
+                self.partial[record.candidate][record.step] = record
         self.failed = 0
         self.nli_counts = {"nli_pairs": 0, "nli_pairs_skipped": 0, "nli_pairs_judged": 0, "persona_pairs_judged": 0}
+        if mode == "turns" and self.cfg.turn_candidates > 1:
+            self.nli_counts["turn_selection_pairs_judged"] = 0
         self.nli_description = "not loaded (nothing to score)"
+        self._chunk_memo = None
         self._blocklist = critic.blocklist(self.cfg.critic.blocklist)
         # Hashed once: every candidate's provenance names the same template (reading and hashing
         # it per candidate was a file read per record).
         self.prompt_ref = prompts.ref(generator_prompt(mode))
+
+    def _memo(self):
+        """The NLI, remembering this chunk's judgements when turns are selected: the critic then finds
+        the (sentence, reply) pairs of every kept reply already judged. Forgotten after each chunk."""
+        if self.cfg.turn_candidates == 1:
+            return self.nli
+        if self._chunk_memo is None:
+            self._chunk_memo = replyscore.RememberingNLI(self.nli)
+        return self._chunk_memo
 
     @property
     def nli(self):
@@ -224,6 +288,7 @@ class Loop:
                     chunk = work[start:start + cfg.chunk_pairs * cfg.candidates]
                     self.generate(chunk)
                     self.score_and_write(chunk)
+                    self._chunk_memo = None
                     advance(len(chunk))
 
     def best_of_round(self, round_no: int, members: list[Pair]) -> list[list[Turn]]:
@@ -250,7 +315,14 @@ class Loop:
             shown = self.cfg.examples if self.mode == "whole" else min(1, self.cfg.examples)
             examples = rng.sample(pool, min(shown, len(pool))) if pool else []
             wanted = self.cfg.turns or rng.randint(self.cfg.min_turns, self.cfg.max_turns)
-            out.append(Work(cid, pair, list(user1), list(user2), round_no, index, examples, wanted))
+            work = Work(cid, pair, list(user1), list(user2), round_no, index, examples, wanted)
+            done = self.partial.get(cid, {})
+            while len(work.turns) in done:  # the turns a killed run finished, in order
+                record = done[len(work.turns)]
+                work.turns.append(record.turn)
+                if record.choice is not None:
+                    work.choices.append(record.choice)
+            out.append(work)
         return out
 
     # --- generation ---
@@ -261,8 +333,11 @@ class Loop:
         else:
             self._turns(chunk)
 
-    def _seed(self, work: Work, step: int = 0) -> int:
-        return int(record_id(work.id, step), 16) % 2**31
+    def _seed(self, work: Work, step: int = 0, reply: int = 0) -> int:
+        """The seed of a request; reply j > 0 of a turn (turn selection) gets its own, reply 0 the one
+        a single reply has always had."""
+        key = record_id(work.id, step) if reply == 0 else record_id(work.id, step, reply)
+        return int(key, 16) % 2**31
 
     def _whole(self, chunk: list[Work]) -> None:
         from ..backends import ChatRequest
@@ -287,38 +362,78 @@ class Loop:
                 work.parse_error = str(exc)
 
     def _turns(self, chunk: list[Work]) -> None:
-        """Persona agents in lockstep: step t asks every unfinished candidate for its turn t."""
+        """Persona agents in lockstep: step t asks every candidate that has t turns for its turn t
+        (`turn_candidates` replies each); finished turns go to the progress log as they come."""
         from ..backends import ChatRequest
 
+        k = self.cfg.turn_candidates
         longest = max(w.turns_wanted for w in chunk)
-        for step in range(longest):
-            active = [w for w in chunk if step < w.turns_wanted and w.error is None and w.parse_error is None]
-            if not active:
-                break
-            requests = [ChatRequest.of(self._agent_messages(w, step), max_tokens=self.cfg.turn_max_tokens,
-                                       temperature=self.cfg.temperature, seed=self._seed(w, step),
-                                       stop=("\n\n",)) for w in active]
-            for work, completion in zip(active, self._complete(requests)):
-                if not completion.ok:
-                    work.error = completion.error
-                    continue
-                text = clean_reply(completion.text, truncated=completion.finish_reason == "length")
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(self.progress.appender()) if self.progress is not None else None
+            for step in range(min(len(w.turns) for w in chunk), longest):
+                active = [w for w in chunk if len(w.turns) == step < w.turns_wanted
+                          and w.error is None and w.parse_error is None]
+                if not active:
+                    continue  # resumed conversations further on may still want this chunk's later steps
+                requests = [ChatRequest.of(self._agent_messages(w, step), max_tokens=self.cfg.turn_max_tokens,
+                                           temperature=self.cfg.temperature, seed=self._seed(w, step, j),
+                                           stop=("\n\n",)) for w in active for j in range(k)]
+                completions = self._complete(requests)
+                replies, raw = {}, {}
+                for i, work in enumerate(active):
+                    mine = completions[i * k:(i + 1) * k]
+                    failed = next((c for c in mine if not c.ok), None)
+                    if failed is not None:  # retried whole on a re-run: the kept reply never depends on luck
+                        work.error = failed.error
+                        continue
+                    raw[work.id] = [c.text for c in mine]
+                    replies[work.id] = [clean_reply(c.text, truncated=c.finish_reason == "length") for c in mine]
+                chosen = self._select(step, [w for w in active if w.id in replies], replies)
                 speaker = "user1" if step % 2 == 0 else "user2"
-                if not text:
-                    work.parse_error = f"turn {step + 1}: empty reply ({completion.text[:80]!r})"
-                    continue
-                work.turns.append(Turn(speaker=speaker, text=text))
+                for work in active:
+                    if work.id not in replies:
+                        continue
+                    index, choice = chosen[work.id]
+                    text = replies[work.id][index]
+                    if not text:  # (selection keeps an empty reply only when every reply was empty)
+                        work.parse_error = f"turn {step + 1}: empty reply ({raw[work.id][index][:80]!r})"
+                        continue
+                    work.turns.append(Turn(speaker=speaker, text=text))
+                    if choice is not None:
+                        work.choices.append(choice)
+                    if log is not None:
+                        log.write(TurnProgress(id=record_id(work.id, step), candidate=work.id, step=step,
+                                               turn=work.turns[-1], choice=choice))
+
+    def _select(self, step: int, works: list[Work], replies: dict[str, list[str]]) -> dict[str, tuple[int, Any]]:
+        """Per conversation: the index of the reply to keep and its TurnChoice (None with one reply)."""
+        if self.cfg.turn_candidates == 1:
+            return {w.id: (0, None) for w in works}
+        speaker = "user1" if step % 2 == 0 else "user2"
+        batch = []
+        for work in works:
+            persona = work.user1 if speaker == "user1" else work.user2
+            earlier = [t.text for t in work.turns if t.speaker == speaker]
+            previous = work.turns[-1].text if work.turns else None
+            batch += [replyscore.Reply(persona, text, earlier, previous) for text in replies[work.id]]
+        scores, judged = replyscore.score_replies(batch, self._memo(), self.cfg.turn_max_words)
+        self.nli_counts["turn_selection_pairs_judged"] += judged
+        out, k = {}, self.cfg.turn_candidates
+        for i, work in enumerate(works):
+            mine = scores[i * k:(i + 1) * k]
+            index = replyscore.preferred(mine, self.cfg.critic.contradiction)
+            kept = mine[index]
+            out[work.id] = (index, TurnChoice(kept=index, of=k, contradiction=kept.contradiction,
+                                              grounding=kept.grounding, form=kept.form))
+        return out
 
     def _agent_messages(self, work: Work, step: int) -> list[dict[str, str]]:
         speaker = "user1" if step % 2 == 0 else "user2"
         persona = work.user1 if speaker == "user1" else work.user2
         topics = work.pair.shared_topics
         topic = (topics[0].user1_attribute if speaker == "user1" else topics[0].user2_attribute) if topics else None
-        example = format_transcript(work.examples[0][: self.cfg.example_turns]) if work.examples else None
-        rendered = self.prompts.render(TURN_PROMPT, persona=persona, topic=topic, example=example,
-                                       opening=speaker == "user1")
-        history = [m.model_dump() for m in reply_messages(persona, work.turns, speaker)[1:]]
-        return [*rendered.messages, *history]
+        example = work.examples[0][: self.cfg.example_turns] if work.examples else None
+        return turn_messages(persona, work.turns, speaker, topic, example, self.prompts)
 
     # --- critic ---
 
@@ -337,7 +452,7 @@ class Loop:
 
     def _critique(self, scored: list[Work], candidates: dict[str, Candidate]) -> None:
         cfg = self.cfg.critic
-        counts = critic.score_faithfulness(list(candidates.values()), self.nli, cfg, self.embed)
+        counts = critic.score_faithfulness(list(candidates.values()), self._memo(), cfg, self.embed)
         for key, value in counts.items():
             self.nli_counts[key] += value
         if cfg.judge:
@@ -356,6 +471,8 @@ class Loop:
 
     def _dialogue(self, work: Work, candidate: Candidate | None) -> Dialogue:
         params = {"mode": self.mode, "examples": len(work.examples), "seed": self.cfg.seed}
+        if work.choices:
+            params["turn_candidates"] = self.cfg.turn_candidates
         provenance = Provenance(backend=self.backend.name, model=self.backend.model, prompt=self.prompt_ref.name,
                                 prompt_hash=self.prompt_ref.hash, params=params)
         scores = dict(candidate.scores) if candidate else {"critic": 0.0}
@@ -364,7 +481,8 @@ class Loop:
             reasons["raw"] = work.raw[:500]
         return Dialogue(id=work.id, pair_id=work.pair.id, user1_persona=work.user1, user2_persona=work.user2,
                         turns=work.turns, round=work.round, candidate=work.index, provenance=provenance,
-                        parse_error=work.parse_error, scores=scores, reasons=reasons)
+                        parse_error=work.parse_error, scores=scores, reasons=reasons,
+                        turn_choices=list(work.choices) if work.choices else None)
 
 
 # --- selection ---------------------------------------------------------------------------------

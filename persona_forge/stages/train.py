@@ -2,7 +2,9 @@
 
 In:  <run_dir>/curated/sft.jsonl (rows {"messages": [...]} ending with the assistant's target turn)
      or curated/dpo.jsonl (rows {"prompt": [...], "chosen": [assistant], "rejected": [assistant]}),
-     or --data FILE in either shape; optionally a LoRA adapter to start from.
+     or --data FILE in either shape; optionally a LoRA adapter to start from. --method generator reads
+     conversations instead (train_generator.py: the packaged Synthetic-Persona-Chat train split by
+     default) and trains generate's persona agent on the requests its `turns` mode sends.
 Out: <run_dir>/train/<name>/ (name: the recipe's train.name, else sft / dpo):
      adapter/ (peft adapter + tokenizer; persona_forge.lm.load_chat_model(spec, adapter=...) loads it),
      checkpoints/ (a re-run of the same config resumes from the last one), log.jsonl (one row per
@@ -35,7 +37,10 @@ from typing import Any
 from .. import layout, plots, ui
 from ..config import Recipe, TrainConfig
 from ..errors import UserError
+from ..prompts import library
+from ..samples import TURN_PROMPT
 from ..store import RunDir, atomic_open, iter_json_lines
+from . import train_generator
 
 STAGE = "train"
 INPUTS = (layout.training_file("sft"), layout.training_file("dpo"))  # by train.method, or train.data
@@ -46,6 +51,8 @@ ROLES = ("system", "user", "assistant")
 # --- data ------------------------------------------------------------------------------------
 
 def default_data(recipe: Recipe, method: str) -> Path:
+    if method == "generator":
+        return train_generator.default_data()
     return recipe.run_dir / layout.training_file(method)
 
 
@@ -321,7 +328,10 @@ def peak_rss_mb() -> float:
 # --- the stage -------------------------------------------------------------------------------
 
 def stage_config(recipe: Recipe, spec: str) -> dict[str, Any]:
-    return {"train": recipe.train.identity(), "model": spec, "seed": recipe.seed}
+    config = {"train": recipe.train.identity(), "model": spec, "seed": recipe.seed}
+    if recipe.train.method == "generator":  # its rows are rendered with generate's turn prompt
+        config["prompts"] = {TURN_PROMPT: library(recipe.prompts_dir).ref(TURN_PROMPT).hash}
+    return config
 
 
 
@@ -371,7 +381,13 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
         return rows
 
     started = time.time()
-    reader = read_dpo if cfg.method == "dpo" else read_sft
+    if cfg.method == "generator":
+        prompts = library(recipe.prompts_dir)
+
+        def reader(path: Path) -> list[dict]:
+            return train_generator.read_rows(path, cfg.generator, cfg.seed, prompts)
+    else:
+        reader = read_dpo if cfg.method == "dpo" else read_sft
     raw_rows = reader(data)  # a malformed file fails here, before a model is loaded or a manifest written
     stage = rundir.begin(STAGE, config, [data], OUTPUTS, force)
     threads = prepare_process(cfg.threads, cfg.seed)

@@ -1,0 +1,105 @@
+"""One persona reply, scored: is it faithful to its speaker's persona, grounded in it, and well formed?
+
+A shared piece below the stages: generate's turn-level selection (`generate.turn_candidates`) keeps
+the best of k sampled replies with it, and the critic (or any stage) can score a single reply the
+same way.
+
+- contradiction: the largest NLI contradiction probability of the reply against any sentence of its
+  speaker's persona (premise = sentence, hypothesis = reply, the critic's direction);
+- grounding: the largest entailment probability over the same sentences;
+- form: None when fine, else why not: "empty", "copy" (the same words as the previous turn or one of
+  the speaker's own earlier turns), "too_long" (more than `max_words` words).
+
+The preferred reply is not empty, passes both filters (form fine, contradiction not above the
+threshold), then has the highest grounding, then the lowest contradiction, then the lowest index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .nli.labels import CONTRADICTION, ENTAILMENT
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply to score: its speaker's persona, its text, and the turns before it (oldest first)."""
+
+    persona: Sequence[str]
+    text: str
+    earlier: Sequence[str] = ()        # the speaker's own earlier turns
+    previous: str | None = None        # the turn just before (the other user's)
+
+
+@dataclass(frozen=True)
+class ReplyScore:
+    contradiction: float
+    grounding: float
+    form: str | None = None
+
+    def acceptable(self, threshold: float) -> bool:
+        return self.form is None and self.contradiction <= threshold
+
+
+class RememberingNLI:
+    """An NLI model that judges each distinct (premise, hypothesis) pair once and remembers the rows."""
+
+    def __init__(self, model):
+        self.model = model
+        self.rows: dict[tuple[str, str], np.ndarray] = {}
+
+    def predict(self, pairs: Sequence[tuple[str, str]], progress=None) -> np.ndarray:
+        missing = [p for p in dict.fromkeys(map(tuple, pairs)) if p not in self.rows]
+        if missing:
+            self.rows.update(zip(missing, self.model.predict(missing)))
+        if not pairs:
+            return np.zeros((0, 3), dtype=np.float32)
+        return np.stack([self.rows[tuple(p)] for p in pairs]).astype(np.float32)
+
+    def describe(self) -> str:
+        return self.model.describe()
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def form_problem(reply: Reply, max_words: int) -> str | None:
+    """Why the reply's form is unacceptable, or None."""
+    words = _norm(reply.text)
+    if not words:
+        return "empty"
+    if words in {_norm(t) for t in [*reply.earlier, *([reply.previous] if reply.previous else [])]}:
+        return "copy"
+    if len(words.split()) > max_words:
+        return "too_long"
+    return None
+
+
+def score_replies(replies: Sequence[Reply], nli, max_words: int) -> tuple[list[ReplyScore], int]:
+    """Scores for every reply, with one NLI batch in which each distinct (sentence, reply) pair is
+    judged once; returns (scores, the number of distinct pairs judged)."""
+    pairs = {(sentence, r.text): None for r in replies if r.text.strip() for sentence in r.persona}
+    judged = dict(zip(pairs, nli.predict(list(pairs)))) if pairs else {}
+    scores = []
+    for reply in replies:
+        rows = [judged[(s, reply.text)] for s in reply.persona if (s, reply.text) in judged]
+        probs = np.array(rows, dtype=np.float32).reshape(-1, 3)
+        scores.append(ReplyScore(contradiction=round(float(probs[:, CONTRADICTION].max(initial=0.0)), 4),
+                                 grounding=round(float(probs[:, ENTAILMENT].max(initial=0.0)), 4),
+                                 form=form_problem(reply, max_words)))
+    return scores, len(pairs)
+
+
+def preferred(scores: Sequence[ReplyScore], threshold: float) -> int:
+    """The index of the reply to keep (see the module docstring for the order)."""
+    def key(i: int):
+        s = scores[i]
+        return (s.form != "empty", s.acceptable(threshold), s.contradiction <= threshold, s.form is None,
+                s.grounding, -s.contradiction, -i)
+
+    return max(range(len(scores)), key=key)
