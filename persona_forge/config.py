@@ -807,13 +807,13 @@ class ExecutorConfig(Section):
     over a Ray cluster (`pip install persona_forge[ray]`). Request-bound work (generation, the judge)
     always runs on the chat backend's own concurrency."""
 
-    kind: Literal["local", "ray"] = Field("local", description="local: in this process (no Ray needed); ray: Ray "
-                                                               "Data map_batches over actors that load the model once.")
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process (no Ray needed); ray: a "
+                                                               "pool of actors that load the model once per run.")
     address: str | None = Field(None, description="ray: the cluster to join (e.g. ray://head:10001 or auto); default: "
                                                   "$RAY_ADDRESS, else a local Ray started for this run.")
     actors: int = Field(2, ge=1, description="ray: actors per model (each holds one copy of the model).")
     cpus_per_actor: float = Field(1.0, gt=0, description="ray: CPUs each actor reserves (and its torch threads).")
-    batch_size: int = Field(1024, ge=1, description="ray: items per map_batches block sent to an actor.")
+    batch_size: int = Field(1024, ge=1, description="ray: items per chunk sent to an actor.")
     object_store_mb: int = Field(384, ge=64, description="ray: object store of a locally started Ray, in MB "
                                                          "(small machines need little: only texts and scores move).")
 

@@ -193,6 +193,34 @@ def _Square():
     return lambda items: [i * i for i in items]
 
 
+@dataclasses.dataclass(frozen=True)
+class CountsBuilds:
+    """A worker factory that leaves one file in `folder` per worker it builds (per model load)."""
+
+    folder: str
+
+    def __call__(self):
+        import tempfile
+
+        fd, _ = tempfile.mkstemp(dir=self.folder)
+        os.close(fd)
+        return lambda items: [i + 1 for i in items]
+
+
+@needs_ray
+@pytest.mark.ray
+def test_the_actors_build_their_worker_once_across_calls_and_another_worker_replaces_them(cluster, tmp_path):
+    executor = ray_executor()
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    for _ in range(3):  # the critic calls once per chunk of pairs: the model must not load each time
+        assert executor.map_batches(list(range(10)), CountsBuilds(str(first)), batch_size=2) == list(range(1, 11))
+    assert len(list(first.iterdir())) == 2  # two actors, each built once over three calls
+    # another worker (the encoder after the NLI): the old pool is retired, or its CPUs would starve the new one
+    assert executor.map_batches(list(range(4)), CountsBuilds(str(second)), batch_size=2) == [1, 2, 3, 4]
+    assert len(list(second.iterdir())) == 2
+
+
 @needs_ray
 @pytest.mark.ray
 def test_a_generate_run_with_an_nli_actor_killed_writes_every_record_once(cluster, tiny_nli, tmp_path,

@@ -1,9 +1,15 @@
-"""Ray: Ray Data `map_batches` over a pool of actors, each loading its model once.
+"""Ray: a pool of actors that each load their model once and keep it for the whole run.
 
-The driver cuts the work into chunks, Ray Data hands each chunk to an actor (a callable class;
-an ActorPoolStrategy of executor.actors) and the driver puts the results back in input order. Workers only
-compute: the driver alone writes the run directory, so a worker killed mid-chunk is restarted and
-its chunk retried by Ray (Ray Data's actors: max_restarts / max_task_retries -1) without a record written twice.
+The driver cuts the work into chunks, hands them to the actor pool (ray.util.ActorPool, results in
+input order) and puts the results back in input order. Workers only compute: the driver alone
+writes the run directory, so a worker killed mid-chunk is restarted and its chunk retried by Ray
+(actors with max_restarts / max_task_retries -1) without a record written twice.
+
+The pool outlives the call: the critic calls the NLI once per chunk of pairs, and a pool per call
+(Ray Data's ActorPoolStrategy, the first version of this module) paid for starting the actors and
+loading the model in each on every call, about 22 s on a 2-core machine. One pool is kept alive at
+a time: a call for another model (the encoder after the NLI) retires the previous pool first, so its
+CPUs are free for the new actors on a small cluster.
 
 Cluster: `executor.address`, else $RAY_ADDRESS, else a Ray started here with a small object store.
 NLI chunks are cut from the pairs sorted by token length, in multiples of nli.batch_size, so every
@@ -14,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,26 +32,28 @@ from ..nli.base import Pair, _text
 from .base import EncodeWorker, Executor, ExecutorNLI, NLIWorker, Worker, stack
 
 INSTALL_HINT = "executor ray needs `pip install persona_forge[ray]`"
+# The one live actor pool of this process, shared by every RayExecutor in it (two pools would each
+# hold CPUs the other's actors wait for on a small cluster): (key, actors).
+_POOL: dict[str, Any] = {}
 
 
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401 - the [data] extra
+        import ray.util  # noqa: F401 - ActorPool
     except ImportError as exc:
         raise UserError(f"{INSTALL_HINT} ({exc}); or set executor.kind: local") from None
     return ray
 
 
 class _ChunkActor:
-    """A Ray Data callable class: built once per actor (loads the model), then one chunk per call."""
+    """One Ray actor: builds its worker once (loads the model), then maps one chunk per call."""
 
     def __init__(self, make_worker: Callable[[], Worker]):
         self.worker = make_worker()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = [pickle.dumps(_as_rows(self.worker(pickle.loads(blob)))) for blob in batch["chunk"]]
-        return {"i": batch["i"], "out": np.array(out, dtype=object)}
+    def run(self, chunk: list) -> Any:
+        return _as_rows(self.worker(chunk))
 
 
 def _as_rows(result: Any) -> Any:
@@ -79,12 +86,6 @@ class RayExecutor(Executor):
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UserError(f"executor ray: could not start or join {where} ({first}); check RAY_ADDRESS / "
                                 f"executor.address (`ray status` there), or set executor.kind: local") from None
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = ui.verbosity() > 0
-        ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING if ui.verbosity() <= 0 else logging.INFO)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "address": self.address or "local", "actors": self.config.actors,
@@ -96,21 +97,37 @@ class RayExecutor(Executor):
         """worker(chunk) for every chunk on the actor pool; one result per chunk, in order."""
         if not chunks:
             return []
-        ray = self.ray
-        rows = [{"i": k, "chunk": pickle.dumps(chunk)} for k, chunk in enumerate(chunks)]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        out = ds.map_batches(_ChunkActor, fn_constructor_args=(make_worker,), batch_size=1, batch_format="numpy",
-                             compute=ray.data.ActorPoolStrategy(size=min(self.config.actors, len(chunks))),
-                             num_cpus=self.config.cpus_per_actor)
-        # Ray Data gives its actors max_restarts=-1 and max_task_retries=-1: a dead actor is
-        # restarted and its chunk retried (tests/test_executor_ray.py kills one).
-        results: dict[int, Any] = {}
-        for row in out.iter_rows():
-            results[int(row["i"])] = pickle.loads(row["out"])
-        missing = [k for k in range(len(chunks)) if k not in results]
-        if missing:  # Ray Data retries failed chunks; a chunk lost anyway must not pass silently
-            raise RuntimeError(f"ray executor: {len(missing)} chunk(s) came back without a result")
-        return [results[k] for k in range(len(chunks))]
+        from ray.util import ActorPool
+
+        actors = self._actors(make_worker, min(self.config.actors, len(chunks)))
+        # Actors are made with max_restarts=-1 and max_task_retries=-1: a dead actor is restarted
+        # (its worker rebuilt) and its chunk retried (tests/test_executor_ray.py kills one).
+        return list(ActorPool(actors).map(lambda actor, chunk: actor.run.remote(chunk), chunks))
+
+    def _actors(self, make_worker: Callable[[], Worker], n: int) -> list:
+        """n live actors holding make_worker's worker: the kept pool when it holds the same worker
+        and is large enough, else a new pool (the old one retired first, freeing its CPUs)."""
+        from ray import cloudpickle
+
+        # The job id: a pool from an earlier ray.init of this process is gone with it.
+        key = cloudpickle.dumps((make_worker, self.config.cpus_per_actor, self.ray.get_runtime_context().get_job_id()))
+        if _POOL.get("key") == key and len(_POOL["actors"]) >= n:
+            return _POOL["actors"][:n]
+        self.close()
+        remote = self.ray.remote(num_cpus=self.config.cpus_per_actor, max_restarts=-1,
+                                 max_task_retries=-1)(_ChunkActor)
+        actors = [remote.remote(make_worker) for _ in range(max(n, self.config.actors))]
+        _POOL.update(key=key, actors=actors)
+        return actors[:n]
+
+    def close(self) -> None:
+        """Retire the live actor pool (its models and CPUs)."""
+        for actor in _POOL.get("actors", []):
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001 - Ray already shut down: nothing left to free
+                pass
+        _POOL.clear()
 
     def map_batches(self, items: Sequence[Any], make_worker: Callable[[], Worker], batch_size: int) -> list:
         chunks = [list(items[s:s + batch_size]) for s in range(0, len(items), batch_size)]
