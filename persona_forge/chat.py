@@ -5,6 +5,10 @@ system prompt, you as `user`, its own earlier replies as `assistant`. With --bas
 answers every message too (the adapter switched off), so the two can be compared side by side; the
 conversation goes on with the trained model's reply.
 
+Against a served endpoint (backend.kind openai, or --endpoint URL: forge serve, vLLM, any
+OpenAI-compatible server) each reply is one chat-completions request with those same messages,
+`model` naming the served persona adapter (EndpointChat); --base asks the adapter's base model too.
+
 With --user the model also remembers who it is talking to (persona_forge.memory): before each
 reply the user's facts (all of them, or the ones relevant to the message) go into a memory block
 of the system prompt; after it, what the message says about the user is remembered.
@@ -21,8 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import layout
-from .config import BackendConfig
-from .errors import UserError
+from .config import BackendConfig, redact_url
+from .errors import BackendUnavailable, UserError
 from .schema import Turn
 
 YOU, BOT = "user1", "user2"
@@ -97,6 +101,57 @@ class ChatModel:
         if self.tokenizer.eos_token_id in ids:
             ids = ids[: ids.index(self.tokenizer.eos_token_id)]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+# forge serve names its base model after the model spec; this is its default (docs/serve.md).
+SERVED_BASE_DEFAULT = "packaged:smollm2-135m-instruct"
+
+
+def served_base(config: BackendConfig, model: str, fallback: str) -> str:
+    """The base model the endpoint serves adapter `model` on: its `parent` in GET /v1/models (forge serve
+    and vLLM list one for every adapter), else `fallback` when the endpoint lists none."""
+    from .backends.openai_compat import served_models
+
+    listed = {m.get("id"): m for m in served_models(config) or []}
+    entry = listed.get(model)
+    if entry is not None and "parent" in entry:
+        if not entry["parent"]:
+            raise UserError(f"--base: '{model}' is the endpoint's base model itself; --base compares an adapter's "
+                            f"reply with it: give --model ADAPTER (one of: "
+                            f"{', '.join(sorted(n for n, m in listed.items() if m.get('parent'))) or 'none served'})")
+        return str(entry["parent"])
+    if fallback == model:
+        raise UserError(f"--base: the endpoint names no base model for '{model}' (no parent in GET /v1/models); "
+                        f"set serve.served_model_name to the base model's served name")
+    return fallback
+
+
+class EndpointChat:
+    """Replies from a served endpoint through the openai backend: one chat-completions request per
+    reply, `model` naming the served persona adapter and `base_model` the model --base asks too.
+    `has_adapter`: `model` is an adapter (its replies are labelled tuned, as the local path does)."""
+
+    def __init__(self, config: BackendConfig, model: str, base_model: str | None = None, seed: int | None = None,
+                 has_adapter: bool = True):
+        from .backends import build_backend
+
+        self.where = redact_url(config.base_url) or "the OpenAI API"
+        self.seed = seed
+        self.backend = build_backend(config.model_copy(update={"model": model}), progress=False)
+        self.base_backend = (build_backend(config.model_copy(update={"model": base_model}), progress=False)
+                             if base_model else None)
+        self.has_adapter = has_adapter
+
+    def reply(self, messages: list[dict[str, str]], base: bool = False) -> str:
+        from .backends import ChatRequest
+
+        backend = self.base_backend if base and self.base_backend is not None else self.backend
+        # Sampling (max_tokens, temperature, top_p) is filled in from backend.sampling.
+        [completion] = backend.complete_sync([ChatRequest.of(messages, seed=self.seed)])
+        if not completion.ok:
+            raise BackendUnavailable(f"{self.where}: no reply from model '{backend.model}' ({completion.error}); "
+                                     f"check that the server is up and serves that name (GET /v1/models)")
+        return (completion.text or "").strip()
 
 
 def user_memory(recipe: Any, user: str, mode: str | None, tokenizer: Any = None):

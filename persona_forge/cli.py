@@ -46,7 +46,8 @@ class Context:
 
 # Flags whose name is not the config key's last part with dashes (curate.n -> --n).
 _FLAG_NAMES = {"complete.json_replies": "--json", "generate.critic.judge": "--no-judge", "train.method": "--dpo",
-               "eval.sample": "--sample/--greedy", "personas.seeds": "--seeds", "personas.expand": "--expand"}
+               "eval.sample": "--sample/--greedy", "personas.seeds": "--seeds", "personas.expand": "--expand",
+               "backend.base_url": "--endpoint"}
 
 
 def _flag_name(dotted: str) -> str:
@@ -450,38 +451,63 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
               help="A LoRA adapter folder from forge train (default: the base model alone).")
 @click.option("--base", "compare_base", is_flag=True, help="Also show the base model's reply to each message.")
 @click.option("--model", default=None, help="Base model (default: the one the adapter was trained on, as its "
-                                            "train.manifest.json says; else train.model or backend.model).")
+                                            "train.manifest.json says; else train.model or backend.model). "
+                                            "Against an endpoint: the served name, e.g. the adapter's "
+                                            "(default backend.model).")
+@click.option("--endpoint", default=None, metavar="URL",
+              help="Talk to a served model (forge serve, vLLM, any OpenAI-compatible endpoint) instead of "
+                   "loading one: backend.kind=openai with backend.base_url=URL. A recipe whose backend is "
+                   "openai does the same.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--user", default=None, help="Remember this user across chats (their facts in the memory dir).")
 @click.option("--memory", "memory_mode", type=click.Choice(["off", "block", "retrieve"]), default=None,
               help="With --user: no memory block, all facts, or the top-k relevant (default: memory.mode).")
 @click.pass_obj
 def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path: Path | None,
-         compare_base: bool, model: str | None, seed: int, user: str | None, memory_mode: str | None) -> None:
+         compare_base: bool, model: str | None, endpoint: str | None, seed: int, user: str | None,
+         memory_mode: str | None) -> None:
     """Chat with the trained persona model in the terminal; /reset starts over, /quit stops.
 
     Reads stdin when it is not a terminal, one message a line. Sampling follows backend.sampling.
+    Against an endpoint (--endpoint URL, or backend.kind openai) --model names the served adapter.
 
     Example: forge chat --adapter runs/quickstart/train/sft/adapter --persona me.txt --user alice
     """
-    import torch
-
     from . import chat as chat_mod
+    from .config import redact_url
 
-    if compare_base and adapter_path is None:
+    recipe = _context(obj, sub_recipe).recipe(writes=False, **{
+        "backend.kind": "openai" if endpoint else None, "backend.base_url": endpoint})
+    served = recipe.backend.kind == "openai"
+    if served and adapter_path is not None:
+        raise UserError(f"--adapter {adapter_path}: the endpoint holds the adapters, chat cannot load a folder "
+                        f"into it; use --model NAME instead (the adapter's served name, see GET /v1/models)")
+    if compare_base and adapter_path is None and not served:
         raise UserError("--base shows the base model beside the adapter's reply; give --adapter DIR too")
-    recipe = _context(obj, sub_recipe).recipe(writes=False)
     persona = limits.check_persona(chat_mod.read_persona(limits.check_file_size(persona_path, "--persona")),
                                    persona_path)
-    # The model an adapter was trained on: train.model, else the local backend's model.
-    local_default = recipe.backend.model if recipe.backend.kind == "local" else "packaged:smollm2-135m-instruct"
-    spec = model or chat_mod.trained_base(adapter_path) or recipe.train.model or local_default
     interactive = sys.stdin.isatty()
     if memory_mode is not None and user is None:
         raise UserError("--memory needs --user ID: the user whose memory to use")
-    chat_model = chat_mod.ChatModel(spec, adapter_path, recipe.backend, progress=ui.verbosity() >= 0)
-    memory = chat_mod.user_memory(recipe, user, memory_mode, chat_model.tokenizer) if user else None
-    torch.manual_seed(seed)
+    if served:
+        name = model or recipe.backend.model
+        fallback = recipe.serve.served_model_name or recipe.serve.model or chat_mod.SERVED_BASE_DEFAULT
+        base_name = chat_mod.served_base(recipe.backend, name, fallback) if compare_base else None
+        chat_model = chat_mod.EndpointChat(recipe.backend, name, base_name, seed,
+                                           has_adapter=name != (base_name or fallback))
+        tokenizer = None
+        if interactive:
+            ui.info(f"endpoint: {redact_url(recipe.backend.base_url) or 'the OpenAI API'}, model: {name}")
+    else:
+        import torch
+
+        # The model an adapter was trained on: train.model, else the local backend's model.
+        local_default = recipe.backend.model if recipe.backend.kind == "local" else "packaged:smollm2-135m-instruct"
+        spec = model or chat_mod.trained_base(adapter_path) or recipe.train.model or local_default
+        chat_model = chat_mod.ChatModel(spec, adapter_path, recipe.backend, progress=ui.verbosity() >= 0)
+        tokenizer = chat_model.tokenizer
+        torch.manual_seed(seed)
+    memory = chat_mod.user_memory(recipe, user, memory_mode, tokenizer) if user else None
     if interactive:
         ui.info(f"persona: {' '.join(persona)}\n/reset starts over, /quit stops")
     chat_mod.converse(persona, chat_model.reply, compare_base, chat_mod.stdin_lines(interactive), sys.stdout,

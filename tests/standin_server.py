@@ -43,8 +43,9 @@ job one step along validating_files -> queued -> running -> succeeded (fine_tune
 "ft:MODEL:standin:SUFFIX:ID"); a base model whose name contains "fail" ends "failed" instead.
 
 --latency-ms delays every chat answer; GET /stats returns counters (by path, by behaviour,
-arrival times per prompt, the most requests in flight at once, every Authorization header
-seen); POST /control resets them and sets `script`, `latency_ms`, `default`, `api_key`, `models`
+arrival times per prompt, the last 64 chat requests as sent, the most requests in flight at once, every
+Authorization header seen); POST /control resets them and sets `script`, `latency_ms`, `default`,
+`api_key`, `models`, `parents` (the `parent` /v1/models lists for a model)
 (those not given go back to how the server was started), and `formats`: the response_format
 types it accepts (others get 400, as servers without structured outputs answer; default all), so
 one process can serve a test module.
@@ -65,11 +66,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
 HOST = "127.0.0.1"
+RECENT_KEPT = 64
 _FAULT_OPEN = "[[fault:"
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -85,8 +87,11 @@ _ERROR_MESSAGES = {400: "This model's maximum context length is 8192 tokens.",
 class Settings:
     def __init__(self, latency_ms: float = 0.0, default: str = "ok", script: list[str] | None = None,
                  api_key: str | None = None, models: list[str] | None = None,
-                 formats: list[str] | None = None):
+                 formats: list[str] | None = None, parents: dict[str, str | None] | None = None):
         self.formats = formats
+        # GET /v1/models lists `parent` for these models (as forge serve and vLLM do: the base model's
+        # name for an adapter, null for the base itself); others are listed without it.
+        self.parents = dict(parents or {})
         self.latency_s = latency_ms / 1000
         self.default = default
         self.script = list(script or [])
@@ -118,6 +123,8 @@ class Stats:
         # First user message -> arrival times (seconds since reset): how often, and when, each
         # prompt was attempted.
         self.arrivals: dict[str, list[float]] = {}
+        # The last chat requests as sent (model, messages, sampling), oldest first: what a test asserts on.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_KEPT)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -127,7 +134,7 @@ class Stats:
             "by_model": dict(self.by_model), "authorization": dict(self.authorization),
             "json_mode": self.json_mode, "json_schema": self.json_schema, "logprobs": self.logprobs,
             "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
-            "arrivals": self.arrivals,
+            "arrivals": self.arrivals, "recent": list(self.recent),
             "handling_ms": round(self.handling_s / max(1, self.by_path["POST /v1/chat/completions"]) * 1000, 3),
             "turnaround_ms": round(self.turnaround_s / max(1, self.turnarounds) * 1000, 3),
             "cpu_s": round(time.process_time() - self.cpu_started, 4),
@@ -217,7 +224,9 @@ class StandinServer:
             await self.send(writer, 401, _error_body(401, f"Incorrect API key provided: {presented}."))
             return True
         if path == "/v1/models" and method == "GET":
-            models = [{"id": m, "object": "model", "owned_by": "standin"} for m in self.settings.models]
+            parents = self.settings.parents
+            models = [{"id": m, "object": "model", "owned_by": "standin"} | (
+                {"parent": parents[m]} if m in parents else {}) for m in self.settings.models]
             await self.send(writer, 200, json.dumps({"object": "list", "data": models}).encode())
             return True
         if path == "/v1/chat/completions" and method == "POST":
@@ -335,6 +344,8 @@ class StandinServer:
         stats.arrivals.setdefault(first_user[:200], []).append(round(time.monotonic() - stats.started, 4))
         model = request.get("model", "")
         stats.by_model[model] += 1
+        stats.recent.append({"model": model, "messages": messages,
+                             **{k: request[k] for k in ("seed", "temperature", "top_p", "max_tokens") if k in request}})
         response_format = request.get("response_format") or {}
         format_type = response_format.get("type")
         wants_json = format_type in ("json_object", "json_schema")
@@ -647,7 +658,7 @@ class Standin:
             return json.loads(response.read())
 
     def reset(self, **options: Any) -> None:
-        """Zero the counters; options (script, latency_ms, default, api_key, models) apply from now."""
+        """Zero the counters; options (script, latency_ms, default, api_key, models, parents) apply from now."""
         request = urllib.request.Request(f"{self.root}/control", data=json.dumps(options).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
         with self._opener.open(request, timeout=10) as response:

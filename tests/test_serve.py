@@ -344,6 +344,34 @@ def test_openai_backend_through_the_server_matches_the_local_backend(served, tin
         assert got == expected, adapter
 
 
+def test_forge_chat_through_the_server_matches_chat_in_process(served, tiny, tmp_path):
+    """forge chat --endpoint --model bob --base: the adapter's and the base model's greedy replies are
+    what forge chat gives with the adapter folder in-process (the base's name from GET /v1/models)."""
+    import re
+    from io import StringIO
+
+    from conftest import run_forge
+    from persona_forge.chat import ChatModel, converse
+    from persona_forge.config import BackendConfig
+
+    persona = tmp_path / "me.txt"
+    persona.write_text("I have two dogs.\n")
+    lines = ["hello there", "what do you like to do on weekends?"]
+    result = run_forge("--set", "backend.sampling.temperature=0", "--set", "backend.sampling.max_tokens=16",
+                       "--set", "backend.api_key_env=PF_TEST_NO_KEY", "chat", "--endpoint", served.url,
+                       "--persona", str(persona), "--model", "bob", "--base", input="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    local = ChatModel(str(tiny["base"]), tiny["adapters"]["bob"],
+                      BackendConfig(threads=1, sampling={"temperature": 0, "max_tokens": 16}), progress=False)
+    out = StringIO()
+    converse(["I have two dogs."], local.reply, True, lines, out, False, True)
+    assert result.stdout == out.getvalue()
+    # The tiny random model's replies may hold newlines: a reply runs to the next label.
+    shown = re.findall(r"^(tuned|base)> (.*?)(?=^(?:tuned|base)> |\Z)", result.stdout, re.S | re.M)
+    assert [label for label, _ in shown] == ["tuned", "base", "tuned", "base"]
+    assert shown[0][1] != shown[1][1]  # the base request reached the base model
+
+
 def test_adapters_from_options_and_folder(tiny, tmp_path):
     from persona_forge.serve.registry import adapters_from
 

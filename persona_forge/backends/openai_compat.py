@@ -388,3 +388,32 @@ def _retry_after(headers: Any) -> float | None:
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def served_models(config: BackendConfig) -> list[dict[str, Any]] | None:
+    """The endpoint's GET /v1/models list (forge serve and vLLM give each LoRA adapter its `parent`, the
+    base model's name), or None when it has no such route or answers something else. An endpoint that
+    cannot be reached, or refuses the key, is BackendUnavailable (one line)."""
+    import urllib.error
+    import urllib.request
+
+    base = _without_userinfo(config.base_url) or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    where = redact_url(config.base_url) or "the OpenAI API"
+    request = urllib.request.Request(base.rstrip("/") + "/models", headers={
+        "Authorization": f"Bearer {read_key(config)}", "Accept": "application/json", "User-Agent": "persona-forge"})
+    try:
+        with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            hint = f"check the key in ${config.api_key_env}"
+            raise BackendUnavailable(f"{where}: {FATAL_STATUS[exc.code]} (HTTP {exc.code} on GET /models); {hint}") from None
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise BackendUnavailable(f"cannot reach {where} (connection failed: {_short(str(reason))}); check "
+                                 f"backend.base_url and that the server is running") from None
+    except ValueError:  # not JSON
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else None
