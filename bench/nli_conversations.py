@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from persona_forge.config import CriticConfig  # noqa: E402
 from persona_forge.nli.base import CrossEncoderNLI  # noqa: E402
 from persona_forge.nli.labels import CONTRADICTION, ENTAILMENT  # noqa: E402
+from persona_forge.replyscore import RememberingNLI  # noqa: E402
 from persona_forge.nli.data import load_spc  # noqa: E402
 from persona_forge.nli.train import ensure_embedded  # noqa: E402
 from persona_forge.schema import Turn  # noqa: E402
@@ -77,23 +78,9 @@ def covered_share(cands: list[Candidate], model, cfg: CriticConfig) -> float:
     return hit / total if total else 0.0
 
 
-class Remembered:
-    """The model with every pair's probabilities kept: the critic, the coverage count and the
-    injected figures ask about the same pairs, and each is judged once."""
-
-    def __init__(self, model):
-        self.model, self.seen = model, {}
-
-    def predict(self, pairs):
-        new = list(dict.fromkeys(p for p in pairs if p not in self.seen))
-        if new:
-            self.seen.update(zip(new, self.model.predict(new)))
-        return np.array([self.seen[p] for p in pairs]).reshape(len(pairs), 3)
-
-
 def measure(model, conversations: list[dict], cfg: CriticConfig, with_injected: bool) -> dict:
     started = time.time()
-    model = Remembered(model)
+    model = RememberingNLI(model)  # the critic, coverage and injected figures share pairs: each judged once
     real = candidates(conversations)
     changed = injected(conversations) if with_injected else []
     critic.score_faithfulness(real + [c for c, _, _ in changed], model, cfg)
