@@ -10,6 +10,8 @@ critic's thresholds, alarms the persona itself explains set aside). Prints:
 - caught: one utterance per conversation replaced by a hand-written contradiction of its speaker's
   persona (corpora/nli/spc_test_injected.jsonl): the share of those conversations the critic then
   rejects, and the share whose injected utterance itself is above the contradiction threshold.
+Every figure comes twice: with the critic's alarms judged on whole utterances, and confirmed
+sentence by sentence (critic.by_sentence, the default: replyscore.confirm_by_sentence).
 With --compare FOLDER, the same figures for another model folder (e.g. an older build in the
 cache). --split train measures on train conversations instead (for tuning; never tune on test).
 
@@ -80,7 +82,8 @@ def covered_share(cands: list[Candidate], model, cfg: CriticConfig) -> float:
 
 def measure(model, conversations: list[dict], cfg: CriticConfig, with_injected: bool) -> dict:
     started = time.time()
-    model = RememberingNLI(model)  # the critic, coverage and injected figures share pairs: each judged once
+    if not isinstance(model, RememberingNLI):
+        model = RememberingNLI(model)  # the critic, coverage and injected figures share pairs: each judged once
     real = candidates(conversations)
     changed = injected(conversations) if with_injected else []
     critic.score_faithfulness(real + [c for c, _, _ in changed], model, cfg)
@@ -126,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     folders = [("new", args.model or ensure_embedded())] + ([("compare", args.compare)] if args.compare else [])
     results = {}
     for name, folder in folders:
-        model = CrossEncoderNLI(str(folder), batch_size=64, trace=True, precision="auto")
-        results[name] = {"model": Path(folder).name, **measure(model, conversations, cfg, args.split == "test")}
+        model = RememberingNLI(CrossEncoderNLI(str(folder), batch_size=64, trace=True, precision="auto"))
+        # each model under both alarm rules (critic.by_sentence), sharing one memo of judged pairs
+        for by_sentence in (False, True):
+            rule = cfg.model_copy(update={"by_sentence": by_sentence})
+            results[f"{name}, by_sentence={by_sentence}"] = {
+                "model": f"{Path(folder).name}{' /sent' if by_sentence else ''}",
+                **measure(model, conversations, rule, args.split == "test")}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

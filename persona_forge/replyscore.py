@@ -12,6 +12,9 @@ same way.
 
 The preferred reply is not empty, passes both filters (form fine, contradiction not above the
 threshold), then has the highest grounding, then the lowest contradiction, then the lowest index.
+
+`confirm_by_sentence` is the rule the critic and the turn selection share for alarms: an utterance
+of several sentences contradicts a persona sentence only when one of its own sentences does too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .nli.labels import CONTRADICTION, ENTAILMENT
+from .nli.mine import sentences
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,43 @@ def form_problem(reply: Reply, max_words: int) -> str | None:
     return None
 
 
-def score_replies(replies: Sequence[Reply], nli, max_words: int) -> tuple[list[ReplyScore], int]:
+def confirm_by_sentence(judged: dict[tuple[str, str], np.ndarray], nli, threshold: float) -> int:
+    """Lower the contradiction of every alarm (a row above `threshold`) whose utterance has several
+    sentences to the largest contradiction of one of those sentences; returns the pairs judged.
+
+    Why: the NLI reads a long chat line as a whole and calls it a contradiction of a persona
+    sentence it does not touch ("I am a morning person." vs "I'm a nurse. I work at a hospital."
+    0.88). Measured on two draws of 200 Synthetic-Persona-Chat train conversations (faithful by
+    construction), this rule cut the conversations the critic rejects from 0.20 to 0.135 and from
+    0.26 to 0.22 (bench/nli_conversations.py --split train), and kept 99.5% of rule-made
+    contradictions caught; on the chat dev set it cost 1 of 50 contradictions
+    (recall 0.72 -> 0.70) and took false alarms from 0.21 to 0.20. Only alarms are re-judged, so it
+    costs a few pairs per thousand.
+    """
+    alarms = {pair: sentences(pair[1]) for pair, row in judged.items() if row[CONTRADICTION] > threshold}
+    alarms = {pair: parts for pair, parts in alarms.items() if len(parts) > 1}
+    wanted = list({(premise, part): None for (premise, _), parts in alarms.items() for part in parts})
+    if not wanted:
+        return 0
+    rows = dict(zip(wanted, nli.predict(wanted)))
+    for (premise, text), parts in alarms.items():
+        worst = max(float(rows[(premise, part)][CONTRADICTION]) for part in parts)
+        row = np.array(judged[(premise, text)], dtype=np.float32)
+        if worst < row[CONTRADICTION]:
+            row[CONTRADICTION] = worst
+            row[1] = max(0.0, 1.0 - row[CONTRADICTION] - row[ENTAILMENT])
+            judged[(premise, text)] = row
+    return len(wanted)
+
+
+def score_replies(replies: Sequence[Reply], nli, max_words: int,
+                  threshold: float | None = None) -> tuple[list[ReplyScore], int]:
     """Scores for every reply, with one NLI batch in which each distinct (sentence, reply) pair is
-    judged once; returns (scores, the number of distinct pairs judged)."""
+    judged once (and, given the contradiction `threshold`, alarms confirmed sentence by sentence);
+    returns (scores, the number of distinct pairs judged)."""
     pairs = {(sentence, r.text): None for r in replies if r.text.strip() for sentence in r.persona}
     judged = dict(zip(pairs, nli.predict(list(pairs)))) if pairs else {}
+    extra = confirm_by_sentence(judged, nli, threshold) if threshold is not None else 0
     scores = []
     for reply in replies:
         rows = [judged[(s, reply.text)] for s in reply.persona if (s, reply.text) in judged]
@@ -92,7 +128,7 @@ def score_replies(replies: Sequence[Reply], nli, max_words: int) -> tuple[list[R
         scores.append(ReplyScore(contradiction=round(float(probs[:, CONTRADICTION].max(initial=0.0)), 4),
                                  grounding=round(float(probs[:, ENTAILMENT].max(initial=0.0)), 4),
                                  form=form_problem(reply, max_words)))
-    return scores, len(pairs)
+    return scores, len(pairs) + extra
 
 
 def preferred(scores: Sequence[ReplyScore], threshold: float) -> int:

@@ -61,7 +61,8 @@ def test_faithfulness_checks_each_utterance_against_its_own_speaker_only():
                    ("user1", "Ohio is home."), ("user2", "Jazz!")])
     nli = KeywordNLI()
     counts = critic.score_faithfulness([c], nli, CriticConfig())
-    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0, "nli_pairs_judged": 8, "persona_pairs_judged": 0}
+    assert counts == {"nli_pairs": 8, "nli_pairs_skipped": 0, "nli_pairs_judged": 8, "persona_pairs_judged": 0,
+                      "sentence_pairs_judged": 0}
     # user2's "no dogs" is not checked against Alice's dogs: only user1's first line contradicts
     assert c.scores["contradiction"] == 0.9 and c.scores["contradicted"] == 1.0
     # Alice: Ohio covered, dogs not (1/2); Bob: nurse and jazz covered (2/2)
@@ -77,7 +78,7 @@ def test_prefilter_skips_unrelated_pairs_as_neutral():
 
     counts = critic.score_faithfulness([c], KeywordNLI(), CriticConfig(prefilter=0.5), embed)
     assert counts == {"nli_pairs": 3, "nli_pairs_skipped": 1, "nli_pairs_judged": 3,
-                      "persona_pairs_judged": 0}  # only user1's line vs
+                      "persona_pairs_judged": 0, "sentence_pairs_judged": 0}  # only user1's line vs
     # "I live in Ohio." skipped
     assert c.scores["contradicted"] == 1.0
 
@@ -93,7 +94,8 @@ def test_each_distinct_pair_is_judged_once_and_its_scores_reach_every_candidate(
     nli = Recording()
     counts = critic.score_faithfulness([first, second], nli, CriticConfig())
     # 2 attributes x (2 user1 lines) + 2 x 1 user2 line per candidate; the greetings repeat
-    assert counts == {"nli_pairs": 12, "nli_pairs_skipped": 0, "nli_pairs_judged": 8, "persona_pairs_judged": 0}
+    assert counts == {"nli_pairs": 12, "nli_pairs_skipped": 0, "nli_pairs_judged": 8, "persona_pairs_judged": 0,
+                      "sentence_pairs_judged": 0}
     assert len(nli.seen) == len(set(nli.seen)) == 8
     assert first.scores["contradicted"] == 1.0 and second.scores["contradicted"] == 0.0
     assert first.scores["coverage"] == 0.0 and second.scores["coverage"] == 0.25  # Ohio: half of Alice
@@ -132,6 +134,38 @@ def test_an_alarm_the_persona_itself_explains_is_not_held_against_the_conversati
         assert "not counted" in c.reasons["persona_conflict"] and "contradiction" not in c.reasons
     else:
         assert "persona_conflicts" not in c.scores and line in c.reasons["contradiction"]
+
+
+@pytest.mark.parametrize("second_sentence, by_sentence, contradicted, sentence_pairs",
+                         [("I work at a hospital.", True, 0.0, 2),   # neither sentence contradicts: not counted
+                          ("I hate dogs.", True, 1.0, 2),            # one sentence does: the alarm stands
+                          ("I work at a hospital.", False, 1.0, 0)])  # the rule off: the whole line decides
+def test_an_alarm_on_a_line_of_several_sentences_needs_one_of_them_to_contradict(second_sentence, by_sentence,
+                                                                                 contradicted, sentence_pairs):
+    line = "I'm a nurse. " + second_sentence
+    table = {("I have two dogs.", line): "C", ("I have two dogs.", "I hate dogs."): "C"}
+    nli = TableNLI(table)
+    c = candidate([("user1", line)])
+    counts = critic.score_faithfulness([c], nli, CriticConfig(by_sentence=by_sentence))
+    assert counts["sentence_pairs_judged"] == sentence_pairs
+    if sentence_pairs:
+        assert sorted(nli.seen[1]) == sorted([("I have two dogs.", "I'm a nurse."),
+                                              ("I have two dogs.", second_sentence)])
+    assert c.scores["contradicted"] == contradicted
+    assert (c.scores["contradiction"] > 0.8) == bool(contradicted)
+
+
+def test_turn_selection_confirms_alarms_sentence_by_sentence():
+    from persona_forge import replyscore
+
+    long_line = "I'm a nurse. I work nights."
+    nli = TableNLI({("I have two dogs.", long_line): "C", ("I have two dogs.", "No dogs for me."): "C"})
+    replies = [replyscore.Reply(["I have two dogs."], long_line), replyscore.Reply(["I have two dogs."], "No dogs for me.")]
+    unchecked, _ = replyscore.score_replies(replies, nli, 40)
+    checked, judged = replyscore.score_replies(replies, TableNLI(nli.table), 40, threshold=0.8)
+    assert [s.contradiction for s in unchecked] == [0.9, 0.9]
+    assert checked[0].contradiction == 0.05 and checked[1].contradiction == 0.9  # the one-sentence line is not split
+    assert judged == 2 + 2 and replyscore.preferred(checked, 0.8) == 0
 
 
 def test_an_alarm_on_a_line_that_restates_nothing_needs_no_second_look():

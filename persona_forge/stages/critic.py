@@ -8,7 +8,9 @@ Experts, each score stored on the candidate:
   utterances exceed the threshold; `coverage` the share of each speaker's sentences entailed by
   something that speaker says, averaged over the two speakers. An alarm on an utterance that
   restates another of the speaker's sentences is not counted when the NLI finds those two
-  sentences at odds as well (`persona_conflicts`: the persona's conflict, not the conversation's).
+  sentences at odds as well (`persona_conflicts`: the persona's conflict, not the conversation's),
+  and an alarm on an utterance of several sentences counts only when one of its sentences
+  contradicts too (`replyscore.confirm_by_sentence`, with `by_sentence`).
 - quality (LLM judge): the rubric in prompts/generate/judge.j2, four 1-5 scores.
 - safety: the judge's "unsafe" answer, and an offline word-list backstop that works without it.
 - form: turn count, alternation, distinct bigrams, repeated turns, and the bigram overlap with the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import replyscore
 from ..config import CriticConfig
 from ..errors import UserError
 from ..nli.labels import CONTRADICTION, ENTAILMENT
@@ -85,8 +88,11 @@ def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
     # Each distinct (attribute, utterance) pair is judged once: a pair's candidates share their
     # personas, and greetings and stock replies recur across them.
     distinct = {(flat[j][3], flat[j][4]): None for j in chosen}
+    checked_by_sentence = 0
     if distinct:
         judged = dict(zip(distinct, nli.predict(list(distinct))))
+        if cfg.by_sentence:
+            checked_by_sentence = replyscore.confirm_by_sentence(judged, nli, cfg.contradiction)
         for j in chosen:
             probs[j] = judged[(flat[j][3], flat[j][4])]
     bounds = np.cumsum([0] + [len(pairs) for pairs in per_candidate])
@@ -100,7 +106,7 @@ def score_faithfulness(candidates: Sequence[Candidate], nli, cfg: CriticConfig,
                 excused[k] = other
         _fill_faithfulness(candidate, pairs, block, cfg, excused)
     return {"nli_pairs": int(keep.sum()), "nli_pairs_skipped": int((~keep).sum()), "nli_pairs_judged": len(distinct),
-            "persona_pairs_judged": len(persona_odds)}
+            "persona_pairs_judged": len(persona_odds), "sentence_pairs_judged": checked_by_sentence}
 
 
 def _persona_odds(alarms: list[list[tuple[int, str, str]]], nli) -> dict[tuple[str, str], float]:

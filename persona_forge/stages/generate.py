@@ -235,7 +235,8 @@ class Loop:
             for record in progress.read():
                 self.partial[record.candidate][record.step] = record
         self.failed = 0
-        self.nli_counts = {"nli_pairs": 0, "nli_pairs_skipped": 0, "nli_pairs_judged": 0, "persona_pairs_judged": 0}
+        self.nli_counts = {"nli_pairs": 0, "nli_pairs_skipped": 0, "nli_pairs_judged": 0, "persona_pairs_judged": 0,
+                           "sentence_pairs_judged": 0}
         if mode == "turns" and self.cfg.turn_candidates > 1:
             self.nli_counts["turn_selection_pairs_judged"] = 0
         self.nli_description = "not loaded (nothing to score)"
@@ -416,7 +417,8 @@ class Loop:
             earlier = [t.text for t in work.turns if t.speaker == speaker]
             previous = work.turns[-1].text if work.turns else None
             batch += [replyscore.Reply(persona, text, earlier, previous) for text in replies[work.id]]
-        scores, judged = replyscore.score_replies(batch, self._memo(), self.cfg.turn_max_words)
+        scores, judged = replyscore.score_replies(batch, self._memo(), self.cfg.turn_max_words,
+                                                   self.cfg.critic.contradiction if self.cfg.critic.by_sentence else None)
         self.nli_counts["turn_selection_pairs_judged"] += judged
         out, k = {}, self.cfg.turn_candidates
         for i, work in enumerate(works):
