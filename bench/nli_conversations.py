@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from persona_forge.config import CriticConfig  # noqa: E402
 from persona_forge.nli.base import CrossEncoderNLI  # noqa: E402
 from persona_forge.nli.labels import CONTRADICTION, ENTAILMENT  # noqa: E402
+from persona_forge import replyscore  # noqa: E402
 from persona_forge.replyscore import RememberingNLI  # noqa: E402
 from persona_forge.nli.data import load_spc  # noqa: E402
 from persona_forge.nli.train import ensure_embedded  # noqa: E402
@@ -80,6 +81,17 @@ def covered_share(cands: list[Candidate], model, cfg: CriticConfig) -> float:
     return hit / total if total else 0.0
 
 
+def injected_line_worst(changed: Candidate, utterance: str, model, cfg: CriticConfig) -> float:
+    """The injected utterance's worst contradiction against its speaker's persona, under the critic's
+    alarm rule (confirmed sentence by sentence when cfg.by_sentence)."""
+    speaker = next(t.speaker for t in changed.turns if t.text == utterance)
+    pairs = [(a, utterance) for a in changed.persona(speaker)]
+    judged = dict(zip(pairs, model.predict(pairs)))
+    if cfg.by_sentence:
+        replyscore.confirm_by_sentence(judged, model, cfg.contradiction)
+    return float(max(row[CONTRADICTION] for row in judged.values()))
+
+
 def measure(model, conversations: list[dict], cfg: CriticConfig, with_injected: bool) -> dict:
     started = time.time()
     if not isinstance(model, RememberingNLI):
@@ -96,9 +108,7 @@ def measure(model, conversations: list[dict], cfg: CriticConfig, with_injected: 
     }
     if changed:
         probs = model.predict([(sentence, utterance) for _, sentence, utterance in changed])
-        speaker_worst = [max(model.predict([(a, u) for a in c.persona(next(t.speaker for t in c.turns
-                                                                             if t.text == u))])[:, CONTRADICTION])
-                         for c, _, u in changed]
+        speaker_worst = [injected_line_worst(c, u, model, cfg) for c, _, u in changed]
         out.update(injected=len(changed),
                    caught=float(np.mean([c.scores["contradicted"] > cfg.max_contradicted for c, _, _ in changed])),
                    injected_line_flagged=float(np.mean(np.array(speaker_worst) > cfg.contradiction)),
