@@ -29,8 +29,9 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def recipe_for(run_dir: Path, model: Path, **train_overrides):
+    # Two threads: torch tests run one at a time under the shared lock.
     return make_recipe(run_dir, train={"model": str(model), "max_steps": 4, "logging_steps": 1, "save_steps": 2,
-                                       "threads": 1, **train_overrides})
+                                       "threads": 2, **train_overrides})
 
 
 @pytest.fixture(scope="module")
