@@ -33,25 +33,26 @@ def test_packaged_model_is_converted_once_into_the_cache(local):
 
 def test_batched_replies_come_back_in_request_order_within_the_token_limit(local):
     questions = ["What is your job?", "Do you have pets?", "Where do you live?", "What do you eat?", "Hi!"]
-    requests = [ask("I am a nurse with two dogs in Chicago.", q, temperature=0.0, max_tokens=24) for q in questions]
+    # 12 new tokens: a padding or masking fault shows in the first few (each token is a pass through the model).
+    requests = [ask("I am a nurse with two dogs in Chicago.", q, temperature=0.0, max_tokens=12) for q in questions]
     batched = local.complete_sync(requests)
     single = [local.complete_sync([r])[0] for r in requests[:2]]
     assert len(batched) == 5 and all(c.ok and c.text for c in batched)
-    assert all(0 < c.completion_tokens <= 24 for c in batched)
+    assert all(0 < c.completion_tokens <= 12 for c in batched)
     assert all(c.prompt_tokens > 20 for c in batched)
     # Greedy replies do not depend on which batch a prompt was in (left padding is masked).
     assert [c.text for c in batched[:2]] == [c.text for c in single]
 
 
 def test_same_seed_same_sampled_replies(local):
-    requests = [ask("I love hiking.", "What did you do this weekend?", seed=7, temperature=0.9, max_tokens=20),
-                ask("I bake bread.", "What is your hobby?", seed=8, temperature=0.9, max_tokens=20)]
+    requests = [ask("I love hiking.", "What did you do this weekend?", seed=7, temperature=0.9, max_tokens=12),
+                ask("I bake bread.", "What is your hobby?", seed=8, temperature=0.9, max_tokens=12)]
     first = [c.text for c in local.complete_sync(requests)]
     second = [c.text for c in local.complete_sync(requests)]
     assert first == second
     # ... and the sampling is real: one prompt under other seeds gives other replies (a backend that
     # ignored temperature, decoding greedily, would give one reply for every seed).
-    again = [ask("I love hiking.", "What did you do this weekend?", seed=s, temperature=0.9, max_tokens=20)
+    again = [ask("I love hiking.", "What did you do this weekend?", seed=s, temperature=0.9, max_tokens=12)
              for s in (7, 11, 12, 13)]
     texts = [c.text for c in local.complete_sync(again)]
     assert len(set(texts)) > 1

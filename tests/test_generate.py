@@ -378,8 +378,9 @@ def test_missing_pairs_file_is_one_clear_line(tmp_path):
 
 @pytest.mark.integration
 def test_generate_on_the_packaged_model_end_to_end(tmp_path, embedded_nli):
-    """Two pairs, two candidates of four turns each, persona agents on SmolLM2, the embedded NLI."""
-    write_inputs(tmp_path, n_pairs=2)
+    """One pair, two candidates of four turns each, persona agents on SmolLM2, the embedded NLI (each turn
+    is one batch through SmolLM2, about 240 prompt tokens a request: one pair, not two, halves it)."""
+    write_inputs(tmp_path, n_pairs=1)
     result = subprocess.run(
         [*forge_cmd(), "--run-dir", str(tmp_path), "--set", "generate.turns=4", "--set", "generate.min_turns=4",
          "--set", "generate.candidates=2", "--set", "generate.rounds=1", "--set", "backend.batch_size=4",
@@ -387,7 +388,7 @@ def test_generate_on_the_packaged_model_end_to_end(tmp_path, embedded_nli):
         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr
     dialogues = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
-    assert len(dialogues) == 4
+    assert len(dialogues) == 2
     for d in dialogues:
         assert d.provenance.params["mode"] == "turns"
         if not d.parse_error:

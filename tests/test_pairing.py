@@ -360,28 +360,38 @@ def test_hnsw_index_reports_its_recall_against_exact(spc_embeddings):
     assert 0.9 <= found.recall <= 1.0
 
 
+RANDOM_ARGS = (*THREADS, "--set", "pair.approximate_above=50", "pair", "--strategy", "random", "--seed", "5")
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory, spc_run, spc_small) -> tuple[Path, Ran]:
+    """The random strategy from the greedy run's cached vectors. Random pairs take every user, so its
+    attribute cache ends up holding every profile's attributes: the runs copied from it load no model."""
+    run_dir = tmp_path_factory.mktemp("random") / "a"
+    copy_caches(spc_run[0], run_dir)
+    return run_dir, forge("--run-dir", str(run_dir), *RANDOM_ARGS, "--profiles", str(spc_small))
+
+
 @pytest.mark.integration
-def test_cli_on_cached_embeddings_random_strategy_and_approximate_index(spc_run, spc_small, tmp_path):
-    copy_caches(spc_run[0], tmp_path / "a")
-    copy_caches(spc_run[0], tmp_path / "b")
-    args = (*THREADS, "--set", "pair.approximate_above=50", "pair", "--profiles", str(spc_small),
-            "--strategy", "random", "--seed", "5")
-    first = forge("--run-dir", str(tmp_path / "a"), *args)
+def test_cli_on_cached_embeddings_random_strategy_and_approximate_index(random_run, spc_small, tmp_path):
+    run_a, first = random_run
     assert first.returncode == 0, first.stderr
     assert "0 embedded, 198 from the cache" in first.stderr and "HNSW" in first.stderr
-    manifest = json.loads((tmp_path / "a" / "pair.manifest.json").read_text())
+    manifest = json.loads((run_a / "pair.manifest.json").read_text())
     assert manifest["figures"]["index"] == "hnsw"
     assert 0.9 <= manifest["figures"]["approximate_recall_at_k"]["recall"] <= 1.0
     assert manifest["figures"]["similarity"]["random"]["mean"] < manifest["figures"]["similarity"]["greedy"]["mean"]
-    assert forge("--run-dir", str(tmp_path / "b"), *args).returncode == 0
-    assert (tmp_path / "a" / "pairs.jsonl").read_bytes() == (tmp_path / "b" / "pairs.jsonl").read_bytes()
-    assert len(read_pairs(tmp_path / "a")) == 99  # 198 users, one random partner each
+    # The same seed again, in another run directory: the same pairs, byte for byte.
+    copy_caches(run_a, tmp_path / "b")
+    assert forge("--run-dir", str(tmp_path / "b"), *RANDOM_ARGS, "--profiles", str(spc_small)).returncode == 0
+    assert (run_a / "pairs.jsonl").read_bytes() == (tmp_path / "b" / "pairs.jsonl").read_bytes()
+    assert len(read_pairs(run_a)) == 99  # 198 users, one random partner each
 
 
 @pytest.mark.integration
-def test_profile_jsonl_in_the_run_dir_and_no_pair_in_band_is_one_line(spc_run, spc_small, tmp_path):
+def test_profile_jsonl_in_the_run_dir_and_no_pair_in_band_is_one_line(random_run, spc_small, tmp_path):
     run_dir = tmp_path / "run"
-    copy_caches(spc_run[0], run_dir)  # vectors are keyed by model and text, so they carry over
+    copy_caches(random_run[0], run_dir)  # vectors are keyed by model and text, so they carry over
     profiles = load_profiles(spc_small).profiles
     (run_dir / "profiles.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in profiles))
     line = one_line_error(forge("--run-dir", str(run_dir), *THREADS, "pair", "--low", "-1", "--high", "-0.9"))

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import forge_cmd
+from conftest import forge_cmd, one_line_error, run_forge
 from tiny_lm import make_adapter, make_tiny_model
 
 openai = pytest.importorskip("openai")
@@ -420,10 +420,10 @@ def test_cli_refuses_an_adapter_of_another_base_in_one_line(tiny, tmp_path):
     config = json.loads((other / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
     (other / "adapter_config.json").write_text(json.dumps(config))
-    result = subprocess.run([*forge_cmd(), "serve", "--model", str(tiny["base"]), "--adapter", f"o={other}"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "SmolLM2-1.7B-Instruct" in result.stderr
+    # In this process (cli.main, as the script runs it): the tiny base loads in a moment, and the refusal
+    # comes before anything is served.
+    line = one_line_error(run_forge("serve", "--model", str(tiny["base"]), "--adapter", f"o={other}"))
+    assert "SmolLM2-1.7B-Instruct" in line
 
 
 def test_cli_serves_until_stopped(tiny):
@@ -468,8 +468,13 @@ def test_smollm2_mixed_batch_and_openai_backend_match_the_local_backend(tmp_path
     from persona_forge.models import converted_smollm2
     from persona_forge.serve.app import build_state
 
+    from transformers import AutoModelForCausalLM
+
     base = converted_smollm2(progress=False)
-    adapters = {n: make_adapter(base, tmp_path / n, seed=i, scale=0.02) for i, n in enumerate(("p1", "p2"))}
+    loaded = AutoModelForCausalLM.from_pretrained(base)  # once for both adapters
+    adapters = {n: make_adapter(base, tmp_path / n, seed=i, scale=0.02, model=loaded)
+                for i, n in enumerate(("p1", "p2"))}
+    del loaded
     spec = "packaged:smollm2-135m-instruct"
     state = build_state(spec, None, adapters, threads=2, progress=False, wait_ms=300, repetition_penalty=1.15)
     system = {"role": "system", "content": "I love hiking. I have a dog named Max."}

@@ -18,6 +18,9 @@ from persona_forge.stages import train
 from train_data import StopAfter, spc_samples, tiny_llama, write_dpo, write_sft
 
 pytestmark = pytest.mark.timeout(300)
+# The training runs take two turns of context (about 100 tokens a sample, not 230): a step on the tiny
+# llama is mostly its output layer over SmolLM2's 49k-token vocabulary, so it costs half as much. The
+# label-mask test keeps the full context.
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +29,19 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def recipe_for(run_dir: Path, model: Path, **train_overrides):
+    # Two threads: torch tests run one at a time under the shared lock.
     return make_recipe(run_dir, train={"model": str(model), "max_steps": 4, "logging_steps": 1, "save_steps": 2,
-                                       "threads": 1, **train_overrides})
+                                       "threads": 2, **train_overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_sft(tiny, tmp_path_factory) -> Path:
+    """An SFT adapter on the tiny llama (4 samples, 2 steps at a high rate, so that it visibly changes the
+    model), trained once and shared read-only: loaded, chatted with, and DPO's starting point."""
+    run_dir = tmp_path_factory.mktemp("tiny_sft") / "run"
+    write_sft(run_dir / "curated" / "sft.jsonl", 4, context=2)
+    train.run(recipe_for(run_dir, tiny, max_steps=2, lr=0.05), progress=False)
+    return run_dir / "train" / "sft" / "adapter"
 
 
 def test_loss_covers_the_target_reply_only(tiny, tmp_path):
@@ -76,7 +90,7 @@ def test_long_contexts_lose_their_oldest_turns_not_persona_or_target(tiny):
 
 @pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
-    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 8)
+    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 8, context=2)
     recipe = recipe_for(tmp_path / "run", tiny)
     with pytest.raises(KeyboardInterrupt):
         train.run(recipe, progress=False, callbacks=[StopAfter(2).callback])
@@ -95,7 +109,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
 
 @pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
 def test_outputs_manifest_and_reruns(tiny, tmp_path):
-    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
+    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4, context=2)
     recipe = recipe_for(tmp_path / "run", tiny, max_steps=2)
     rows = train.run(recipe, progress=False, merge=True)
     folder = tmp_path / "run" / "train" / "sft"
@@ -128,26 +142,22 @@ def test_outputs_manifest_and_reruns(tiny, tmp_path):
 
 
 @pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
-def test_the_adapter_loads_with_the_shared_loader(tiny, tmp_path):
+def test_the_adapter_loads_with_the_shared_loader(tiny, tiny_sft):
     import torch
 
     from persona_forge.lm import load_chat_model
 
-    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
-    train.run(recipe_for(tmp_path / "run", tiny, max_steps=2, lr=0.05), progress=False)
     base, tokenizer = load_chat_model(str(tiny), progress=False)
-    tuned, _ = load_chat_model(str(tiny), adapter=tmp_path / "run" / "train" / "sft" / "adapter", progress=False)
+    tuned, _ = load_chat_model(str(tiny), adapter=tiny_sft, progress=False)
     ids = tokenizer("hello there", return_tensors="pt")
     with torch.no_grad():
         assert not torch.allclose(base(**ids).logits, tuned(**ids).logits)
 
 
 @pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
-def test_dpo_trains_from_preference_pairs_and_from_an_sft_adapter(tiny, tmp_path):
-    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
-    write_dpo(tmp_path / "run" / "curated" / "dpo.jsonl", 4)
-    train.run(recipe_for(tmp_path / "run", tiny, max_steps=2), progress=False)
-    sft_adapter = tmp_path / "run" / "train" / "sft" / "adapter"
+def test_dpo_trains_from_preference_pairs_and_from_an_sft_adapter(tiny, tiny_sft, tmp_path):
+    write_dpo(tmp_path / "run" / "curated" / "dpo.jsonl", 4, context=2)
+    sft_adapter = tiny_sft
     rows = train.run(recipe_for(tmp_path / "run", tiny, method="dpo", max_steps=2, adapter=str(sft_adapter)),
                      progress=False)
     folder = tmp_path / "run" / "train" / "dpo"
@@ -266,12 +276,10 @@ def test_chat_loop_uses_the_training_form_and_commands():
 
 
 @pytest.mark.integration  # trains with trl: slow and CPU-heavy, run under the shared lock
-def test_forge_chat_through_a_pipe(tiny, tmp_path):
-    write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4)
-    train.run(recipe_for(tmp_path / "run", tiny, max_steps=2), progress=False)
+def test_forge_chat_through_a_pipe(tiny_sft, tmp_path):
     persona = tmp_path / "persona.txt"
     persona.write_text("I have two dogs.\nI live in Ohio.\n")
-    adapter = tmp_path / "run" / "train" / "sft" / "adapter"
+    adapter = tiny_sft
     cmd = forge_cmd() + ["--set", "backend.sampling.max_tokens=5", "--set", "backend.threads=1", "chat",
                          "--adapter", str(adapter), "--persona", str(persona), "--base"]  # base: from the manifest
     result = subprocess.run(cmd, input="hello\nwhat do you do?\n/quit\n", capture_output=True, text=True,

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_recipe
 from persona_forge.lm import load_chat_model
 from persona_forge.stages import train
-from train_data import spc_samples, write_dpo, write_sft
+from train_data import spc_samples, write_dpo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 SPEC = "packaged:smollm2-135m-instruct"
@@ -42,17 +42,8 @@ def greedy(model, tokenizer, messages: list[dict], n: int = 24) -> str:
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("sft") / "run"
-    write_sft(run_dir / "curated" / "sft.jsonl", 8)
-    # 8 samples x 3 epochs at batch 2: 12 steps; a high rate so that a few steps visibly learn.
-    rows = train.run(recipe_for(run_dir, lr=1e-3, epochs=3), progress=False)
-    return run_dir, rows
-
-
-def test_sft_loss_falls_and_lora_weights_move(sft_run):
-    run_dir, rows = sft_run
+def test_sft_loss_falls_and_lora_weights_move(smollm2_sft):
+    run_dir = smollm2_sft  # conftest: 8 samples x 3 epochs at batch 2, lr 1e-3
     folder = run_dir / "train" / "sft"
     logged = losses(folder)
     assert len(logged) == 12
@@ -66,8 +57,8 @@ def test_sft_loss_falls_and_lora_weights_move(sft_run):
     assert figures["steps"] == 12 and figures["final_loss"] == logged[-1]
 
 
-def test_sft_adapter_reloads_and_changes_generation(sft_run):
-    run_dir, _ = sft_run
+def test_sft_adapter_reloads_and_changes_generation(smollm2_sft):
+    run_dir = smollm2_sft
     messages, _ = spc_samples(20)[-1]  # not among the 8 trained on
     base, tokenizer = load_chat_model(SPEC, progress=False)
     before = greedy(base, tokenizer, messages)
@@ -81,7 +72,7 @@ def test_dpo_on_a_few_pairs(tmp_path):
     import torch
 
     run_dir = tmp_path / "run"
-    write_dpo(run_dir / "curated" / "dpo.jsonl", 4)
+    write_dpo(run_dir / "curated" / "dpo.jsonl", 4, context=2)  # about 100 tokens a row, not 230: half the step
     train.run(recipe_for(run_dir, method="dpo", lr=1e-3, epochs=2, max_length=320), progress=False)
     folder = run_dir / "train" / "dpo"
     log = [row for row in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if "loss" in row]

@@ -46,8 +46,10 @@ def write_preferences(path: Path, n: int, turns: int = 4) -> list[Preference]:
 
 
 def recipe_for(run_dir: Path, model: Path, **train_overrides):
+    # Two threads: torch tests run one at a time under the shared lock, and most of an RL step on the tiny
+    # llama is trl's log-probabilities over SmolLM2's 49k-token vocabulary, which two cores share well.
     overrides = {"run_dir": str(run_dir), "train.model": str(model), "train.max_steps": 4,
-                 "train.logging_steps": 1, "train.save_steps": 2, "train.threads": 1}
+                 "train.logging_steps": 1, "train.save_steps": 2, "train.threads": 2}
     overrides.update({f"train.{k}": v for k, v in train_overrides.items()})
     return load_recipe(None, overrides)
 
@@ -137,7 +139,7 @@ def trained(tiny, tmp_path_factory) -> dict[str, Path]:
     from train_data import write_sft
 
     run = tmp_path_factory.mktemp("rlhf") / "run"
-    write_sft(run / "curated" / "sft.jsonl", 4)
+    write_sft(run / "curated" / "sft.jsonl", 4, context=2)
     train.run(recipe_for(run, tiny, max_steps=2), progress=False)
     write_preferences(run / "preferences.jsonl", 6)
     train.run(recipe_for(run, tiny, method="reward", max_steps=4, max_length=256), progress=False)
@@ -291,7 +293,7 @@ def test_forge_train_method_reward_on_the_command_line(tiny, tmp_path):
     from conftest import REPO, forge_cmd
 
     write_preferences(tmp_path / "run" / "preferences.jsonl", 5)
-    cmd = forge_cmd() + ["--run-dir", str(tmp_path / "run"), "--set", "train.threads=1", "--set",
+    cmd = forge_cmd() + ["--run-dir", str(tmp_path / "run"), "--set", "train.threads=2", "--set",
                          "train.max_length=256", "--set", "train.logging_steps=1", "train", "--method", "reward",
                          "--model", str(tiny), "--max-steps", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)

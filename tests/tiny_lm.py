@@ -66,14 +66,15 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
 
 
 def make_adapter(base: Path, folder: Path, seed: int, r: int = 8, scale: float = 0.5,
-                 targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
-    """A LoRA adapter with random (nonzero) B weights, so that every adapter changes the replies."""
+                 targets: tuple[str, ...] = ("q_proj", "v_proj"), model=None) -> Path:
+    """A LoRA adapter with random (nonzero) B weights, so that every adapter changes the replies. `model`:
+    the base, already loaded (a big one is loaded once for several adapters); it is handed back without
+    the LoRA layers."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
+    peft_model = get_peft_model(model or AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
                                                   lora_dropout=0.0, task_type="CAUSAL_LM"))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -81,6 +82,8 @@ def make_adapter(base: Path, folder: Path, seed: int, r: int = 8, scale: float =
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
     peft_model.save_pretrained(folder)
+    if model is not None:
+        peft_model.unload()
     # Point the adapter at the base the way forge train's adapters do (the model's folder).
     cfg_path = folder / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())

@@ -34,8 +34,8 @@ def spc_samples(n: int, position: int = 7, context: int = 6) -> list[tuple[list[
     return out
 
 
-def write_sft(path: Path, n: int) -> list[tuple[list[dict], str]]:
-    samples = spc_samples(n)
+def write_sft(path: Path, n: int, context: int = 6) -> list[tuple[list[dict], str]]:
+    samples = spc_samples(n, context=context)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for messages, target in samples:
@@ -43,10 +43,10 @@ def write_sft(path: Path, n: int) -> list[tuple[list[dict], str]]:
     return samples
 
 
-def write_dpo(path: Path, n: int) -> list[dict]:
+def write_dpo(path: Path, n: int, context: int = 6) -> list[dict]:
     """Pairs whose chosen answer is the real next turn and whose rejected one is off-persona filler."""
     rows = []
-    for messages, target in spc_samples(n):
+    for messages, target in spc_samples(n, context=context):
         rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": target}],
                      "rejected": [{"role": "assistant", "content": "As an AI language model, I have no "
                                                                    "hobbies or opinions."}]})

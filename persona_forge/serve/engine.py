@@ -88,6 +88,9 @@ class Engine:
             self.base_model = self.model.unload()
             self.model, self.peft = self.base_model, False
         else:
+            if name in self.model.active_adapters:
+                # What peft would do anyway, minus its warning: the active adapter moves to another one.
+                self.model.set_adapter(next(n for n in self.model.peft_config if n != name), inference_mode=True)
             self.model.delete_adapter(name)
 
     def loaded_adapters(self) -> list[str]:
