@@ -367,7 +367,7 @@ class EvalConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
     hits_candidates: int = Field(0, ge=0, description="Hits@1 of K (ConvAI2: 20): the reference among K-1 replies "
                                  "drawn (seeded) from other conversations, ranked by the model's summed "
-                                 "log-likelihood given the prompt; K forward passes per example, local models "
+                                 "log-likelihood given the prompt (scored on the prompt's cached pass), local models "
                                  "only. 0: off.")
 
     @field_validator("hits_candidates")

@@ -34,6 +34,7 @@ class PromptResult:
 
     tokens: list[int] = field(default_factory=list)
     stopped: bool = False
+    prompt_tokens: int = 0
     nll: list[tuple[float, int]] = field(default_factory=list)
 
 
@@ -69,7 +70,7 @@ def generate_and_score(model, tokenizer, prompts: Sequence[Sequence[int]],
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_ids(model, tokenizer)
     device = next(model.parameters()).device
-    results = [PromptResult(nll=[(0.0, 0)] * len(c)) for c in conts]
+    results = [PromptResult(nll=[(0.0, 0)] * len(c), prompt_tokens=len(p)) for p, c in zip(prompts, conts)]
     order = sorted(range(n), key=lambda i: len(prompts[i]))
     with torch.inference_mode():
         for start in range(0, n, batch_size):

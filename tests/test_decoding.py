@@ -99,3 +99,35 @@ def test_replies_and_scores_from_one_call_match_separate_calls(tiny):
     for a, b in zip(both, scores):
         assert [t for _, t in a.nll] == [t for _, t in b.nll]
         assert [x for x, _ in a.nll] == pytest.approx([x for x, _ in b.nll], rel=1e-4)
+
+
+# --- integration: the packaged SmolLM2, forge eval's shared pass against the old separate passes -------
+
+@pytest.mark.integration
+def test_eval_shared_pass_matches_generate_and_reference_nll_on_smollm2(tmp_path):
+    from conftest import REPO, make_recipe
+    from persona_forge.stages import evaluation as E
+
+    recipe = make_recipe(tmp_path / "run", backend={"threads": 2},
+                         eval={"limit": 3, "max_new_tokens": 24, "hits_candidates": 3})
+    cfg = recipe.eval
+    data = REPO / "corpora" / "spc" / "test.jsonl.gz"
+    examples, _ = E.load_examples(data, cfg)
+    pool = E.distractor_pool(data)
+    candidates = [E.hits_candidates(e, pool, 3, cfg.seed) for e in examples]
+    generator = E.Generator.for_model(recipe, E.ModelUnderTest("base", None, "test"), False)
+    assert generator.decodes_locally
+    model, tokenizer = generator.lm
+
+    completions, nll, ranked = generator.generate_and_score(examples, cfg, candidates,
+                                                            recipe.backend.repetition_penalty)
+    old = generator.backend.complete_sync(generator.requests(examples, cfg))   # transformers' generate
+    assert [c.text for c in completions] == [c.text for c in old]
+    assert [c.finish_reason for c in completions] == [c.finish_reason for c in old]
+    assert [c.completion_tokens for c in completions] == [c.completion_tokens for c in old]
+    for example, options, (ref_nll, ref_tokens), scores in zip(examples, candidates, nll, ranked):
+        prompt = [[m.model_dump() for m in example.messages]]
+        expected = [M.reference_nll(model, tokenizer, prompt, [text], batch_size=1)[0] for text in options]
+        assert (ref_nll, ref_tokens) == (pytest.approx(expected[0][0], rel=1e-4), expected[0][1])
+        assert scores == pytest.approx([-total for total, _ in expected], rel=1e-4)
+        assert M.hits_at_1(scores, 0) == M.hits_at_1([-total for total, _ in expected], 0)
