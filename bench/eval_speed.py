@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.new_batch_size:
         cfg = cfg.model_copy(update={"batch_size": args.new_batch_size})
     n = min(args.n, len(examples))
+    generator.timings.clear()
     t = time.perf_counter()
     replies, _, _ = new_path(generator, examples[:n], cfg, candidates[:n] if candidates else None, penalty)
     t_new = time.perf_counter() - t
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     per = t_new / n
     print(f"new path on {n} examples (batch {cfg.batch_size}): {t_new:.1f} s ({per:.2f} s/example); "
           f"BERTScore+NLI+text metrics {t_score:.1f} s (+{t_load:.1f} s loading)", flush=True)
+    print("  new path phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in generator.timings.items()), flush=True)
     projected = per * FULL + t_score / n * FULL + t_load
     print(f"projected {FULL} examples, one model: new {projected / 60:.1f} min", end="")
     if k:

@@ -56,11 +56,21 @@ def stop_ids(model, tokenizer) -> set[int]:
 def generate_and_score(model, tokenizer, prompts: Sequence[Sequence[int]],
                        continuations: Sequence[Sequence[str]] = (), max_new_tokens: int = 0,
                        repetition_penalty: float = 1.0, batch_size: int = 16,
-                       score_rows: int = 32) -> list[PromptResult]:
+                       score_rows: int = 32, timings: dict[str, float] | None = None) -> list[PromptResult]:
     """Per prompt (token ids), its greedy reply of at most `max_new_tokens` (0: none) and the summed
     NLL of each of its continuations (texts, tokenised without special tokens and appended to the
-    prompt). `batch_size` prompts share a pass; `score_rows` continuations are scored together."""
+    prompt). `batch_size` prompts share a pass; `score_rows` continuations are scored together.
+    `timings`, when given, accumulates seconds per phase (prefill, score, greedy) for benches."""
+    import time
+
     import torch
+
+    clock = timings if timings is not None else {}
+
+    def lap(phase: str, since: float) -> float:
+        now = time.perf_counter()
+        clock[phase] = clock.get(phase, 0.0) + now - since
+        return now
 
     n = len(prompts)
     conts = [[list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in options]
@@ -82,13 +92,17 @@ def generate_and_score(model, tokenizer, prompts: Sequence[Sequence[int]],
                 ids[row, width - len(prompts[i]):] = torch.tensor(list(prompts[i]), dtype=torch.long)
                 mask[row, width - len(prompts[i]):] = 1
             ids, mask = ids.to(device), mask.to(device)
+            t = time.perf_counter()
             cache, last = _prefill(model, ids, mask)
+            t = lap("prefill", t)
             for row, nll in enumerate(_score(model, cache, mask, last, [conts[i] for i in batch], pad, score_rows)):
                 results[batch[row]].nll = nll
+            t = lap("score", t)
             if max_new_tokens > 0:
                 replies = _greedy(model, cache, ids, mask, last, max_new_tokens, repetition_penalty, stops, pad)
                 for row, (tokens, stopped) in enumerate(replies):
                     results[batch[row]].tokens, results[batch[row]].stopped = tokens, stopped
+                lap("greedy", t)
             del cache
     return results
 

@@ -242,6 +242,7 @@ class Generator:
     """Replies (and reference NLLs, when the model is local) for one model under test."""
 
     def __init__(self, backend, lm: tuple[Any, Any] | None, description: str, decodes_locally: bool = False):
+        self.timings: dict[str, float] = {}   # seconds per phase of the shared pass (bench/eval_speed.py)
         self.backend = backend
         self.lm = lm
         self.description = description
@@ -321,7 +322,8 @@ class Generator:
         model, tokenizer = self.lm  # type: ignore[misc]
         prompts = [prompt_ids(tokenizer, [m.model_dump() for m in e.messages]) for e in examples]
         return generate_and_score(model, tokenizer, prompts, continuations, max_new_tokens=max_new_tokens,
-                                  repetition_penalty=repetition_penalty, batch_size=batch_size)
+                                  repetition_penalty=repetition_penalty, batch_size=batch_size,
+                                  timings=self.timings)
 
 
 GeneratorFactory = Callable[[Recipe, ModelUnderTest, bool], Generator]
