@@ -13,7 +13,7 @@ Both get the same examples (the first --compare of the SPC test split) and their
 path then runs alone on --n examples for the projection to 968. BERTScore and NLI (the same for both
 paths) are timed once on the new replies and added to both projections.
 
-    python bench/eval_speed.py                      # --n 60 --compare 6 --hits 20, 2 threads
+    python bench/eval_speed.py                      # --n 40 --compare 6 --hits 20, batch 32 (old: 8), 2 threads
     python bench/eval_speed.py --n 968 --compare 0  # the whole split, new path only
     python bench/eval_speed.py --hits 0             # perplexity only, no Hits@1
 """
@@ -77,11 +77,11 @@ def rel(a: float, b: float) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=60, help="examples for the new path's projection (968: all)")
+    parser.add_argument("--n", type=int, default=40, help="examples for the new path's projection (968: all)")
     parser.add_argument("--compare", type=int, default=6, help="examples run by both paths (0: new path only)")
     parser.add_argument("--hits", type=int, default=20, help="Hits@1 candidates (0: off)")
-    parser.add_argument("--batch-size", type=int, default=8, help="eval.batch_size for both paths")
-    parser.add_argument("--new-batch-size", type=int, default=None, help="eval.batch_size for the new path only")
+    parser.add_argument("--batch-size", type=int, default=32, help="eval.batch_size of the new path (its default)")
+    parser.add_argument("--old-batch-size", type=int, default=8, help="eval.batch_size of the old path (its default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args(argv)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     recipe = load_recipe(None, {"backend": {"threads": args.threads},
-                                "eval": {"hits_candidates": args.hits, "batch_size": args.batch_size,
+                                "eval": {"hits_candidates": args.hits, "batch_size": args.old_batch_size,
                                          "max_new_tokens": args.max_new_tokens}})
     cfg = recipe.eval
     data = E.default_data()
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = E.distractor_pool(data) if args.hits else []
     candidates = [E.hits_candidates(e, pool, args.hits, cfg.seed) for e in examples] if args.hits else None
     generator = E.Generator.for_model(recipe, E.ModelUnderTest("base", None, "bench"), False)
+    new_cfg = cfg.model_copy(update={"batch_size": args.batch_size})
     penalty = recipe.backend.repetition_penalty
     print(f"setup (imports, data, model load): {time.perf_counter() - t0:.1f} s; {args.threads} threads; "
           f"Hits@1 of {args.hits or 'off'}; max {args.max_new_tokens} new tokens; penalty {penalty}", flush=True)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         old = old_path(generator, part, cfg, cands)
         t_old = time.perf_counter() - t
         t = time.perf_counter()
-        new = new_path(generator, part, cfg, cands, penalty)
+        new = new_path(generator, part, new_cfg, cands, penalty)
         t_new = time.perf_counter() - t
         same = sum(a == b for a, b in zip(old[0], new[0]))
         ppl_rel = max(rel(a[0], b[0]) for a, b in zip(new[1], old[1]))
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  old per example {t_old / k:.2f} s -> {FULL} examples {t_old / k * FULL / 60:.1f} min "
               f"(model work only)", flush=True)
 
-    if args.new_batch_size:
-        cfg = cfg.model_copy(update={"batch_size": args.new_batch_size})
+    cfg = new_cfg
     n = min(args.n, len(examples))
     generator.timings.clear()
     t = time.perf_counter()
