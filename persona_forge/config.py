@@ -362,7 +362,8 @@ class EvalConfig(Section):
     temperature: float = Field(0.7, gt=0.0, le=2.0, description="Sampling temperature when sample is on.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus mass when sample is on.")
     max_new_tokens: int = Field(64, ge=1, description="Most new tokens per generated reply.")
-    batch_size: int = Field(8, ge=1, description="Prompts generated (and references scored) together.")
+    batch_size: int = Field(32, ge=1, description="Prompts generated (and references scored) together; at most "
+                                                  "eval.chunk counts (32 decodes 2.9x faster than 8 on 2 cores).")
     chunk: int = Field(32, ge=1, description="Examples generated, scored and written per step (a killed run "
                                              "loses at most one chunk).")
     contradiction: float = Field(0.5, gt=0.0, lt=1.0, description="A reply contradicts its persona when its largest "
@@ -375,7 +376,7 @@ class EvalConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
     hits_candidates: int = Field(0, ge=0, description="Hits@1 of K (ConvAI2: 20): the reference among K-1 replies "
                                  "drawn (seeded) from other conversations, ranked by the model's summed "
-                                 "log-likelihood given the prompt; K forward passes per example, local models "
+                                 "log-likelihood given the prompt (scored on the prompt's cached pass), local models "
                                  "only. 0: off.")
 
     @field_validator("hits_candidates")

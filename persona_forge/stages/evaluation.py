@@ -16,7 +16,9 @@ reference's perplexity is computed from the same loaded model (loss on the refer
 conditioned on the chat-templated prompt); an `openai` backend has no logits to read, so its
 perplexity is reported as not available. With eval.hits_candidates K > 0 (local models), Hits@1 of K
 ranks the reference among K-1 replies drawn (seeded per example) from the other conversations of the
-same file by the same summed log-likelihood. The metric keys are listed once, in metrics.METRICS.
+same file by the same summed log-likelihood. With a local model and greedy replies, the reply, the
+reference's NLL and the candidates' come from one pass over each prompt (decoding.generate_and_score,
+examples ordered by prompt length). The metric keys are listed once, in metrics.METRICS.
 """
 
 from __future__ import annotations
@@ -239,10 +241,14 @@ def score_examples(examples: Sequence[Example], replies: Sequence[str], scorers:
 class Generator:
     """Replies (and reference NLLs, when the model is local) for one model under test."""
 
-    def __init__(self, backend, lm: tuple[Any, Any] | None, description: str):
+    def __init__(self, backend, lm: tuple[Any, Any] | None, description: str, decodes_locally: bool = False):
+        self.timings: dict[str, float] = {}   # seconds per phase of the shared pass (bench/eval_speed.py)
         self.backend = backend
         self.lm = lm
         self.description = description
+        # True when the replies come from `lm` itself (the local backend): then greedy replies,
+        # perplexity and Hits@1 share one pass over each prompt (decoding.generate_and_score).
+        self.decodes_locally = decodes_locally and lm is not None
 
     @classmethod
     def for_model(cls, recipe: Recipe, model: ModelUnderTest, progress: bool) -> "Generator":
@@ -254,7 +260,7 @@ class Generator:
             update["threads"] = cfg.threads
         backend = build_backend(recipe.backend.model_copy(update=update), progress=progress)
         lm = backend.load() if recipe.backend.kind == "local" else None
-        return cls(backend, lm, json.dumps(backend.describe()))
+        return cls(backend, lm, json.dumps(backend.describe()), decodes_locally=recipe.backend.kind == "local")
 
     def requests(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
         from ..backends import ChatRequest
@@ -268,12 +274,20 @@ class Generator:
     def generate(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
         return self.backend.complete_sync(self.requests(examples, cfg))
 
+    def order(self, examples: Sequence[Example]) -> list[Example]:
+        """Examples by prompt length when the model is local (chunks of similar length pad less)."""
+        if self.lm is None:
+            return list(examples)
+        from ..decoding import prompt_ids
+
+        _, tokenizer = self.lm
+        lengths = {e.id: len(prompt_ids(tokenizer, [m.model_dump() for m in e.messages])) for e in examples}
+        return sorted(examples, key=lambda e: lengths[e.id])
+
     def nll(self, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]] | None:
         if self.lm is None:
             return None
-        model, tokenizer = self.lm
-        return M.reference_nll(model, tokenizer, [[m.model_dump() for m in e.messages] for e in examples],
-                               [e.reference for e in examples], batch_size)
+        return [r.nll[0] for r in self._score(examples, [[e.reference] for e in examples], 0, 1.0, batch_size)]
 
     def candidate_scores(self, examples: Sequence[Example], candidates: Sequence[Sequence[str]],
                          batch_size: int) -> list[list[float]] | None:
@@ -281,18 +295,35 @@ class Generator:
         without a local model): Hits@1's ranking score."""
         if self.lm is None:
             return None
-        model, tokenizer = self.lm
-        prompts, texts = [], []
-        for example, options in zip(examples, candidates):
-            messages = [m.model_dump() for m in example.messages]
-            prompts += [messages] * len(options)
-            texts += list(options)
-        nll = M.reference_nll(model, tokenizer, prompts, texts, batch_size)
-        out, at = [], 0
-        for options in candidates:
-            out.append([-total for total, _ in nll[at:at + len(options)]])
-            at += len(options)
-        return out
+        return [[-total for total, _ in r.nll] for r in self._score(examples, candidates, 0, 1.0, batch_size)]
+
+    def generate_and_score(self, examples: Sequence[Example], cfg: EvalConfig, candidates: Sequence[Sequence[str]],
+                           repetition_penalty: float) -> tuple[list, list[tuple[float, int]], list[list[float]]]:
+        """Greedy replies, the reference's (summed NLL, tokens) and each candidate's log-likelihood
+        from one pass over each prompt. candidates[i][0] is example i's reference (Hits@1's candidate 0),
+        so the perplexity is read from the same numbers and never computed twice."""
+        from ..backends import Completion
+
+        results = self._score(examples, candidates, cfg.max_new_tokens, repetition_penalty, cfg.batch_size)
+        _, tokenizer = self.lm  # type: ignore[misc]
+        eos = tokenizer.eos_token_id
+        completions = []
+        for r in results:
+            ids = r.tokens[:r.tokens.index(eos)] if eos in r.tokens else list(r.tokens)
+            completions.append(Completion(text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                                          finish_reason="stop" if r.stopped else "length",
+                                          prompt_tokens=r.prompt_tokens, completion_tokens=len(ids)))
+        return completions, [r.nll[0] for r in results], [[-total for total, _ in r.nll] for r in results]
+
+    def _score(self, examples: Sequence[Example], continuations: Sequence[Sequence[str]], max_new_tokens: int,
+               repetition_penalty: float, batch_size: int) -> list:
+        from ..decoding import generate_and_score, prompt_ids
+
+        model, tokenizer = self.lm  # type: ignore[misc]
+        prompts = [prompt_ids(tokenizer, [m.model_dump() for m in e.messages]) for e in examples]
+        return generate_and_score(model, tokenizer, prompts, continuations, max_new_tokens=max_new_tokens,
+                                  repetition_penalty=repetition_penalty, batch_size=batch_size,
+                                  timings=self.timings)
 
 
 GeneratorFactory = Callable[[Recipe, ModelUnderTest, bool], Generator]
@@ -332,6 +363,7 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
         if not todo:
             continue
         generator = factory(recipe, model, progress)
+        todo = generator.order(todo)
         stage.record_model(model.name, generator.description)
         with store.appender() as out, ui.progress(f"eval {model.name}", total=len(todo)) as advance:
             for start in range(0, len(todo), cfg.chunk):
@@ -382,14 +414,18 @@ def _gen_id(example: Example, model: ModelUnderTest) -> str:
 def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: Generator, scorers: Scorers,
                    recipe: Recipe, pool: Sequence[tuple[str, str]] = ()) -> list[EvalGeneration]:
     cfg = recipe.eval
-    completions = generator.generate(chunk, cfg)
+    candidates = ([hits_candidates(e, pool, cfg.hits_candidates, cfg.seed) for e in chunk] if cfg.hits_candidates
+                  else None)
+    ranked: list[list[float]] | None
+    if generator.decodes_locally and not cfg.sample:
+        completions, nll, ranked = generator.generate_and_score(
+            chunk, cfg, candidates or [[e.reference] for e in chunk], recipe.backend.repetition_penalty)
+    else:
+        completions = generator.generate(chunk, cfg)
+        nll = generator.nll(chunk, cfg.batch_size)
+        ranked = generator.candidate_scores(chunk, candidates, cfg.batch_size) if candidates else None
     replies = [(c.text or "").strip() if c.ok else "" for c in completions]
-    nll = generator.nll(chunk, cfg.batch_size)
-    hits = None
-    if cfg.hits_candidates:
-        candidates = [hits_candidates(e, pool, cfg.hits_candidates, cfg.seed) for e in chunk]
-        ranked = generator.candidate_scores(chunk, candidates, cfg.batch_size)
-        hits = None if ranked is None else [M.hits_at_1(scores, 0) for scores in ranked]
+    hits = None if ranked is None or candidates is None else [M.hits_at_1(scores, 0) for scores in ranked]
     scored = score_examples(chunk, replies, scorers, cfg.contradiction)
     params = {"sample": cfg.sample, "max_new_tokens": cfg.max_new_tokens,
               "repetition_penalty": recipe.backend.repetition_penalty if recipe.backend.kind == "local" else None}
