@@ -304,12 +304,12 @@ def reference_nll(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]],
     chat-templated prompt (with the assistant header): the loss counts the reference's tokens only."""
     import torch
 
+    from .decoding import prompt_ids
+
     rows = []
     for messages, reference in zip(prompts, references):
-        prompt_ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                   return_dict=False)
         ref_ids = tokenizer(reference, add_special_tokens=False)["input_ids"]
-        rows.append((list(prompt_ids), list(ref_ids)))
+        rows.append((prompt_ids(tokenizer, messages), list(ref_ids)))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -324,11 +324,11 @@ def reference_nll(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]],
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
             for b, i in enumerate(batch):  # right padding: positions stay as in an unpadded pass
-                prompt_ids, ref_ids = rows[i]
-                seq = prompt_ids + ref_ids
+                prompt, ref_ids = rows[i]
+                seq = prompt + ref_ids
                 ids[b, :len(seq)] = torch.tensor(seq)
                 mask[b, :len(seq)] = 1
-                labels[b, len(prompt_ids):len(seq)] = torch.tensor(ref_ids)
+                labels[b, len(prompt):len(seq)] = torch.tensor(ref_ids)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             shifted, targets = logits[:, :-1], labels[:, 1:].to(device)
             nll = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1),

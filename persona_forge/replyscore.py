@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .nli.labels import CONTRADICTION, ENTAILMENT
+from .nli.labels import CONTRADICTION, ENTAILMENT, NEUTRAL
 from .nli.mine import sentences
 
 
@@ -108,7 +108,7 @@ def confirm_by_sentence(judged: dict[tuple[str, str], np.ndarray], nli, threshol
         row = np.array(judged[(premise, text)], dtype=np.float32)
         if worst < row[CONTRADICTION]:
             row[CONTRADICTION] = worst
-            row[1] = max(0.0, 1.0 - row[CONTRADICTION] - row[ENTAILMENT])
+            row[NEUTRAL] = max(0.0, 1.0 - row[CONTRADICTION] - row[ENTAILMENT])
             judged[(premise, text)] = row
     return len(wanted)
 

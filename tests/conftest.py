@@ -165,7 +165,6 @@ def standin_fixtures(secret: str, **options):
     return module_server, server
 
 
-
 @pytest.fixture(scope="session")
 def smollm2_sft(tmp_path_factory) -> Path:
     """A real LoRA SFT run on the packaged SmolLM2 (8 SPC samples x 3 epochs at batch 2: 12 steps at a high

@@ -70,9 +70,10 @@ class LocalBackend(ChatBackend):
         return batches
 
     def _prompt_ids(self, request: ChatRequest) -> list[int]:
+        from ..decoding import prompt_ids
+
         _, tokenizer = self.load()
-        return tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
-                                             tokenize=True, return_dict=False)
+        return prompt_ids(tokenizer, request.messages)
 
     def _generate(self, requests: list[ChatRequest]) -> list[Completion]:
         import torch

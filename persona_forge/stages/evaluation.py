@@ -249,6 +249,7 @@ class Generator:
         # True when the replies come from `lm` itself (the local backend): then greedy replies,
         # perplexity and Hits@1 share one pass over each prompt (decoding.generate_and_score).
         self.decodes_locally = decodes_locally and lm is not None
+        self._prompt_ids: dict[str, list[int]] = {}   # example id -> templated prompt, made once
 
     @classmethod
     def for_model(cls, recipe: Recipe, model: ModelUnderTest, progress: bool) -> "Generator":
@@ -278,11 +279,15 @@ class Generator:
         """Examples by prompt length when the model is local (chunks of similar length pad less)."""
         if self.lm is None:
             return list(examples)
-        from ..decoding import prompt_ids
+        return sorted(examples, key=lambda e: len(self.prompt_ids(e)))
 
-        _, tokenizer = self.lm
-        lengths = {e.id: len(prompt_ids(tokenizer, [m.model_dump() for m in e.messages])) for e in examples}
-        return sorted(examples, key=lambda e: lengths[e.id])
+    def prompt_ids(self, example: Example) -> list[int]:
+        if example.id not in self._prompt_ids:
+            from ..decoding import prompt_ids
+
+            _, tokenizer = self.lm  # type: ignore[misc]
+            self._prompt_ids[example.id] = prompt_ids(tokenizer, [m.model_dump() for m in example.messages])
+        return self._prompt_ids[example.id]
 
     def nll(self, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]] | None:
         if self.lm is None:
@@ -306,10 +311,9 @@ class Generator:
 
         results = self._score(examples, candidates, cfg.max_new_tokens, repetition_penalty, cfg.batch_size)
         _, tokenizer = self.lm  # type: ignore[misc]
-        eos = tokenizer.eos_token_id
         completions = []
         for r in results:
-            ids = r.tokens[:r.tokens.index(eos)] if eos in r.tokens else list(r.tokens)
+            ids = r.tokens[:-1] if r.stopped else list(r.tokens)   # decoding stops on the first stop token
             completions.append(Completion(text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                           finish_reason="stop" if r.stopped else "length",
                                           prompt_tokens=r.prompt_tokens, completion_tokens=len(ids)))
@@ -317,10 +321,10 @@ class Generator:
 
     def _score(self, examples: Sequence[Example], continuations: Sequence[Sequence[str]], max_new_tokens: int,
                repetition_penalty: float, batch_size: int) -> list:
-        from ..decoding import generate_and_score, prompt_ids
+        from ..decoding import generate_and_score
 
         model, tokenizer = self.lm  # type: ignore[misc]
-        prompts = [prompt_ids(tokenizer, [m.model_dump() for m in e.messages]) for e in examples]
+        prompts = [self.prompt_ids(e) for e in examples]
         return generate_and_score(model, tokenizer, prompts, continuations, max_new_tokens=max_new_tokens,
                                   repetition_penalty=repetition_penalty, batch_size=batch_size,
                                   timings=self.timings)
