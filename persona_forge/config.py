@@ -379,6 +379,12 @@ class EvalConfig(Section):
                                  "log-likelihood given the prompt (scored on the prompt's cached pass), local models "
                                  "only. 0: off.")
 
+    retrieval: Path | None = Field(None, description="Also evaluate the retrieval baseline (the study's IR row): "
+                                   "each reply is the training reply, from this SPC-shaped corpus (e.g. "
+                                   "corpora/spc/train.jsonl.gz), whose prompt turn is nearest by sentence embedding "
+                                   "(never from the example's own conversation); reported as the model 'retrieval'.")
+    retrieval_encoder: str = Field("packaged:minilm-l6", description="Sentence encoder of the retrieval baseline.")
+
     @field_validator("hits_candidates")
     @classmethod
     def _hits_candidates(cls, value: int) -> int:
@@ -389,10 +395,10 @@ class EvalConfig(Section):
 
     def identity(self) -> dict[str, Any]:
         """What decides each record, for config hashes: not the data path (hashed apart), the limit, the
-        adapters (each generation record carries its model's digest), threads, batches or chunks; Hits@1
-        only when on (runs made before it existed keep their hash)."""
+        adapters or the retrieval corpus (each generation record carries its model's digest), threads,
+        batches or chunks; Hits@1 only when on (runs made before it existed keep their hash)."""
         out = self.model_dump(mode="json", exclude={"data", "limit", "adapters", "threads", "batch_size",
-                                                    "chunk"})
+                                                    "chunk", "retrieval", "retrieval_encoder"})
         if not self.hits_candidates:
             out.pop("hits_candidates")
         return out

@@ -465,3 +465,104 @@ def test_failed_replies_are_not_written_and_are_retried(tmp_path):
     assert len(read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl")) == 2
     result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
     assert len(backend.seen) == 4 and result["models"]["base"]["n"] == 3
+
+
+# --- the retrieval baseline ------------------------------------------------------------------------------
+
+def _bag_of_words(texts):
+    """A stand-in sentence encoder: one dimension per word (hashed), so shared words mean similarity."""
+    out = np.zeros((len(texts), 64), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().replace("?", "").replace(".", "").split():
+            out[row, sum(map(ord, word)) % 64] += 1.0
+    return out
+
+
+def _retrieval_corpus(path: Path) -> Path:
+    def conversation(cid, turns):
+        return {"id": cid, "user1_persona": ["I like tea."], "user2_persona": ["I have a cat."],
+                "turns": [{"speaker": "user1" if i % 2 == 0 else "user2", "text": t} for i, t in enumerate(turns)]}
+
+    rows = [conversation("train-a", ["do you have any pets?", "yes a cat named tom.", "nice",
+                                     "what do you drink in the morning?", "green tea always."]),
+            conversation("train-b", ["do you have any pets at home?", "no, I am allergic.", "what a pity"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_retrieval_answers_with_the_nearest_prompts_reply_never_from_its_own_conversation(tmp_path):
+    from persona_forge.retrieval import RetrievalIndex, training_pairs
+
+    pairs = training_pairs(_retrieval_corpus(tmp_path / "train.jsonl"))
+    # every reply to the other user's turn: 4 in conversation a, 2 in b
+    assert [(s, p) for s, p, _ in pairs][:2] == [("train-a", "do you have any pets?"),
+                                                ("train-a", "yes a cat named tom.")]
+    assert len(pairs) == 6
+    index = RetrievalIndex.from_pairs(pairs, _bag_of_words)
+    answers = index.answer(["do you have any pets?", "what do you drink in the morning?"], ["test-1", "test-1"],
+                           _bag_of_words)
+    assert [reply for reply, _ in answers] == ["yes a cat named tom.", "green tea always."]
+    assert answers[0][1] == pytest.approx(1.0)
+    # the same query from conversation a itself gets b's reply to the nearest other prompt
+    (reply, similarity), = index.answer(["do you have any pets?"], ["train-a"], _bag_of_words)
+    assert reply == "no, I am allergic." and 0.5 < similarity < 1.0
+
+
+def test_eval_reports_the_retrieval_baseline_as_a_model_without_perplexity(tmp_path):
+    from persona_forge.retrieval import RetrievalIndex, training_pairs
+
+    corpus = _retrieval_corpus(tmp_path / "train.jsonl")
+    recipe = _recipe(tmp_path, limit=3, bootstrap=50, retrieval=str(corpus))
+    examples, _ = E.load_examples(SPC_TEST, recipe.eval)
+    fakes = FakeGenerators(examples)
+    index = RetrievalIndex.from_pairs(training_pairs(corpus), _bag_of_words)
+    built = []
+
+    def factory(recipe, model, progress):
+        if model.retrieval is None:
+            return fakes(recipe, model, progress)
+        built.append(model)
+        return E.RetrievalGenerator(index, _bag_of_words, "retrieval")
+
+    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    assert [m.name for m in built] == ["retrieval"] and built[0].retrieval == corpus
+    records = [r for r in read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
+               if r.model == "retrieval"]
+    replies = {reply for _, _, reply in training_pairs(corpus)}
+    assert len(records) == 3 and all(r.reply in replies for r in records)
+    assert all(r.provenance.backend == "retrieval" and r.reference_nll is None for r in records)
+    row = result["models"]["retrieval"]
+    assert row["metrics"]["perplexity"]["value"] is None and "delta_vs_base" in row
+    # another corpus is another model: its replies are generated anew, the base's are kept
+    (tmp_path / "other.jsonl").write_text(corpus.read_text().replace("green tea", "black coffee"))
+    again = _recipe(tmp_path, limit=3, bootstrap=50, retrieval=str(tmp_path / "other.jsonl"))
+    E.run(again, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    assert len(built) == 2 and len(fakes.backends["base"].seen) == 3
+
+
+def test_retrieval_needs_a_corpus_file_and_its_own_name(tmp_path):
+    recipe = _recipe(tmp_path, retrieval=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match=r"eval.retrieval: .*missing.jsonl is not a file"):
+        E.models_under_test(recipe, {})
+    corpus = _retrieval_corpus(tmp_path / "train.jsonl")
+    recipe = _recipe(tmp_path, retrieval=str(corpus))
+    with pytest.raises(UserError, match="retrieval baseline's"):
+        E.models_under_test(recipe, {"retrieval": _fake_adapter(tmp_path / "a")})
+
+
+def test_the_retrieval_index_is_embedded_once_per_corpus(tmp_path):
+    from persona_forge.retrieval import RetrievalIndex, training_pairs
+
+    pairs = training_pairs(_retrieval_corpus(tmp_path / "train.jsonl"))
+    calls = []
+
+    def embed(texts):
+        calls.append(len(texts))
+        return _bag_of_words(texts)
+
+    path = tmp_path / "cache" / "index.npy"
+    first = RetrievalIndex.cached(pairs, embed, path)
+    second = RetrievalIndex.cached(pairs, embed, path)
+    assert calls == [6] and np.array_equal(first.vectors, second.vectors) and second.replies == first.replies
+    RetrievalIndex.cached(pairs[:4], embed, path)          # a file that does not fit is embedded again
+    assert calls == [6, 4]

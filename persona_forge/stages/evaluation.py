@@ -41,7 +41,8 @@ from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
 from ..samples import next_reply
 from ..schema import BASE, ChatMessage, EvalGeneration, Provenance, Turn, record_id
-from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, iter_json_lines
+from ..retrieval import RetrievalIndex, training_pairs
+from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_text, file_sha256, iter_json_lines
 
 STAGE = "eval"
 FOLDER = layout.EVAL
@@ -66,6 +67,10 @@ class ModelUnderTest:
     name: str
     adapter: Path | None
     digest: str
+    retrieval: Path | None = None   # the retrieval baseline's training corpus (no model: lookup)
+
+
+RETRIEVAL = "retrieval"
 
 
 def default_data() -> Path:
@@ -120,6 +125,16 @@ def models_under_test(recipe: Recipe, adapters: dict[str, Path]) -> list[ModelUn
                             f"backend serves only its own model")
         check_adapter(folder)
         models.append(ModelUnderTest(name, Path(folder), adapter_digest(Path(folder))))
+    if recipe.eval.retrieval is not None:
+        if RETRIEVAL in adapters:
+            raise UserError(f"--adapter {RETRIEVAL}: the name is the retrieval baseline's (eval.retrieval); "
+                            f"choose another name")
+        corpus = Path(recipe.eval.retrieval)
+        if not corpus.is_file():
+            raise UserError(f"eval.retrieval: {corpus} is not a file; give a Synthetic-Persona-Chat-shaped "
+                            f"training corpus, e.g. corpora/spc/train.jsonl.gz")
+        digest = record_id(RETRIEVAL, file_sha256(corpus), recipe.eval.retrieval_encoder)
+        models.append(ModelUnderTest(RETRIEVAL, None, digest, retrieval=corpus))
     return models
 
 
@@ -255,6 +270,8 @@ class Generator:
     def for_model(cls, recipe: Recipe, model: ModelUnderTest, progress: bool) -> "Generator":
         from ..backends import build_backend
 
+        if model.retrieval is not None:
+            return RetrievalGenerator.build(model.retrieval, recipe.eval.retrieval_encoder, model.digest)
         cfg = recipe.eval
         update: dict[str, Any] = {"adapter": model.adapter, "batch_size": cfg.batch_size}
         if cfg.threads:
@@ -328,6 +345,41 @@ class Generator:
         return generate_and_score(model, tokenizer, prompts, continuations, max_new_tokens=max_new_tokens,
                                   repetition_penalty=repetition_penalty, batch_size=batch_size,
                                   timings=self.timings)
+
+
+class RetrievalGenerator(Generator):
+    """The retrieval baseline (retrieval.py) behind the Generator interface: its replies are looked
+    up, not decoded, so it has no reference perplexity and no Hits@1."""
+
+    def __init__(self, index: RetrievalIndex, embed: Callable[[list[str]], Any], description: str):
+        super().__init__(None, None, description)
+        self.index, self.embed = index, embed
+
+    @classmethod
+    def build(cls, corpus: Path, encoder_spec: str, digest: str) -> "RetrievalGenerator":
+        from ..embeddings import Encoder
+        from ..models import cache_dir
+
+        encoder = Encoder(encoder_spec, batch_size=256)
+
+        def embed(texts: list[str]):
+            unique = list(dict.fromkeys(texts))   # SPC repeats greetings and short answers
+            vectors = encoder.encode(unique, "retrieval index" if len(unique) > 1000 else "retrieval queries")
+            row = {text: i for i, text in enumerate(unique)}
+            return vectors[[row[t] for t in texts]]
+
+        # SPC train's 234k prompt turns take minutes to embed here: kept in the user cache per corpus and encoder
+        index = RetrievalIndex.cached(training_pairs(corpus), embed, cache_dir() / "retrieval" / f"{digest}.npy")
+        description = json.dumps({"kind": RETRIEVAL, "corpus": str(corpus), "pairs": len(index.replies),
+                                  "encoder": encoder_spec})
+        return cls(index, embed, description)
+
+    def generate(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
+        from ..backends import Completion
+
+        answers = self.index.answer([e.messages[-1].content for e in examples], [e.source_id for e in examples],
+                                    self.embed)
+        return [Completion(text=reply, finish_reason="stop") for reply, _ in answers]
 
 
 GeneratorFactory = Callable[[Recipe, ModelUnderTest, bool], Generator]
@@ -448,7 +500,8 @@ def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: G
             reference=example.reference, reply=reply, finish_reason=completion.finish_reason,
             error=completion.error, metrics=row, bleu_stats=stats, reference_nll=nll_sum,
             reference_tokens=tokens,
-            provenance=Provenance(backend=recipe.backend.kind, model=recipe.backend.model,
+            provenance=Provenance(backend=RETRIEVAL if model.retrieval else recipe.backend.kind,
+                                  model=str(model.retrieval) if model.retrieval else recipe.backend.model,
                                   params={**params, "adapter": str(model.adapter) if model.adapter else None})))
     return records
 
