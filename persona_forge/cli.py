@@ -277,16 +277,18 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.candidates": candidates, "generate.rounds": rounds, "generate.limit": limit,
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
-    backend = build_backend(stage.backend_config(recipe), progress=show)  # with generate.generator, if set
-    from . import executors
-
-    embed = Embedder(recipe.personas.model, executor=executors.get(recipe.executor)) \
+    # with generate.generator's adapter, if set
+    backend = build_backend(stage.backend_config(recipe.generate, recipe.backend), progress=show)
+    context = _stage_context(recipe, obj)
+    embed = Embedder(recipe.personas.model, executor=context.executor) \
         if recipe.generate.critic.prefilter > 0 else None
-    rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
-                     embed=embed, force=obj.force, default_profiles=recipe.pair.profiles)
-    ui.summary("forge generate", _with_last_errors(rows, backend))
-    if rows.get("failed (re-run to retry)"):
-        raise UserError(f"{rows['failed (re-run to retry)']} candidates failed after retries; run the same "
+    result = stage.run(recipe.generate, context, backend,
+                       lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
+                       chat=recipe.backend, nli_config=recipe.nli, embed=embed,
+                       default_profiles=recipe.pair.profiles, prompts_dir=recipe.prompts_dir)
+    ui.summary("forge generate", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} candidates failed after retries; run the same "
                         "command again to generate only those")
 
 

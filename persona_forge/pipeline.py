@@ -119,9 +119,9 @@ def _generate(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
     from .stages import generate
 
     embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
-    rows = generate.run(recipe, shared.backend(generate.backend_config(recipe)), shared.nli, embed=embed,
-                        force=context.force, default_profiles=recipe.pair.profiles)
-    return _result(generate.STAGE, rows, context, generate.OUTPUTS)
+    backend = shared.backend(generate.backend_config(recipe.generate, recipe.backend))
+    return generate.run(recipe.generate, context, backend, shared.nli, chat=recipe.backend, nli_config=recipe.nli,
+                        embed=embed, default_profiles=recipe.pair.profiles, prompts_dir=recipe.prompts_dir)
 
 
 def _curate(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
