@@ -212,11 +212,12 @@ def personas(obj: Context, sub_recipe: Path | None, n: int | None, seeds_path: P
         "personas.expand": expand})
     show = ui.verbosity() >= 0
     backend = build_backend(recipe.backend, progress=show) if recipe.personas.expand else None
-    rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
-                     force=obj.force)
-    ui.summary("forge personas", _with_last_errors(rows, backend))
-    if rows.get("failed (re-run to retry)"):
-        raise UserError(f"{rows['failed (re-run to retry)']} requests failed after retries; run the same command "
+    result = stage.run(recipe.personas, _stage_context(recipe, obj), backend,
+                       lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
+                       chat=recipe.backend, nli_config=recipe.nli, prompts_dir=recipe.prompts_dir)
+    ui.summary("forge personas", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} requests failed after retries; run the same command "
                         f"again to retry only those (profiles are built once all are done)")
 
 

@@ -104,8 +104,8 @@ def _personas(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
     from .stages import personas
 
     backend = shared.backend() if recipe.personas.expand else None
-    rows = personas.run(recipe, backend, shared.nli, force=context.force)
-    return _result(personas.STAGE, rows, context, personas.OUTPUTS)
+    return personas.run(recipe.personas, context, backend, shared.nli, chat=recipe.backend, nli_config=recipe.nli,
+                        prompts_dir=recipe.prompts_dir)
 
 
 def _pair(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
