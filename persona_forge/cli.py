@@ -315,14 +315,13 @@ def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapter
 
     recipe = _context(obj, sub_recipe).recipe(**{
         "eval.data": str(data_path) if data_path else None, "eval.limit": limit, "eval.sample": sample})
-    result = stage.run(recipe, stage.parse_adapter_options(adapters), force=obj.force,
-                       progress=ui.verbosity() >= 0)
+    result = stage.run(recipe.eval, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
+                       nli_config=recipe.nli, adapters=stage.parse_adapter_options(adapters))
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.data, indent=2, sort_keys=True))
         return
-    click.echo(stage.markdown_table(result))  # plain: a markdown table must not be wrapped
-    ui.summary("forge eval", {"examples": result["examples"], "models": ", ".join(result["models"]),
-                              "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+    click.echo(stage.markdown_table(result.data))  # plain: a markdown table must not be wrapped
+    ui.summary("forge eval", result.summary)
 
 
 @forge.command("judge")
@@ -517,9 +516,13 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
                       interactive, chat_model.has_adapter, memory)
 
 
-def _stage_context(recipe: Recipe, obj: Context):
+def _stage_context(recipe: Recipe, obj: Context, fans_out: bool = True):
+    """The StageContext of one command; `fans_out=False` for a stage that never uses the executor (a
+    Ray executor would otherwise connect for nothing)."""
     from .contract import StageContext
 
+    if not fans_out:
+        return StageContext(Path(recipe.run_dir), obj.force, ui.verbosity() >= 0)
     return StageContext.for_recipe(recipe, obj.force, ui.verbosity() >= 0)
 
 

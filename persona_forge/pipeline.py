@@ -144,10 +144,8 @@ def _eval(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
 
     adapters = {folder.parent.name: folder for folder in layout.trained_adapters(context.run_dir)}
     scorers = evaluation.Scorers(lambda: metrics.load_bertscore(recipe.eval.bertscore_layer), shared.nli)
-    data = evaluation.run(recipe, adapters, force=context.force, scorers=scorers, progress=context.progress)
-    summary = {"examples": data["examples"], "models": ", ".join(data["models"]),
-               "outputs": str(context.run_dir / evaluation.FOLDER)}
-    return _result(evaluation.STAGE, summary, context, evaluation.OUTPUTS, data=data)
+    return evaluation.run(recipe.eval, context, chat=recipe.backend, nli_config=recipe.nli, adapters=adapters,
+                          scorers=scorers)
 
 
 def _judge(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
