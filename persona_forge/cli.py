@@ -347,20 +347,21 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
         "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
         "judge.pairwise": pairwise, "judge.bigfive": bigfive})
     if estimate:
-        planned = stage.estimate(recipe)
+        planned = stage.estimate(recipe.judge, Path(recipe.run_dir), chat=recipe.backend,
+                                 prompts_dir=recipe.prompts_dir)
         click.echo(json.dumps(planned, indent=2, sort_keys=True) if as_json else stage.estimate_table(planned))
         return
-    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0,
-                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
+    result = stage.run(recipe.judge, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
+                       nli_config=recipe.nli, bootstrap=(recipe.eval.bootstrap, recipe.eval.seed),
+                       contradiction=recipe.eval.contradiction, prompts_dir=recipe.prompts_dir)
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.data, indent=2, sort_keys=True))
         return
     for key, table in (("rubric", stage.rubric_table), ("pairwise", stage.pairwise_table),
                        ("bigfive", stage.bigfive_table)):
-        if result.get(key):
-            click.echo(table(result[key]))
-    ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
-                               "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+        if result.data.get(key):
+            click.echo(table(result.data[key]))
+    ui.summary("forge judge", result.summary)
 
 
 @forge.command()

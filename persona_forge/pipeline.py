@@ -151,11 +151,9 @@ def _eval(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
 def _judge(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import judging
 
-    data = judging.run(recipe, force=context.force, progress=context.progress,
-                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
-    summary = {"examples": data["examples"], "judge": data["judge"]["model"],
-               "outputs": str(context.run_dir / judging.FOLDER)}
-    return _result(judging.STAGE, summary, context, judging.OUTPUTS, data=data)
+    return judging.run(recipe.judge, context, chat=recipe.backend, nli_config=recipe.nli,
+                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed), contradiction=recipe.eval.contradiction,
+                       prompts_dir=recipe.prompts_dir)
 
 
 def _restyle(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
