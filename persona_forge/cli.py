@@ -171,10 +171,10 @@ def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, wan
     recipe = _context(obj, sub_recipe).recipe(**{"complete.input": str(input_path) if input_path else None,
                                                  "complete.json_replies": want_json})
     backend = build_backend(recipe.backend, progress=ui.verbosity() >= 0)
-    rows = stage.run(recipe, backend, force=obj.force)
-    ui.summary("forge complete", _with_last_errors(rows, backend))
-    if rows["failed (re-run to retry)"]:
-        raise UserError(f"{rows['failed (re-run to retry)']} prompts failed after retries{_last_error(backend)}; "
+    result = stage.run(recipe.complete, _stage_context(recipe, obj, fans_out=False), backend, chat=recipe.backend)
+    ui.summary("forge complete", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} prompts failed after retries{_last_error(backend)}; "
                         f"run the same command again to retry only those")
 
 
