@@ -1170,11 +1170,12 @@ def score(obj: Context, sub_recipe: Path | None, data_path: Path | None, out_pat
     recipe = _context(obj, sub_recipe).recipe(writes=False, **{
         "score.data": str(data_path) if data_path else None, "score.out": str(out_path) if out_path else None,
         "score.model": model, "score.limit": limit, "score.positions": positions, "score.nli": nli})
-    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    result = stage.run(recipe.score, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
+                       nli_config=recipe.nli)
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.data, indent=2, sort_keys=True))
         return
-    ui.summary("forge score", stage.summary_rows(result))
+    ui.summary("forge score", result.summary)
 
 
 _HELP_SECTIONS["score"] = "score"
