@@ -442,8 +442,10 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
     from .stages import train as stage
 
     recipe = _context(obj, sub_recipe).recipe(**overrides)
-    rows = stage.run(recipe, force=obj.force, merge=merge, progress=ui.verbosity() >= 0)
-    ui.summary(f"forge train ({recipe.train.method})", rows)
+    result = stage.run(recipe.train, _stage_context(recipe, obj, fans_out=False), base_model=recipe.backend.model,
+                       seed=recipe.seed, prompts_dir=recipe.prompts_dir, nli_config=recipe.nli,
+                       eval_data=recipe.eval.data, merge=merge)
+    ui.summary(f"forge train ({recipe.train.method})", result.summary)
 
 
 @forge.command()

@@ -17,8 +17,6 @@ are its own). `forge run` is this function with a summary printed after each sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 from . import layout, ui
 from .config import Recipe
@@ -26,7 +24,6 @@ from .contract import StageContext, StageResult
 from .errors import UserError
 
 PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
-FAILED = "failed (re-run to retry)"
 
 
 def choose(stages: Iterable[str] | str | None) -> list[str]:
@@ -93,13 +90,6 @@ def run(recipe: Recipe, stages: Sequence[str] | str | None = None, force: bool =
 
 # --- each stage: what it is handed, and its result --------------------------------------------------
 
-def _result(stage: str, summary: dict[str, Any], context: StageContext, outputs: Sequence[str],
-            manifest_dir: Path | None = None, data: dict[str, Any] | None = None) -> StageResult:
-    """A StageResult for a stage whose `run` still returns its summary rows."""
-    return StageResult.read(stage, summary, context.run_dir, outputs, failed=int(summary.get(FAILED) or 0),
-                            data=data, manifest_dir=manifest_dir)
-
-
 def _personas(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import personas
 
@@ -133,9 +123,8 @@ def _curate(recipe: Recipe, shared: Shared, context: StageContext) -> StageResul
 def _train(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import train
 
-    rows = train.run(recipe, force=context.force, progress=context.progress)
-    folder = train.out_dir(recipe)
-    return _result(train.STAGE, rows, context, [str(folder.relative_to(context.run_dir))], manifest_dir=folder)
+    return train.run(recipe.train, context, base_model=recipe.backend.model, seed=recipe.seed,
+                     prompts_dir=recipe.prompts_dir, nli_config=recipe.nli, eval_data=recipe.eval.data)
 
 
 def _eval(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:

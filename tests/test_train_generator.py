@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KeywordNLI, make_recipe
+from conftest import KeywordNLI, make_recipe, run_train
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import GeneratorTrainSettings
 from persona_forge.corpora import load_conversations
@@ -124,7 +124,7 @@ def test_a_generator_trains_on_the_target_only_and_generate_applies_it(tiny, tmp
     recipe = make_recipe(run, backend={"kind": "local", "model": str(tiny), "batch_size": 4, "threads": 1},
                          train={"method": "generator", "data": str(data), "model": str(tiny), "max_steps": 2,
                                 "logging_steps": 1, "save_steps": 2, "threads": 1})
-    summary = train.run(recipe, progress=False)
+    summary = run_train(recipe)
     folder = run / "train" / "generator"
     manifest = json.loads((folder / "train.manifest.json").read_text())
     assert summary["status"] == "trained" and manifest["figures"]["steps"] == 2
