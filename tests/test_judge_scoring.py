@@ -261,7 +261,8 @@ def test_the_estimate_equals_the_requests_sent(tmp_path, scoring):
     assert total["cost"] == pytest.approx((total["prompt_tokens"] * 2 + total["completion_tokens"] * 8) / 1e6)
     assert [p["part"] for p in estimated["parts"]] == ["judge: rubric", "judge: pairwise", "bigfive: base"]
     # after the run nothing is left to ask
-    assert J.estimate(recipe.judge, recipe.run_dir, chat=recipe.backend, backend_factory=lambda c: fake)["total"]["requests"] == 0
+    again = J.estimate(recipe.judge, recipe.run_dir, chat=recipe.backend, backend_factory=lambda c: fake)
+    assert again["total"]["requests"] == 0
 
 
 def test_cli_judge_estimate_prints_before_sending(tmp_path):
