@@ -110,6 +110,7 @@ def _measure_complete(server, concurrency: int, n: int) -> dict[str, Any]:
     from persona_forge import ui
     from persona_forge.backends import build_backend
     from persona_forge.config import load_recipe
+    from persona_forge.contract import StageContext
     from persona_forge.stages import complete
 
     ui.set_verbosity(-1)  # as `forge -q complete`: no bar on the bench's stderr
@@ -123,7 +124,8 @@ def _measure_complete(server, concurrency: int, n: int) -> dict[str, Any]:
                                     "backend.concurrency": concurrency, "backend.sampling.max_tokens": 16})
         server.reset()
         cpu, wall = time.process_time(), time.perf_counter()
-        rows = complete.run(recipe, build_backend(recipe.backend))
+        rows = complete.run(recipe.complete, StageContext(recipe.run_dir), build_backend(recipe.backend),
+                            chat=recipe.backend).summary
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"n": n, "seconds": wall, "client_cpu_s": cpu, "rate": n / wall, "failed": rows["failed (re-run to retry)"]}
 

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     examples, _ = E.load_examples(data, cfg.model_copy(update={"limit": max(args.n, args.compare)}))
     pool = E.distractor_pool(data) if args.hits else []
     candidates = [E.hits_candidates(e, pool, args.hits, cfg.seed) for e in examples] if args.hits else None
-    generator = E.Generator.for_model(recipe, E.ModelUnderTest("base", None, "bench"), False)
+    generator = E.Generator.for_model(cfg, recipe.backend, E.ModelUnderTest("base", None, "bench"), False)
     new_cfg = cfg.model_copy(update={"batch_size": args.batch_size})
     penalty = recipe.backend.repetition_penalty
     print(f"setup (imports, data, model load): {time.perf_counter() - t0:.1f} s; {args.threads} threads; "
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     replies, _, _ = new_path(generator, examples[:n], cfg, candidates[:n] if candidates else None, penalty)
     t_new = time.perf_counter() - t
-    scorers = E.default_scorers(recipe, False)
+    scorers = E.default_scorers(cfg, recipe.backend, recipe.nli, False)
     t = time.perf_counter()
     scorers.bertscore, scorers.nli
     t_load = time.perf_counter() - t

@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from persona_forge import ui  # noqa: E402
 from persona_forge.backends import build_backend  # noqa: E402
 from persona_forge.config import load_recipe  # noqa: E402
+from persona_forge.contract import StageContext  # noqa: E402
 from persona_forge.nli.base import load_nli  # noqa: E402
 from persona_forge.resources import data_dir  # noqa: E402
 from persona_forge.schema import Pair, Profile, record_id  # noqa: E402
@@ -65,7 +66,8 @@ def one_run(url: str, folder: Path, nli, embed, prefilter: float, candidates: in
     os.environ.setdefault("OPENAI_API_KEY", "bench")
     backend = build_backend(recipe.backend, progress=False)
     started = time.perf_counter()
-    rows = stage.run(recipe, backend, nli, embed=embed if prefilter > 0 else None)
+    rows = stage.run(recipe.generate, StageContext(recipe.run_dir, progress=False), backend, nli, chat=recipe.backend,
+                     nli_config=recipe.nli, embed=embed if prefilter > 0 else None).summary
     seconds = time.perf_counter() - started
     manifest = json.loads((folder / "generate.manifest.json").read_text())
     return {"seconds": seconds, "rows": rows, "usage": manifest["figures"]["usage"],

@@ -43,7 +43,7 @@ def main() -> None:
 
     from persona_forge import ui
     from persona_forge.config import load_recipe
-    from persona_forge.stages import train, train_rl
+    from conftest import run_train
     from test_train_rlhf import ShortIsGrounded, write_preferences
     from train_data import write_sft
 
@@ -58,21 +58,21 @@ def main() -> None:
 
     started = time.time()
     write_sft(run / "curated" / "sft.jsonl", 40)
-    train.run(recipe(lr=1e-3, max_steps=20), progress=False)
+    run_train(recipe(lr=1e-3, max_steps=20))
     write_preferences(run / "preferences.jsonl", 30, turns=6)
-    rm = train.run(recipe(method="reward", lr=1e-3, max_steps=20, batch_size=2, max_length=256), progress=False)
+    rm = run_train(recipe(method="reward", lr=1e-3, max_steps=20, batch_size=2, max_length=256))
     print(f"SFT + reward model: {time.time() - started:.0f} s; reward model held-out accuracy "
           f"{rm.get('held-out accuracy')} on {rm.get('held-out pairs')} pairs")
     sft = run / "train" / "sft" / "adapter"
     results = {}
     for beta in args.betas:
         t0 = time.time()
-        train_rl.run(recipe(method="rloo", name=f"rloo-beta{beta}", adapter=str(sft), lr=args.lr,
-                            max_steps=args.steps, batch_size=1,
-                            **{"rl.beta": beta, "rl.n_prompts": args.steps, "rl.num_generations": 4,
-                               "rl.max_completion_length": 48, "rl.length_penalty": -args.length_bonus,
-                               "rl.length_free": 10}),
-                     progress=False, nli=ShortIsGrounded() if args.stub_nli else None)
+        run_train(recipe(method="rloo", name=f"rloo-beta{beta}", adapter=str(sft), lr=args.lr,
+                         max_steps=args.steps, batch_size=1,
+                         **{"rl.beta": beta, "rl.n_prompts": args.steps, "rl.num_generations": 4,
+                            "rl.max_completion_length": 48, "rl.length_penalty": -args.length_bonus,
+                            "rl.length_free": 10}),
+                  rl=True, nli=ShortIsGrounded() if args.stub_nli else None)
         folder = run / "train" / f"rloo-beta{beta}"
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
         log = [row for row in log if "reward" in row]

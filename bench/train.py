@@ -36,6 +36,7 @@ def main() -> None:
 
     from persona_forge import ui
     from persona_forge.config import load_recipe
+    from persona_forge.contract import StageContext
     from persona_forge.stages import train
     from train_data import write_dpo, write_sft
 
@@ -49,7 +50,8 @@ def main() -> None:
                                     "train.logging_steps": 10, "train.precision": args.precision,
                                     "train.checkpointing": args.checkpointing})
         started = time.time()
-        train.run(recipe, progress=True)
+        train.run(recipe.train, StageContext(recipe.run_dir, progress=True), base_model=recipe.backend.model,
+                  seed=recipe.seed, prompts_dir=recipe.prompts_dir)
         wall = time.time() - started
         manifest = json.loads((run_dir / "train" / method / "train.manifest.json").read_text())
         figures, counts = manifest["figures"], manifest["counts"]

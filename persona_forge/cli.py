@@ -171,10 +171,10 @@ def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, wan
     recipe = _context(obj, sub_recipe).recipe(**{"complete.input": str(input_path) if input_path else None,
                                                  "complete.json_replies": want_json})
     backend = build_backend(recipe.backend, progress=ui.verbosity() >= 0)
-    rows = stage.run(recipe, backend, force=obj.force)
-    ui.summary("forge complete", _with_last_errors(rows, backend))
-    if rows["failed (re-run to retry)"]:
-        raise UserError(f"{rows['failed (re-run to retry)']} prompts failed after retries{_last_error(backend)}; "
+    result = stage.run(recipe.complete, _stage_context(recipe, obj, fans_out=False), backend, chat=recipe.backend)
+    ui.summary("forge complete", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} prompts failed after retries{_last_error(backend)}; "
                         f"run the same command again to retry only those")
 
 
@@ -212,11 +212,12 @@ def personas(obj: Context, sub_recipe: Path | None, n: int | None, seeds_path: P
         "personas.expand": expand})
     show = ui.verbosity() >= 0
     backend = build_backend(recipe.backend, progress=show) if recipe.personas.expand else None
-    rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
-                     force=obj.force)
-    ui.summary("forge personas", _with_last_errors(rows, backend))
-    if rows.get("failed (re-run to retry)"):
-        raise UserError(f"{rows['failed (re-run to retry)']} requests failed after retries; run the same command "
+    result = stage.run(recipe.personas, _stage_context(recipe, obj), backend,
+                       lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
+                       chat=recipe.backend, nli_config=recipe.nli, prompts_dir=recipe.prompts_dir)
+    ui.summary("forge personas", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} requests failed after retries; run the same command "
                         f"again to retry only those (profiles are built once all are done)")
 
 
@@ -277,16 +278,18 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
         "generate.candidates": candidates, "generate.rounds": rounds, "generate.limit": limit,
         "generate.critic.judge": False if no_judge else None})
     show = ui.verbosity() >= 0
-    backend = build_backend(stage.backend_config(recipe), progress=show)  # with generate.generator, if set
-    from . import executors
-
-    embed = Embedder(recipe.personas.model, executor=executors.get(recipe.executor)) \
+    # with generate.generator's adapter, if set
+    backend = build_backend(stage.backend_config(recipe.generate, recipe.backend), progress=show)
+    context = _stage_context(recipe, obj)
+    embed = Embedder(recipe.personas.model, executor=context.executor) \
         if recipe.generate.critic.prefilter > 0 else None
-    rows = stage.run(recipe, backend, lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
-                     embed=embed, force=obj.force, default_profiles=recipe.pair.profiles)
-    ui.summary("forge generate", _with_last_errors(rows, backend))
-    if rows.get("failed (re-run to retry)"):
-        raise UserError(f"{rows['failed (re-run to retry)']} candidates failed after retries; run the same "
+    result = stage.run(recipe.generate, context, backend,
+                       lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), show),
+                       chat=recipe.backend, nli_config=recipe.nli, embed=embed,
+                       default_profiles=recipe.pair.profiles, prompts_dir=recipe.prompts_dir)
+    ui.summary("forge generate", _with_last_errors(result.summary, backend))
+    if result.failed:
+        raise UserError(f"{result.failed} candidates failed after retries; run the same "
                         "command again to generate only those")
 
 
@@ -312,14 +315,13 @@ def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapter
 
     recipe = _context(obj, sub_recipe).recipe(**{
         "eval.data": str(data_path) if data_path else None, "eval.limit": limit, "eval.sample": sample})
-    result = stage.run(recipe, stage.parse_adapter_options(adapters), force=obj.force,
-                       progress=ui.verbosity() >= 0)
+    result = stage.run(recipe.eval, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
+                       nli_config=recipe.nli, adapters=stage.parse_adapter_options(adapters))
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.data, indent=2, sort_keys=True))
         return
-    click.echo(stage.markdown_table(result))  # plain: a markdown table must not be wrapped
-    ui.summary("forge eval", {"examples": result["examples"], "models": ", ".join(result["models"]),
-                              "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+    click.echo(stage.markdown_table(result.data))  # plain: a markdown table must not be wrapped
+    ui.summary("forge eval", result.summary)
 
 
 @forge.command("judge")
@@ -345,20 +347,21 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
         "judge.input": str(input_path) if input_path else None, "judge.limit": limit, "judge.rubric": rubric,
         "judge.pairwise": pairwise, "judge.bigfive": bigfive})
     if estimate:
-        planned = stage.estimate(recipe)
+        planned = stage.estimate(recipe.judge, Path(recipe.run_dir), chat=recipe.backend,
+                                 prompts_dir=recipe.prompts_dir)
         click.echo(json.dumps(planned, indent=2, sort_keys=True) if as_json else stage.estimate_table(planned))
         return
-    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0,
-                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
+    result = stage.run(recipe.judge, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
+                       nli_config=recipe.nli, bootstrap=(recipe.eval.bootstrap, recipe.eval.seed),
+                       contradiction=recipe.eval.contradiction, prompts_dir=recipe.prompts_dir)
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.data, indent=2, sort_keys=True))
         return
     for key, table in (("rubric", stage.rubric_table), ("pairwise", stage.pairwise_table),
                        ("bigfive", stage.bigfive_table)):
-        if result.get(key):
-            click.echo(table(result[key]))
-    ui.summary("forge judge", {"examples": result["examples"], "judge": result["judge"]["model"],
-                               "outputs": str(Path(recipe.run_dir) / stage.FOLDER)})
+        if result.data.get(key):
+            click.echo(table(result.data[key]))
+    ui.summary("forge judge", result.summary)
 
 
 @forge.command()
@@ -439,8 +442,10 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
     from .stages import train as stage
 
     recipe = _context(obj, sub_recipe).recipe(**overrides)
-    rows = stage.run(recipe, force=obj.force, merge=merge, progress=ui.verbosity() >= 0)
-    ui.summary(f"forge train ({recipe.train.method})", rows)
+    result = stage.run(recipe.train, _stage_context(recipe, obj, fans_out=False), base_model=recipe.backend.model,
+                       seed=recipe.seed, prompts_dir=recipe.prompts_dir, nli_config=recipe.nli,
+                       eval_data=recipe.eval.data, merge=merge)
+    ui.summary(f"forge train ({recipe.train.method})", result.summary)
 
 
 @forge.command()
@@ -514,9 +519,13 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
                       interactive, chat_model.has_adapter, memory)
 
 
-def _stage_context(recipe: Recipe, obj: Context):
+def _stage_context(recipe: Recipe, obj: Context, fans_out: bool = True):
+    """The StageContext of one command; `fans_out=False` for a stage that never uses the executor (a
+    Ray executor would otherwise connect for nothing)."""
     from .contract import StageContext
 
+    if not fans_out:
+        return StageContext(Path(recipe.run_dir), obj.force, ui.verbosity() >= 0)
     return StageContext.for_recipe(recipe, obj.force, ui.verbosity() >= 0)
 
 
@@ -1163,11 +1172,12 @@ def score(obj: Context, sub_recipe: Path | None, data_path: Path | None, out_pat
     recipe = _context(obj, sub_recipe).recipe(writes=False, **{
         "score.data": str(data_path) if data_path else None, "score.out": str(out_path) if out_path else None,
         "score.model": model, "score.limit": limit, "score.positions": positions, "score.nli": nli})
-    result = stage.run(recipe, force=obj.force, progress=ui.verbosity() >= 0)
+    result = stage.run(recipe.score, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
+                       nli_config=recipe.nli)
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.data, indent=2, sort_keys=True))
         return
-    ui.summary("forge score", stage.summary_rows(result))
+    ui.summary("forge score", result.summary)
 
 
 _HELP_SECTIONS["score"] = "score"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import Recipe
 
+FAILED = "failed (re-run to retry)"  # the summary row of requests that failed after retries (a re-run retries them)
+
 
 @dataclass(frozen=True)
 class StageContext:

@@ -17,8 +17,6 @@ are its own). `forge run` is this function with a summary printed after each sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 from . import layout, ui
 from .config import Recipe
@@ -26,7 +24,6 @@ from .contract import StageContext, StageResult
 from .errors import UserError
 
 PIPELINE = ("personas", "pair", "generate", "curate", "train", "eval", "judge")
-FAILED = "failed (re-run to retry)"
 
 
 def choose(stages: Iterable[str] | str | None) -> list[str]:
@@ -93,19 +90,12 @@ def run(recipe: Recipe, stages: Sequence[str] | str | None = None, force: bool =
 
 # --- each stage: what it is handed, and its result --------------------------------------------------
 
-def _result(stage: str, summary: dict[str, Any], context: StageContext, outputs: Sequence[str],
-            manifest_dir: Path | None = None, data: dict[str, Any] | None = None) -> StageResult:
-    """A StageResult for a stage whose `run` still returns its summary rows."""
-    return StageResult.read(stage, summary, context.run_dir, outputs, failed=int(summary.get(FAILED) or 0),
-                            data=data, manifest_dir=manifest_dir)
-
-
 def _personas(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import personas
 
     backend = shared.backend() if recipe.personas.expand else None
-    rows = personas.run(recipe, backend, shared.nli, force=context.force)
-    return _result(personas.STAGE, rows, context, personas.OUTPUTS)
+    return personas.run(recipe.personas, context, backend, shared.nli, chat=recipe.backend, nli_config=recipe.nli,
+                        prompts_dir=recipe.prompts_dir)
 
 
 def _pair(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
@@ -119,9 +109,9 @@ def _generate(recipe: Recipe, shared: Shared, context: StageContext) -> StageRes
     from .stages import generate
 
     embed = Embedder(recipe.personas.model) if recipe.generate.critic.prefilter > 0 else None
-    rows = generate.run(recipe, shared.backend(generate.backend_config(recipe)), shared.nli, embed=embed,
-                        force=context.force, default_profiles=recipe.pair.profiles)
-    return _result(generate.STAGE, rows, context, generate.OUTPUTS)
+    backend = shared.backend(generate.backend_config(recipe.generate, recipe.backend))
+    return generate.run(recipe.generate, context, backend, shared.nli, chat=recipe.backend, nli_config=recipe.nli,
+                        embed=embed, default_profiles=recipe.pair.profiles, prompts_dir=recipe.prompts_dir)
 
 
 def _curate(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
@@ -133,9 +123,8 @@ def _curate(recipe: Recipe, shared: Shared, context: StageContext) -> StageResul
 def _train(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import train
 
-    rows = train.run(recipe, force=context.force, progress=context.progress)
-    folder = train.out_dir(recipe)
-    return _result(train.STAGE, rows, context, [str(folder.relative_to(context.run_dir))], manifest_dir=folder)
+    return train.run(recipe.train, context, base_model=recipe.backend.model, seed=recipe.seed,
+                     prompts_dir=recipe.prompts_dir, nli_config=recipe.nli, eval_data=recipe.eval.data)
 
 
 def _eval(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
@@ -144,20 +133,16 @@ def _eval(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
 
     adapters = {folder.parent.name: folder for folder in layout.trained_adapters(context.run_dir)}
     scorers = evaluation.Scorers(lambda: metrics.load_bertscore(recipe.eval.bertscore_layer), shared.nli)
-    data = evaluation.run(recipe, adapters, force=context.force, scorers=scorers, progress=context.progress)
-    summary = {"examples": data["examples"], "models": ", ".join(data["models"]),
-               "outputs": str(context.run_dir / evaluation.FOLDER)}
-    return _result(evaluation.STAGE, summary, context, evaluation.OUTPUTS, data=data)
+    return evaluation.run(recipe.eval, context, chat=recipe.backend, nli_config=recipe.nli, adapters=adapters,
+                          scorers=scorers)
 
 
 def _judge(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:
     from .stages import judging
 
-    data = judging.run(recipe, force=context.force, progress=context.progress,
-                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed))
-    summary = {"examples": data["examples"], "judge": data["judge"]["model"],
-               "outputs": str(context.run_dir / judging.FOLDER)}
-    return _result(judging.STAGE, summary, context, judging.OUTPUTS, data=data)
+    return judging.run(recipe.judge, context, chat=recipe.backend, nli_config=recipe.nli,
+                       bootstrap=(recipe.eval.bootstrap, recipe.eval.seed), contradiction=recipe.eval.contradiction,
+                       prompts_dir=recipe.prompts_dir)
 
 
 def _restyle(recipe: Recipe, shared: Shared, context: StageContext) -> StageResult:

@@ -171,11 +171,22 @@ def smollm2_sft(tmp_path_factory) -> Path:
     rate, so that a few steps visibly learn), trained once per session and shared read-only: the train
     integration tests check it, the RLHF integration test starts RLOO from its adapter. Two turns of
     context (about 100 tokens a sample instead of 230): the steps cost half as much. The run directory."""
-    from persona_forge.stages import train
     from train_data import write_sft
 
     run_dir = tmp_path_factory.mktemp("smollm2_sft") / "run"
     write_sft(run_dir / "curated" / "sft.jsonl", 8, context=2)
-    train.run(make_recipe(run_dir, train={"logging_steps": 1, "save_steps": 100, "threads": 2, "lr": 1e-3,
-                                          "epochs": 3}), progress=False)
+    run_train(make_recipe(run_dir, train={"logging_steps": 1, "save_steps": 100, "threads": 2, "lr": 1e-3,
+                                          "epochs": 3}))
     return run_dir
+
+
+def run_train(recipe, force: bool = False, progress: bool = False, rl: bool = False, **handed) -> dict:
+    """forge train's stage (train_rl's with `rl`) as the CLI calls it, handed the recipe's base model,
+    global seed, NLI and eval.data (and prompts_dir); its summary rows."""
+    from persona_forge.contract import StageContext
+    from persona_forge.stages import train, train_rl
+
+    given = {"base_model": recipe.backend.model, "seed": recipe.seed, "nli_config": recipe.nli,
+             "eval_data": recipe.eval.data, **({} if rl else {"prompts_dir": recipe.prompts_dir}), **handed}
+    stage = train_rl if rl else train
+    return stage.run(recipe.train, StageContext(recipe.run_dir, force, progress), **given).summary

@@ -115,7 +115,7 @@ def test_eval_shared_pass_matches_generate_and_reference_nll_on_smollm2(tmp_path
     examples, _ = E.load_examples(data, cfg)
     pool = E.distractor_pool(data)
     candidates = [E.hits_candidates(e, pool, 3, cfg.seed) for e in examples]
-    generator = E.Generator.for_model(recipe, E.ModelUnderTest("base", None, "test"), False)
+    generator = E.Generator.for_model(cfg, recipe.backend, E.ModelUnderTest("base", None, "test"), False)
     assert generator.decodes_locally
     model, tokenizer = generator.lm
 

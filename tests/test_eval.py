@@ -16,6 +16,7 @@ from conftest import REPO, forge_cmd, make_recipe, one_line_error
 from persona_forge import metrics as M
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.samples import next_reply
 from persona_forge.schema import EvalGeneration, Turn
@@ -216,7 +217,7 @@ class FakeGenerators:
         self.by_prompt = {e.messages[-1].content: e.reference for e in examples}
         self.backends = {}
 
-    def __call__(self, recipe, model, progress):
+    def __call__(self, cfg, chat, model, progress):
         if model.name == "base":
             first = next(iter(self.by_prompt))
             reply = lambda r: self.by_prompt[first] if r.messages[-1]["content"] == first else "ok"  # noqa: E731
@@ -224,6 +225,12 @@ class FakeGenerators:
             reply = "I hate everything"
         backend = self.backends.setdefault(model.name, ScriptedBackend(default=reply))
         return E.Generator(backend, None, f"fake {model.name}")
+
+
+def run_eval(recipe, **handed) -> dict:
+    """The stage as forge eval calls it, handed the recipe's backend and NLI sections; metrics.json's content."""
+    return E.run(recipe.eval, StageContext(recipe.run_dir, progress=False), chat=recipe.backend, nli_config=recipe.nli,
+                 **handed).data
 
 
 def _fake_scorers():
@@ -238,7 +245,7 @@ def test_stage_generates_scores_aggregates_and_resumes(tmp_path):
     examples, _ = E.load_examples(SPC_TEST, recipe.eval)
     adapter = _fake_adapter(tmp_path / "train" / "sft" / "adapter")
     fakes = FakeGenerators(examples)
-    result = E.run(recipe, {"sft": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    result = run_eval(recipe, adapters={"sft": adapter}, scorers=_fake_scorers(), generator_factory=fakes)
 
     folder = tmp_path / "run" / "eval"
     records = read_jsonl(folder / "generations.jsonl", EvalGeneration)
@@ -281,7 +288,7 @@ def test_stage_generates_scores_aggregates_and_resumes(tmp_path):
 
     # A re-run, even with a larger limit, generates only what is missing.
     again = _recipe(tmp_path, limit=5, bootstrap=200)
-    E.run(again, {"sft": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    run_eval(again, adapters={"sft": adapter}, scorers=_fake_scorers(), generator_factory=fakes)
     assert len(fakes.backends["base"].seen) == 5 and len(fakes.backends["sft"].seen) == 5
     assert len(read_jsonl(folder / "generations.jsonl")) == 10
 
@@ -289,10 +296,10 @@ def test_stage_generates_scores_aggregates_and_resumes(tmp_path):
 def test_stage_refuses_a_changed_config(tmp_path):
     recipe = _recipe(tmp_path, limit=2, bootstrap=50)
     examples, _ = E.load_examples(SPC_TEST, recipe.eval)
-    E.run(recipe, scorers=_fake_scorers(), generator_factory=FakeGenerators(examples), progress=False)
+    run_eval(recipe, scorers=_fake_scorers(), generator_factory=FakeGenerators(examples))
     changed = _recipe(tmp_path, limit=2, bootstrap=50, max_new_tokens=32)
     with pytest.raises(UserError, match="pass --force"):
-        E.run(changed, scorers=_fake_scorers(), generator_factory=FakeGenerators(examples), progress=False)
+        run_eval(changed, scorers=_fake_scorers(), generator_factory=FakeGenerators(examples))
 
 
 def test_retrained_adapter_is_generated_anew(tmp_path):
@@ -300,9 +307,9 @@ def test_retrained_adapter_is_generated_anew(tmp_path):
     examples, _ = E.load_examples(SPC_TEST, recipe.eval)
     adapter = _fake_adapter(tmp_path / "a" / "adapter")
     fakes = FakeGenerators(examples)
-    E.run(recipe, {"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    run_eval(recipe, adapters={"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes)
     (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
-    E.run(recipe, {"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes, progress=False)
+    run_eval(recipe, adapters={"a": adapter}, scorers=_fake_scorers(), generator_factory=fakes)
     assert len(fakes.backends["a"].seen) == 4 and len(fakes.backends["base"].seen) == 2
 
 
@@ -334,9 +341,9 @@ def test_hits_at_1_of_20_on_the_tiny_model_and_with_a_fake_scorer(tmp_path):
             ranked.extend(out)
             return out
 
-    factory = lambda recipe, model, progress: Recording(ScriptedBackend(default="ok"), lm, "tiny")  # noqa: E731
+    factory = lambda cfg, chat, model, progress: Recording(ScriptedBackend(default="ok"), lm, "tiny")  # noqa: E731
     recipe = _recipe(tmp_path, limit=2, context=1, hits_candidates=20, bootstrap=20, batch_size=20)
-    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    result = run_eval(recipe, scorers=_fake_scorers(), generator_factory=factory)
     records = read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
     assert len(ranked) == 2 and all(len(r) == 20 and all(s < 0 for s in r) for r in ranked)
     assert [r.metrics["hits_at_1"] for r in records] == [M.hits_at_1(r, 0) for r in ranked]
@@ -350,9 +357,9 @@ def test_hits_at_1_of_20_on_the_tiny_model_and_with_a_fake_scorer(tmp_path):
         def candidate_scores(self, examples, candidates, batch_size):
             return [[0.0] + [-1.0 - j for j in range(len(c) - 1)] for c in candidates]
 
-    fake = lambda recipe, model, progress: ReferenceFirst(ScriptedBackend(default="ok"), None, "fake")  # noqa: E731
+    fake = lambda cfg, chat, model, progress: ReferenceFirst(ScriptedBackend(default="ok"), None, "fake")  # noqa: E731
     again = _recipe(tmp_path / "b", limit=3, hits_candidates=20, bootstrap=20)
-    result = E.run(again, scorers=_fake_scorers(), generator_factory=fake, progress=False)
+    result = run_eval(again, scorers=_fake_scorers(), generator_factory=fake)
     assert result["models"]["base"]["metrics"]["hits_at_1"] == {"value": 1.0, "low": 1.0, "high": 1.0}
 
 
@@ -427,11 +434,10 @@ def test_openai_backend_generates_through_the_endpoint_and_skips_perplexity(tmp_
                                     "backend.base_url": server.url, "backend.model": "standin-model",
                                     "backend.api_key_env": "PF_TEST_OPENAI_KEY", "eval.limit": 3,
                                     "eval.bootstrap": 50})
-        result = E.run(recipe, scorers=_fake_scorers(), progress=False)
+        result = run_eval(recipe, scorers=_fake_scorers())
         assert server.stats()["by_model"] == {"standin-model": 3}
         with pytest.raises(UserError, match="adapters need a local model"):
-            E.run(recipe, {"sft": _fake_adapter(tmp_path / "sft" / "adapter")}, scorers=_fake_scorers(),
-                  progress=False)
+            run_eval(recipe, adapters={"sft": _fake_adapter(tmp_path / "sft" / "adapter")}, scorers=_fake_scorers())
     records = read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
     examples, _ = E.load_examples(SPC_TEST, recipe.eval)
     assert [r.reply for r in records] == [f"echo: {e.messages[-1].content}" for e in examples]
@@ -458,12 +464,12 @@ def test_failed_replies_are_not_written_and_are_retried(tmp_path):
                 yield index, completion
 
     backend = Flaky()
-    factory = lambda recipe, model, progress: E.Generator(backend, None, "flaky")  # noqa: E731
+    factory = lambda cfg, chat, model, progress: E.Generator(backend, None, "flaky")  # noqa: E731
     recipe = _recipe(tmp_path, limit=3, bootstrap=50)
     with pytest.raises(UserError, match=r"1 replies failed after retries \(first: base: HTTP 500 after 6 retries\)"):
-        E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+        run_eval(recipe, scorers=_fake_scorers(), generator_factory=factory)
     assert len(read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl")) == 2
-    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    result = run_eval(recipe, scorers=_fake_scorers(), generator_factory=factory)
     assert len(backend.seen) == 4 and result["models"]["base"]["n"] == 3
 
 
@@ -518,13 +524,13 @@ def test_eval_reports_the_retrieval_baseline_as_a_model_without_perplexity(tmp_p
     index = RetrievalIndex.from_pairs(training_pairs(corpus), _bag_of_words)
     built = []
 
-    def factory(recipe, model, progress):
+    def factory(cfg, chat, model, progress):
         if model.retrieval is None:
-            return fakes(recipe, model, progress)
+            return fakes(cfg, chat, model, progress)
         built.append(model)
         return E.RetrievalGenerator(index, _bag_of_words, "retrieval")
 
-    result = E.run(recipe, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    result = run_eval(recipe, scorers=_fake_scorers(), generator_factory=factory)
     assert [m.name for m in built] == ["retrieval"] and built[0].retrieval == corpus
     records = [r for r in read_jsonl(tmp_path / "run" / "eval" / "generations.jsonl", EvalGeneration)
                if r.model == "retrieval"]
@@ -536,18 +542,18 @@ def test_eval_reports_the_retrieval_baseline_as_a_model_without_perplexity(tmp_p
     # another corpus is another model: its replies are generated anew, the base's are kept
     (tmp_path / "other.jsonl").write_text(corpus.read_text().replace("green tea", "black coffee"))
     again = _recipe(tmp_path, limit=3, bootstrap=50, retrieval=str(tmp_path / "other.jsonl"))
-    E.run(again, scorers=_fake_scorers(), generator_factory=factory, progress=False)
+    run_eval(again, scorers=_fake_scorers(), generator_factory=factory)
     assert len(built) == 2 and len(fakes.backends["base"].seen) == 3
 
 
 def test_retrieval_needs_a_corpus_file_and_its_own_name(tmp_path):
     recipe = _recipe(tmp_path, retrieval=str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match=r"eval.retrieval: .*missing.jsonl is not a file"):
-        E.models_under_test(recipe, {})
+        E.models_under_test(recipe.backend, {}, recipe.eval.retrieval)
     corpus = _retrieval_corpus(tmp_path / "train.jsonl")
     recipe = _recipe(tmp_path, retrieval=str(corpus))
     with pytest.raises(UserError, match="retrieval baseline's"):
-        E.models_under_test(recipe, {"retrieval": _fake_adapter(tmp_path / "a")})
+        E.models_under_test(recipe.backend, {"retrieval": _fake_adapter(tmp_path / "a")}, recipe.eval.retrieval)
 
 
 def test_the_retrieval_index_is_embedded_once_per_corpus(tmp_path):

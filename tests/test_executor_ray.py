@@ -38,14 +38,13 @@ def test_the_local_executor_runs_a_stage_without_importing_ray(tmp_path):
         sys.path.insert(0, {str(REPO / 'tests')!r})
         import persona_forge.cli
         from persona_forge.backends import ScriptedBackend
-        from persona_forge.stages import generate
         from persona_forge.store import read_jsonl
         from pathlib import Path
         from conftest import KeywordNLI
-        from test_generate import conversation, recipe, write_inputs
+        from test_generate import conversation, recipe, run_generate, write_inputs
         run = Path({str(tmp_path)!r})
         write_inputs(run, n_pairs=2)
-        generate.run(recipe(run, mode="whole", rounds=1, critic={{"judge": False}}),
+        run_generate(recipe(run, mode="whole", rounds=1, critic={{"judge": False}}),
                      ScriptedBackend(default=lambda r: conversation()), KeywordNLI())
         assert len(read_jsonl(run / "dialogues.jsonl")) == 4
         assert sys.modules["ray"] is None and not any(m.startswith("ray.") for m in sys.modules)
@@ -131,6 +130,7 @@ def test_nli_on_two_nodes_equals_the_local_executor_exactly(cluster, tiny_nli):
 
 
 def _generate(run: Path, nli: NLIConfig, executor: str, **extra) -> list[dict]:
+    from persona_forge.contract import StageContext
     from persona_forge.nli.base import load_nli
     from persona_forge.stages import generate
     from test_generate import conversation, recipe, write_inputs
@@ -141,7 +141,9 @@ def _generate(run: Path, nli: NLIConfig, executor: str, **extra) -> list[dict]:
     rec = rec.model_copy(update={"nli": nli, "executor": ExecutorConfig(kind=executor, actors=2, batch_size=32)})
     lines = iter(["Hi, I have two dogs.", "I have no dogs.", "Hello there, jazz fan here.", "I am a cat person."])
     backend = ScriptedBackend(default=lambda r: conversation(next(lines, "Hi, I live in Ohio.")))
-    generate.run(rec, backend, lambda: load_nli(nli, progress=False), **extra)
+    context = StageContext.for_recipe(rec, progress=False)  # the recipe's executor: local or ray
+    generate.run(rec.generate, context, backend, lambda: load_nli(nli, progress=False), chat=rec.backend,
+                 nli_config=rec.nli, **extra)
     return [d.model_dump() for d in read_jsonl(run / "dialogues.jsonl", Dialogue)]
 
 

@@ -12,6 +12,7 @@ from conftest import REPO, KeywordNLI, forge_cmd, make_recipe
 from persona_forge.backends import ScriptedBackend
 from persona_forge.backends.base import Completion
 from persona_forge.config import CriticConfig, GenerateConfig
+from persona_forge.contract import StageContext
 from persona_forge.schema import Dialogue, Pair, Profile, SharedTopic, Turn
 from persona_forge.stages import critic
 from persona_forge.stages import generate as stage
@@ -276,6 +277,12 @@ def write_inputs(tmp_path, n_pairs: int = 4):
     (tmp_path / "pairs.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in pairs))
 
 
+def run_generate(rec, backend, nli, **handed) -> dict:
+    """The stage as forge generate calls it, handed the recipe's backend and NLI sections; its summary rows."""
+    return stage.run(rec.generate, StageContext(rec.run_dir, progress=False), backend, nli, chat=rec.backend,
+                     nli_config=rec.nli, prompts_dir=rec.prompts_dir, **handed).summary
+
+
 def recipe(tmp_path, **generate):
     return make_recipe(tmp_path, backend={"kind": "fake"},
                        generate={"min_turns": 4, "max_turns": 4, "candidates": 2, "rounds": 2, "examples": 1,
@@ -294,7 +301,7 @@ def test_whole_mode_writes_scored_candidates_best_preferences_and_hands_over_exa
         return conversation("I have no dogs." if calls["n"] % 2 == 1 else "Hi, I have two dogs.")
 
     backend = ScriptedBackend(default=reply)
-    rows = stage.run(rec, backend, KeywordNLI())
+    rows = run_generate(rec, backend, KeywordNLI())
     dialogues = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
     assert len(dialogues) == 8 and len({d.id for d in dialogues}) == 8
     assert all(d.scores["quality"] == 0.75 for d in dialogues)
@@ -319,7 +326,7 @@ def test_turns_mode_agents_see_their_own_persona_and_the_conversation_so_far(tmp
     write_inputs(tmp_path, n_pairs=1)
     rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, critic={"judge": False})
     backend = ScriptedBackend(default=lambda r: f"line {len(r.messages)}.")
-    stage.run(rec, backend, KeywordNLI())
+    run_generate(rec, backend, KeywordNLI())
     [d] = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
     assert [(t.speaker, t.text) for t in d.turns] == [("user1", "line 2."), ("user2", "line 2."),
                                                       ("user1", "line 4."), ("user2", "line 4.")]
@@ -344,12 +351,12 @@ def test_resume_generates_only_missing_candidates(tmp_path):
                     yield index, Completion(text=conversation(), finish_reason="stop")
 
     first = Failing()
-    rows = stage.run(rec, first, KeywordNLI())
+    rows = run_generate(rec, first, KeywordNLI())
     assert rows["failed (re-run to retry)"] == 1
     assert len(read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)) == 3
     assert json.loads((tmp_path / "generate.manifest.json").read_text())["status"] != "done"
     second = ScriptedBackend(default=lambda r: conversation())
-    rows = stage.run(rec, second, KeywordNLI())
+    rows = run_generate(rec, second, KeywordNLI())
     assert len(second.seen) == 1 and "failed (re-run to retry)" not in rows
     dialogues = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
     assert len(dialogues) == 4 and len({d.id for d in dialogues}) == 4
@@ -360,7 +367,7 @@ def test_unparseable_candidate_is_kept_with_its_raw_text_and_refused(tmp_path):
     write_inputs(tmp_path, n_pairs=1)
     rec = recipe(tmp_path, mode="whole", rounds=1, critic={"judge": False})
     backend = ScriptedBackend(["They chatted about dogs.", conversation()])
-    stage.run(rec, backend, KeywordNLI())
+    run_generate(rec, backend, KeywordNLI())
     dialogues = {d.candidate: d for d in read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)}
     assert dialogues[0].parse_error and dialogues[0].reasons["raw"] == "They chatted about dogs."
     rejections = read_jsonl(tmp_path / "generate_rejections.jsonl")
@@ -404,9 +411,10 @@ def test_profiles_come_from_generate_then_what_the_caller_hands_then_the_run_dir
     write_inputs(tmp_path)
     other = tmp_path / "elsewhere.jsonl"
     other.write_text((tmp_path / "profiles.jsonl").read_text())
-    assert stage.input_paths(recipe(tmp_path))[1] == tmp_path / "profiles.jsonl"
-    assert stage.input_paths(recipe(tmp_path), default_profiles=other)[1] == other
-    assert stage.input_paths(recipe(tmp_path, profiles=str(other)), default_profiles=tmp_path / "x")[1] == other
+    assert stage.input_paths(recipe(tmp_path).generate, tmp_path)[1] == tmp_path / "profiles.jsonl"
+    assert stage.input_paths(recipe(tmp_path).generate, tmp_path, default_profiles=other)[1] == other
+    assert stage.input_paths(recipe(tmp_path, profiles=str(other)).generate, tmp_path,
+                             default_profiles=tmp_path / "x")[1] == other
 
 
 def test_one_event_loop_serves_every_chunk_and_turn_and_the_backend_is_closed_once(tmp_path):
@@ -429,7 +437,7 @@ def test_one_event_loop_serves_every_chunk_and_turn_and_the_backend_is_closed_on
             self.closed += 1
 
     backend = Watching(default=lambda r: f"line {len(r.messages)}.")
-    stage.run(rec, backend, KeywordNLI())
+    run_generate(rec, backend, KeywordNLI())
     assert len(backend.loops) == 2 * 4  # two chunks (one pair each) x four turns
     assert len(set(map(id, backend.loops))) == 1 and backend.closed == 1
 
@@ -449,7 +457,7 @@ def test_one_candidate_per_turn_generates_exactly_what_it_did_before_selection_e
     rec = recipe(tmp_path, mode="turns", rounds=1, candidates=2, examples=1, turns=4, critic={"judge": False})
     replies = ["Hi, I have two dogs.", "I am a nurse.", "I have no dogs.", "Jazz is great.", "Ohio is home."]
     backend = ScriptedBackend(default=lambda r: replies[(r.seed or 0) % len(replies)])
-    stage.run(rec, backend, KeywordNLI())
+    run_generate(rec, backend, KeywordNLI())
     requests = [[list(r.messages), r.seed, r.max_tokens, list(r.stop)] for r in backend.seen]
     assert len(requests) == 16
     assert (_digest(requests), _digest((tmp_path / "dialogues.jsonl").read_text())) == ("e8d7a88acbfb5f0e", "2d36a784b68ce81d")
@@ -471,7 +479,7 @@ def test_turn_selection_keeps_the_grounded_reply_that_contradicts_nothing(tmp_pa
         "", "Do you like jazz? I love jazz.", "What a day.",                              # user2: kept 1
     ]
     backend = ScriptedBackend(script)
-    rows = stage.run(rec, backend, KeywordNLI())
+    rows = run_generate(rec, backend, KeywordNLI())
     [d] = read_jsonl(tmp_path / "dialogues.jsonl", Dialogue)
     assert [t.text for t in d.turns] == ["Hi! My two dogs say hello.", "I work as a nurse.",
                                          "I live in Ohio, love it here.", "Do you like jazz? I love jazz."]
@@ -532,18 +540,18 @@ def test_a_run_stopped_in_the_middle_of_a_conversation_resumes_to_the_same_recor
     whole.mkdir()
     write_inputs(whole, n_pairs=2)
     uninterrupted = ScriptedBackend(default=_request_reply)
-    stage.run(recipe(whole, **settings), uninterrupted, KeywordNLI())
+    run_generate(recipe(whole, **settings), uninterrupted, KeywordNLI())
 
     run = tmp_path / "stopped"
     run.mkdir()
     write_inputs(run, n_pairs=2)
     first = Stopping(default=_request_reply)
     with pytest.raises(Stop):
-        stage.run(recipe(run, **settings), first, KeywordNLI())
+        run_generate(recipe(run, **settings), first, KeywordNLI())
     progress = read_jsonl(run / "generate_progress.jsonl")
     assert len(progress) == len({r["id"] for r in progress}) > 0
     second = ScriptedBackend(default=_request_reply)
-    stage.run(recipe(run, **settings), second, KeywordNLI())
+    run_generate(recipe(run, **settings), second, KeywordNLI())
 
     assert (run / "dialogues.jsonl").read_text() == (whole / "dialogues.jsonl").read_text()
     assert (run / "best.jsonl").read_text() == (whole / "best.jsonl").read_text()
@@ -569,8 +577,8 @@ def test_a_generator_adapter_is_applied_hashed_into_the_config_and_recorded(tmp_
     adapter = _fake_adapter(tmp_path / "gen" / "adapter")
     rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, turns=2, generator=str(tmp_path / "gen"),
                  critic={"judge": False})
-    assert stage.backend_config(rec).adapter == adapter and rec.backend.adapter is None
-    stage.run(rec, ScriptedBackend(default="Hi, I have two dogs."), KeywordNLI())
+    assert stage.backend_config(rec.generate, rec.backend).adapter == adapter and rec.backend.adapter is None
+    run_generate(rec, ScriptedBackend(default="Hi, I have two dogs."), KeywordNLI())
     manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
     digest = hashlib.sha256(b"weights").hexdigest()[:16]
     assert manifest["config"]["generator"] == digest and "generator" not in manifest["config"]["generate"]
@@ -578,10 +586,11 @@ def test_a_generator_adapter_is_applied_hashed_into_the_config_and_recorded(tmp_
     # Retrained weights at the same path are another generator: the run refuses to mix them.
     (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
     with pytest.raises(UserError, match="another config"):
-        stage.run(rec, ScriptedBackend(default="Hi."), KeywordNLI())
+        run_generate(rec, ScriptedBackend(default="Hi."), KeywordNLI())
     with pytest.raises(UserError, match="no LoRA adapter there"):
-        stage.backend_config(recipe(tmp_path, generator=str(tmp_path / "nowhere")))
+        nowhere = recipe(tmp_path, generator=str(tmp_path / "nowhere"))
+        stage.backend_config(nowhere.generate, nowhere.backend)
     openai = make_recipe(tmp_path, backend={"kind": "openai", "base_url": "http://127.0.0.1:9/v1"},
                          generate={"generator": str(adapter)})
     with pytest.raises(UserError, match="serve it"):
-        stage.backend_config(openai)
+        stage.backend_config(openai.generate, openai.backend)

@@ -10,6 +10,7 @@ import pytest
 
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import load_recipe
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.prompts import library
 from persona_forge.rubric import REPLY
@@ -184,6 +185,14 @@ def test_prompts_render_exact_text():
 
 # --- the stage, with scripted backends --------------------------------------------------------------
 
+def run_judge(recipe, **handed) -> dict:
+    """The stage as forge judge calls it, handed the recipe's backend, NLI and eval's bootstrap and
+    threshold; judge.json's content."""
+    return J.run(recipe.judge, StageContext(recipe.run_dir, progress=False), chat=recipe.backend,
+                 nli_config=recipe.nli, bootstrap=(recipe.eval.bootstrap, recipe.eval.seed),
+                 contradiction=recipe.eval.contradiction, prompts_dir=recipe.prompts_dir, **handed).data
+
+
 def _generations(path: Path, examples: int = 3) -> list[EvalGeneration]:
     rows = []
     for e in range(examples):
@@ -221,7 +230,7 @@ def test_stage_end_to_end_with_scripted_backends(tmp_path):
         probes.setdefault("probe", []).append(backend)
         return backend
 
-    result = J.run(recipe, backend_factory=factory, progress=False)
+    result = run_judge(recipe, backend_factory=factory)
     folder = run / "judge"
     rubric = read_jsonl(folder / "judgements.jsonl", RubricJudgement)
     assert len(rubric) == 6
@@ -257,14 +266,14 @@ def test_stage_end_to_end_with_scripted_backends(tmp_path):
     asked = len(judge.seen)
     probes.clear()
     probes["judge-made"] = False
-    J.run(recipe, backend_factory=factory, progress=False)
+    run_judge(recipe, backend_factory=factory)
     assert len(judge.seen) == asked and "probe" not in probes
 
 
 def test_stage_without_generations_is_one_clear_error(tmp_path):
     recipe = load_recipe(None, {"run_dir": str(tmp_path / "run"), "backend.kind": "fake"})
     with pytest.raises(UserError, match=r"eval/generations.jsonl: no generations to judge; run forge eval first"):
-        J.run(recipe, progress=False)
+        run_judge(recipe)
 
 
 def test_bad_items_file(tmp_path):
@@ -306,7 +315,7 @@ def test_judge_on_the_packaged_model(tmp_path):
     items.write_text("".join(json.dumps(r) + "\n" for r in rows if r["group"][1] == "1"))  # one group per trait
     recipe = load_recipe(None, {"run_dir": str(run), "backend.threads": 2, "judge.personas": 1,
                                 "judge.items": str(items), "judge.cache": False})
-    result = J.run(recipe, progress=False)
+    result = run_judge(recipe)
     assert result["method"] == "logprobs"
     rubric = read_jsonl(run / "judge" / "judgements.jsonl", RubricJudgement)
     assert len(rubric) == 4 and all(r.parse_error is None and r.method == "logprobs" for r in rubric)
@@ -363,7 +372,7 @@ def test_failed_judge_requests_are_retried_on_rerun(tmp_path):
                                 "judge.bigfive": False})
     backend = Flaky()
     with pytest.raises(UserError, match=r"1 judge or probe requests failed after retries \(first: rubric: HTTP 503\)"):
-        J.run(recipe, backend_factory=lambda c: backend, progress=False)
+        run_judge(recipe, backend_factory=lambda c: backend)
     assert len(read_jsonl(run / "judge" / "judgements.jsonl")) == 5
-    result = J.run(recipe, backend_factory=lambda c: backend, progress=False)
+    result = run_judge(recipe, backend_factory=lambda c: backend)
     assert len(backend.seen) == 7 and result["rubric"]["base"]["n"] + result["rubric"]["sft"]["n"] == 6

@@ -18,7 +18,7 @@ from persona_forge.stages import critic
 from persona_forge.stages import judging as J
 from persona_forge.store import read_jsonl
 from conftest import STANDIN_KEY_ENV, standin_fixtures
-from test_judge import CLEAN, _generations
+from test_judge import CLEAN, _generations, run_judge
 
 module_server, server = standin_fixtures("sk-judge-test")
 
@@ -140,7 +140,7 @@ def test_expected_scores_pairwise_and_bigfive_from_token_distributions(tmp_path)
     run = tmp_path / "run"
     _generations(run / "eval" / "generations.jsonl")
     fake = ScriptedBackend(default="unused", default_distribution=_distribution)
-    result = J.run(_recipe(run), backend_factory=lambda c: fake, progress=False)
+    result = run_judge(_recipe(run), backend_factory=lambda c: fake)
     rubric = read_jsonl(run / "judge" / "judgements.jsonl", RubricJudgement)
     assert len(rubric) == 6 and all(r.method == "logprobs" and r.parse_error is None for r in rubric)
     r = rubric[0]
@@ -189,9 +189,9 @@ def test_failed_option_requests_are_asked_again_and_unreadable_ones_counted(tmp_
     fake = Flaky(default_distribution=lambda r, o: {} if "sft reply 2" in r.messages[-1]["content"] else {"3": 1})
     recipe = _recipe(run, **{"judge.pairwise": False, "judge.bigfive": False})
     with pytest.raises(J.UserError, match="1 judge or probe requests failed"):
-        J.run(recipe, backend_factory=lambda c: fake, progress=False)
+        run_judge(recipe, backend_factory=lambda c: fake)
     assert len(read_jsonl(run / "judge" / "judgements.jsonl")) == 5
-    result = J.run(recipe, backend_factory=lambda c: fake, progress=False)
+    result = run_judge(recipe, backend_factory=lambda c: fake)
     assert len(fake.seen) == 24 + 4
     assert result["rubric"]["sft"]["parse_errors"] == 1      # no probability on any option: counted
     assert result["rubric"]["base"]["persona_consistency"]["value"] == 3.0
@@ -212,7 +212,7 @@ def test_a_second_run_elsewhere_is_answered_from_the_cache(tmp_path, scoring):
         _generations(run / "eval" / "generations.jsonl")
         recipe = _recipe(run, **{"judge.scoring": scoring, "judge.cache": True, "judge.cache_path": str(cache)})
         before = len(fake.seen)
-        results.append(J.run(recipe, backend_factory=lambda c: fake, progress=False))
+        results.append(run_judge(recipe, backend_factory=lambda c: fake))
         results[-1]["asked"] = len(fake.seen) - before
     first, second = results
     assert first["asked"] > 0 and first["cache"]["hits"] == 0 and first["cache"]["misses"] == first["asked"]
@@ -223,8 +223,8 @@ def test_a_second_run_elsewhere_is_answered_from_the_cache(tmp_path, scoring):
     # another seed is another question
     run = tmp_path / "three"
     _generations(run / "eval" / "generations.jsonl")
-    J.run(_recipe(run, **{"judge.scoring": scoring, "judge.cache_path": str(cache), "judge.cache": True,
-                          "judge.seed": 7, "judge.bigfive": False}), backend_factory=lambda c: fake, progress=False)
+    run_judge(_recipe(run, **{"judge.scoring": scoring, "judge.cache_path": str(cache), "judge.cache": True,
+                          "judge.seed": 7, "judge.bigfive": False}), backend_factory=lambda c: fake)
     assert len(fake.seen) > first["asked"]
 
 
@@ -234,7 +234,7 @@ def test_scripted_backends_are_not_cached_unless_marked(tmp_path):
     fake = ScriptedBackend(default_distribution=_distribution)
     recipe = _recipe(run, **{"judge.cache": True, "judge.cache_path": str(tmp_path / "c.sqlite"),
                              "judge.bigfive": False})
-    result = J.run(recipe, backend_factory=lambda c: fake, progress=False)
+    result = run_judge(recipe, backend_factory=lambda c: fake)
     assert result["cache"]["hits"] == 0 and result["cache"]["misses"] == 0
     assert not (tmp_path / "c.sqlite").exists()      # never opened
 
@@ -249,9 +249,9 @@ def test_the_estimate_equals_the_requests_sent(tmp_path, scoring):
     recipe = _recipe(run, **{"judge.scoring": scoring, "backend.prices": prices})
     fake = ScriptedBackend(default=lambda r: CLEAN[:-1] + ', "winner": "A"}' if "Reply A" in
                            r.messages[-1]["content"] else CLEAN, default_distribution=_distribution)
-    estimated = J.estimate(recipe, backend_factory=lambda c: fake)
+    estimated = J.estimate(recipe.judge, recipe.run_dir, chat=recipe.backend, backend_factory=lambda c: fake)
     assert fake.seen == []                     # nothing sent
-    result = J.run(recipe, backend_factory=lambda c: fake, progress=False)
+    result = run_judge(recipe, backend_factory=lambda c: fake)
     total = estimated["total"]
     assert total["requests"] == len(fake.seen) == (6 * 4 + 6 + 50 if scoring == "logprobs" else 6 + 6 + 50)
     sent = sum(u["requests"] for u in result["usage"].values())
@@ -261,7 +261,8 @@ def test_the_estimate_equals_the_requests_sent(tmp_path, scoring):
     assert total["cost"] == pytest.approx((total["prompt_tokens"] * 2 + total["completion_tokens"] * 8) / 1e6)
     assert [p["part"] for p in estimated["parts"]] == ["judge: rubric", "judge: pairwise", "bigfive: base"]
     # after the run nothing is left to ask
-    assert J.estimate(recipe, backend_factory=lambda c: fake)["total"]["requests"] == 0
+    again = J.estimate(recipe.judge, recipe.run_dir, chat=recipe.backend, backend_factory=lambda c: fake)
+    assert again["total"]["requests"] == 0
 
 
 def test_cli_judge_estimate_prints_before_sending(tmp_path):
@@ -295,7 +296,7 @@ def test_standin_judge_with_logprobs_scores_everything(tmp_path, server):
     server.reset()
     run = tmp_path / "run"
     _generations(run / "eval" / "generations.jsonl")
-    result = J.run(_recipe(run, **_openai(server.url), **{"judge.scoring": "auto"}), progress=False)
+    result = run_judge(_recipe(run, **_openai(server.url), **{"judge.scoring": "auto"}))
     assert result["method"] == "logprobs"
     assert all(result["rubric"][m]["parse_errors"] == 0 for m in ("base", "sft"))
     assert result["pairwise"]["sft"]["unreadable"] == 0 and result["bigfive"]["base"]["unreadable"] == 0
@@ -308,8 +309,7 @@ def test_standin_honouring_the_schema_needs_no_repair(tmp_path, server):
     server.reset()
     run = tmp_path / "run"
     _generations(run / "eval" / "generations.jsonl")
-    result = J.run(_recipe(run, **_openai(server.url), **{"judge.scoring": "text", "judge.bigfive": False}),
-                   progress=False)
+    result = run_judge(_recipe(run, **_openai(server.url), **{"judge.scoring": "text", "judge.bigfive": False}))
     stats = server.stats()
     assert stats["json_schema"] == stats["chat"] == 12 and stats["json_mode"] == 0
     assert result["usage"]["judge: rubric"]["repairs"] == 0 and result["rubric"]["base"]["parse_errors"] == 0
@@ -399,7 +399,8 @@ def test_human_annotations_are_read_defensively(tmp_path):
     atomic_write_jsonl(folder / "pairwise.jsonl", [PairwiseJudgement(id="p1", example_id="e", model_a="base",
                                                                      model_b="sft", order="base_first", winner="B",
                                                                      winner_model="sft")])
-    ctx = J.Context(load_recipe(None, {}), folder, None, [], [], [])
+    defaults = load_recipe(None, {})
+    ctx = J.Context(defaults.judge, defaults.backend, folder, None, [], [], [])
     out = J.human_agreement(rows, [_rj("g1", 4.5), _rj("g2", 4), _rj("g3", 1)], ctx)
     assert out == {"annotations": 5, "annotators": 2, "scored": 3, "pairwise": 1, "spearman": 1.0,
                    "mean_abs_diff": pytest.approx(round((0.5 + 0 + 1) / 3, 4)), "pairwise_agreement": 1.0}

@@ -18,6 +18,7 @@ import pytest
 
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import NLIConfig, Recipe
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.prompts import library
 from persona_forge.stages import personas
@@ -99,8 +100,12 @@ def recipe_for(tmp_path, seed_file, **personas_overrides) -> Recipe:
     return make_recipe(tmp_path / "run", personas=settings)
 
 
-def run_stage(recipe, backend=None, nli=None, force=False):
-    return personas.run(recipe, backend or scripted(), nli or RuleNLI(), embed=bow_embed, force=force)
+def run_stage(recipe, backend=None, nli=None, force=False, fresh_backend=True):
+    """The stage as forge personas calls it, handed the recipe's backend and NLI sections; its summary rows."""
+    backend = backend or (scripted() if fresh_backend else None)
+    return personas.run(recipe.personas, StageContext(recipe.run_dir, force, progress=False), backend,
+                        nli or RuleNLI(), chat=recipe.backend, nli_config=recipe.nli, embed=bow_embed,
+                        prompts_dir=recipe.prompts_dir).summary
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -492,7 +497,7 @@ def test_the_real_nli_rejects_a_contradiction_and_a_redundancy(tmp_path):
     seeds.write_text("I have two dogs.\nI do not have any pets.\nMy favorite color is blue.\nI work as a nurse.\n")
     # 12 profiles of 3 from 4: half of them draw both pet sentences (seeded), so the pair is judged.
     recipe = recipe_for(tmp_path, seeds, expand=False, topics=1, n=12, k=3, baseline=0)
-    personas.run(recipe, None, nli, embed=bow_embed)
+    run_stage(recipe, None, nli, fresh_backend=False)
     for profile in rows_of(recipe.run_dir / "profiles.jsonl"):
         assert not {"I have two dogs.", "I do not have any pets."} <= set(profile["attributes"])
     contradictions = [r for r in rows_of(recipe.run_dir / "rejections.jsonl") if r["reason"] == "contradiction"]

@@ -23,6 +23,27 @@ def test_stages_run_in_pipeline_order_and_unknown_ones_are_refused():
         raise AssertionError("an unknown stage was accepted")
 
 
+def test_every_stage_takes_its_own_section_and_a_context_and_returns_a_stage_result():
+    """The stage contract: run(<its section>, StageContext, ...handed) -> StageResult, never the Recipe."""
+    import importlib
+    import typing
+
+    from persona_forge import config
+    from persona_forge.contract import StageContext, StageResult
+
+    sections = {"personas": config.PersonasConfig, "pairing": config.PairConfig, "generate": config.GenerateConfig,
+                "curate": config.CurateConfig, "train": config.TrainConfig, "train_reward": config.TrainConfig,
+                "train_rl": config.TrainConfig, "train_openai": config.TrainConfig, "evaluation": config.EvalConfig,
+                "judging": config.JudgeConfig, "complete": config.CompleteConfig, "score": config.ScoreConfig,
+                "restyle": config.RestyleConfig}
+    for name, section in sections.items():
+        module = importlib.import_module(f"persona_forge.stages.{name}")
+        hints = typing.get_type_hints(module.run)
+        first, second = list(hints)[:2]
+        assert (hints[first], hints[second], hints["return"]) == (section, StageContext, StageResult), name
+        assert config.Recipe not in hints.values(), name
+
+
 def test_eval_is_given_every_adapter_train_finished(tmp_path):
     for name in ("sft", "dpo"):
         (tmp_path / "train" / name / "adapter").mkdir(parents=True)

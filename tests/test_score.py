@@ -12,6 +12,7 @@ import pytest
 
 from conftest import make_recipe, one_line_error
 from persona_forge import metrics as M
+from persona_forge.contract import StageContext
 from persona_forge.errors import UserError
 from persona_forge.samples import sample_id
 from persona_forge.schema import ReplyScore
@@ -81,6 +82,12 @@ def _corpus(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def run_score(recipe, data=None, out=None, force: bool = False, **handed) -> dict:
+    """The stage as forge score calls it, handed the recipe's backend and NLI sections; its summary."""
+    return S.run(recipe.score, StageContext(recipe.run_dir, force, progress=False), chat=recipe.backend,
+                 nli_config=recipe.nli, data=data, out=out, **handed).data
+
+
 def _lm():
     from tiny_lm import tiny_tokenizer
 
@@ -94,7 +101,7 @@ def test_ifd_is_lower_for_a_reply_copied_from_its_context(tmp_path):
         _conversation("novel", NOVEL, "tell me something"),
     ])
     recipe = make_recipe(tmp_path / "run", score={"nli": False})
-    summary = S.run(recipe, data, tmp_path / "out", lm=_lm(), progress=False)
+    summary = run_score(recipe, data, tmp_path / "out", lm=_lm())
     assert summary["samples"] == 2 and summary["scored_this_run"] == 2
     by = {r.dialogue_id: r for r in read_jsonl(tmp_path / "out" / "convs.scores.jsonl", ReplyScore)}
     copy, novel = by["copy"], by["novel"]
@@ -113,7 +120,7 @@ def test_words_z_and_nli_signals_hand_worked(tmp_path):
     replies = ["my cat is lovely", "I never swim", "ok", "sure thing"]
     data = _corpus(tmp_path / "c.jsonl", [_conversation(f"c{i}", r, "tell me") for i, r in enumerate(replies)])
     recipe = make_recipe(tmp_path / "run")
-    S.run(recipe, data, lm=_lm(), nli=KeywordNLI(), progress=False)
+    run_score(recipe, data, lm=_lm(), nli=KeywordNLI())
     by = {r.dialogue_id: r for r in read_jsonl(tmp_path / "c.scores.jsonl", ReplyScore)}   # beside the data
     # words 4, 3, 1, 2: mean 2.5, population sd sqrt((2.25 + 0.25 + 2.25 + 0.25) / 4) = sqrt(1.25)
     assert [by[f"c{i}"].words for i in range(4)] == [4, 3, 1, 2]
@@ -139,36 +146,36 @@ def test_resumes_after_a_kill_without_duplicates(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        S.run(recipe, data, lm=_lm(), nli=KeywordNLI(), on_written=stop_after_5, progress=False)
+        run_score(recipe, data, lm=_lm(), nli=KeywordNLI(), on_written=stop_after_5)
     path = tmp_path / "c.scores.jsonl"
     assert len(read_jsonl(path)) == 5
-    summary = S.run(recipe, data, lm=_lm(), nli=KeywordNLI(), progress=False)
+    summary = run_score(recipe, data, lm=_lm(), nli=KeywordNLI())
     records = read_jsonl(path, ReplyScore)
     # 3 conversations x 7 replies (turns 2-8 each answer the other user): 21 samples, 16 scored on resume
     assert summary["samples"] == 21 and summary["scored_this_run"] == 16
     assert len(records) == 21 and len({r.id for r in records}) == 21
-    again = S.run(recipe, data, lm=_lm(), nli=KeywordNLI(), progress=False)
+    again = run_score(recipe, data, lm=_lm(), nli=KeywordNLI())
     assert again["scored_this_run"] == 0 and len(read_jsonl(path)) == 21
 
 
 def test_refuses_a_changed_input_or_config_without_force(tmp_path):
     data = _corpus(tmp_path / "c.jsonl", [_conversation("c0", "hello", "hi")])
     recipe = make_recipe(tmp_path / "run", score={"nli": False})
-    S.run(recipe, data, lm=_lm(), progress=False)
+    run_score(recipe, data, lm=_lm())
     _corpus(data, [_conversation("c0", "something else", "hi")])
     with pytest.raises(UserError, match="another version of its input.*pass --force"):
-        S.run(recipe, data, lm=_lm(), progress=False)
-    S.run(recipe, data, lm=_lm(), progress=False, force=True)
+        run_score(recipe, data, lm=_lm())
+    run_score(recipe, data, lm=_lm(), force=True)
     assert [r.reply for r in read_jsonl(tmp_path / "c.scores.jsonl", ReplyScore)] == ["something else"]
     with pytest.raises(UserError, match="another config"):
-        S.run(make_recipe(tmp_path / "run", score={"nli": False, "context": 2}), data, lm=_lm(), progress=False)
+        run_score(make_recipe(tmp_path / "run", score={"nli": False, "context": 2}), data, lm=_lm())
 
 
 def test_no_reply_to_score_is_one_clear_error(tmp_path):
     data = _corpus(tmp_path / "short.jsonl", [{"user1_persona": ["a"], "user2_persona": ["b"],
                                                "turns": [{"speaker": "user1", "text": "hi"}]}])
     with pytest.raises(UserError, match="no conversation has a reply"):
-        S.run(make_recipe(tmp_path / "run"), data, lm=_lm(), progress=False)
+        run_score(make_recipe(tmp_path / "run"), data, lm=_lm())
 
 
 def test_cli_bad_file_and_missing_data_are_one_line(tmp_path, forge):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, forge_cmd, make_recipe, one_line_error
+from conftest import REPO, forge_cmd, make_recipe, one_line_error, run_train
 from persona_forge.chat import converse, read_persona
 from persona_forge.config import TrainConfig, load_recipe
 from persona_forge.errors import UserError
@@ -40,7 +40,7 @@ def tiny_sft(tiny, tmp_path_factory) -> Path:
     model), trained once and shared read-only: loaded, chatted with, and DPO's starting point."""
     run_dir = tmp_path_factory.mktemp("tiny_sft") / "run"
     write_sft(run_dir / "curated" / "sft.jsonl", 4, context=2)
-    train.run(recipe_for(run_dir, tiny, max_steps=2, lr=0.05), progress=False)
+    run_train(recipe_for(run_dir, tiny, max_steps=2, lr=0.05))
     return run_dir / "train" / "sft" / "adapter"
 
 
@@ -93,12 +93,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 8, context=2)
     recipe = recipe_for(tmp_path / "run", tiny)
     with pytest.raises(KeyboardInterrupt):
-        train.run(recipe, progress=False, callbacks=[StopAfter(2).callback])
+        run_train(recipe, callbacks=[StopAfter(2).callback])
     folder = tmp_path / "run" / "train" / "sft"
     assert train.last_checkpoint(folder / "checkpoints").name == "checkpoint-2"
     assert not (folder / "adapter").exists()
 
-    rows = train.run(recipe, progress=False)
+    rows = run_train(recipe)
     manifest = json.loads((folder / "train.manifest.json").read_text())
     figures = manifest["figures"]
     assert rows["resumed from"] == "checkpoint-2"
@@ -111,7 +111,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
 def test_outputs_manifest_and_reruns(tiny, tmp_path):
     write_sft(tmp_path / "run" / "curated" / "sft.jsonl", 4, context=2)
     recipe = recipe_for(tmp_path / "run", tiny, max_steps=2)
-    rows = train.run(recipe, progress=False, merge=True)
+    rows = run_train(recipe, merge=True)
     folder = tmp_path / "run" / "train" / "sft"
     assert rows["status"] == "trained"
     assert (folder / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -132,12 +132,12 @@ def test_outputs_manifest_and_reruns(tiny, tmp_path):
     assert figures["trainable_parameters"] == 2 * 2 * 8 * (32 + 32) // 2 + 2 * 8 * (32 + 16)
 
     # The same config again: nothing to do.
-    assert train.run(recipe, progress=False)["status"] == "already trained (same config and data)"
+    assert run_train(recipe)["status"] == "already trained (same config and data)"
     # Another config: refused, unless forced.
     changed = recipe_for(tmp_path / "run", tiny, max_steps=2, lr=1e-3)
     with pytest.raises(UserError, match=r"another config \(train\.lr: 0\.0002 -> 0\.001\).*--force"):
-        train.run(changed, progress=False)
-    assert train.run(changed, force=True, progress=False)["status"] == "trained"
+        run_train(changed)
+    assert run_train(changed, force=True)["status"] == "trained"
     assert any((tmp_path / "run" / "train" / "sft" / ".trash").iterdir())
 
 
@@ -158,8 +158,7 @@ def test_the_adapter_loads_with_the_shared_loader(tiny, tiny_sft):
 def test_dpo_trains_from_preference_pairs_and_from_an_sft_adapter(tiny, tiny_sft, tmp_path):
     write_dpo(tmp_path / "run" / "curated" / "dpo.jsonl", 4, context=2)
     sft_adapter = tiny_sft
-    rows = train.run(recipe_for(tmp_path / "run", tiny, method="dpo", max_steps=2, adapter=str(sft_adapter)),
-                     progress=False)
+    rows = run_train(recipe_for(tmp_path / "run", tiny, method="dpo", max_steps=2, adapter=str(sft_adapter)))
     folder = tmp_path / "run" / "train" / "dpo"
     assert rows["status"] == "trained"
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
@@ -191,7 +190,7 @@ def test_bad_dpo_rows_and_missing_data(tmp_path):
     with pytest.raises(UserError, match=r"dpo\.jsonl:1: a DPO row needs `prompt`"):
         train.read_dpo(path)
     with pytest.raises(UserError, match=r"curated/sft\.jsonl: no training data; run forge curate first"):
-        train.run(load_recipe(None, {"run_dir": str(tmp_path / "empty")}), progress=False)
+        run_train(load_recipe(None, {"run_dir": str(tmp_path / "empty")}))
 
 
 def test_4bit_without_cuda_says_so_and_trains_plain_lora(monkeypatch):

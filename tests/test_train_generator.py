@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KeywordNLI, make_recipe
+from conftest import KeywordNLI, make_recipe, run_train
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import GeneratorTrainSettings
 from persona_forge.corpora import load_conversations
 from persona_forge.schema import Dialogue, Pair, Profile, SharedTopic, Turn
 from persona_forge.stages import generate, train, train_generator
 from persona_forge.store import read_jsonl
+from test_generate import run_generate
 from tiny_lm import tiny_tokenizer
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,7 +63,7 @@ def test_training_rows_are_what_turns_mode_sends_byte_for_byte(tmp_path, monkeyp
                          generate={"mode": "turns", "rounds": 1, "candidates": 1, "examples": 1, "turns": 4,
                                    "min_turns": 4, "critic": {"judge": False}})
     backend = ScriptedBackend(list(TALK))
-    generate.run(recipe, backend, KeywordNLI())
+    run_generate(recipe, backend, KeywordNLI())
     assert [t.text for t in read_jsonl(run / "dialogues.jsonl", Dialogue)[0].turns] == TALK
 
     tokenizer = tiny_tokenizer()
@@ -123,7 +124,7 @@ def test_a_generator_trains_on_the_target_only_and_generate_applies_it(tiny, tmp
     recipe = make_recipe(run, backend={"kind": "local", "model": str(tiny), "batch_size": 4, "threads": 1},
                          train={"method": "generator", "data": str(data), "model": str(tiny), "max_steps": 2,
                                 "logging_steps": 1, "save_steps": 2, "threads": 1})
-    summary = train.run(recipe, progress=False)
+    summary = run_train(recipe)
     folder = run / "train" / "generator"
     manifest = json.loads((folder / "train.manifest.json").read_text())
     assert summary["status"] == "trained" and manifest["figures"]["steps"] == 2
@@ -141,8 +142,8 @@ def test_a_generator_trains_on_the_target_only_and_generate_applies_it(tiny, tmp
                                        "generator": str(folder), "critic": {"judge": False}})
     from persona_forge.backends import build_backend
 
-    backend = build_backend(generate.backend_config(gen_recipe), progress=False)
-    generate.run(gen_recipe, backend, KeywordNLI())
+    backend = build_backend(generate.backend_config(gen_recipe.generate, gen_recipe.backend), progress=False)
+    run_generate(gen_recipe, backend, KeywordNLI())
     gen_manifest = json.loads((run / "generate.manifest.json").read_text())
     assert gen_manifest["models"]["generator_adapter"].startswith(str(folder / "adapter"))
     assert gen_manifest["config"]["backend"]["adapter"] == gen_manifest["config"]["generator"]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_recipe
+from conftest import make_recipe, run_train
 from persona_forge.lm import load_chat_model
-from persona_forge.stages import train
 from train_data import spc_samples, write_dpo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -73,7 +72,7 @@ def test_dpo_on_a_few_pairs(tmp_path):
 
     run_dir = tmp_path / "run"
     write_dpo(run_dir / "curated" / "dpo.jsonl", 4, context=2)  # about 100 tokens a row, not 230: half the step
-    train.run(recipe_for(run_dir, method="dpo", lr=1e-3, epochs=2, max_length=320), progress=False)
+    run_train(recipe_for(run_dir, method="dpo", lr=1e-3, epochs=2, max_length=320))
     folder = run_dir / "train" / "dpo"
     log = [row for row in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if "loss" in row]
     assert len(log) == 4

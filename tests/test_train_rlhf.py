@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_train
 from persona_forge import rlwatch
 from persona_forge.config import load_recipe
 from persona_forge.errors import UserError
@@ -64,7 +65,7 @@ def test_the_reward_model_learns_to_rank_and_reports_held_out_accuracy(tiny, tmp
     prefs = write_preferences(tmp_path / "run" / "preferences.jsonl", 10)
     recipe = recipe_for(tmp_path / "run", tiny, method="reward", max_steps=12, lr=5e-3, batch_size=4,
                         max_length=256)
-    rows = train.run(recipe, progress=False)
+    rows = run_train(recipe)
     folder = tmp_path / "run" / "train" / "reward"
     assert rows["status"] == "trained"
     log = log_rows(folder)
@@ -84,11 +85,11 @@ def test_the_reward_model_learns_to_rank_and_reports_held_out_accuracy(tiny, tmp
     chosen, rejected = rm.score([row["chosen"], row["rejected"]])
     assert chosen > rejected
     # The same config: nothing to do; a changed one: refused unless forced.
-    assert train.run(recipe, progress=False)["status"] == "already trained (same config and data)"
+    assert run_train(recipe)["status"] == "already trained (same config and data)"
     changed = recipe_for(tmp_path / "run", tiny, method="reward", max_steps=12, lr=5e-3, batch_size=4,
                          max_length=256, **{"reward.heldout": 0.3})
     with pytest.raises(UserError, match=r"another config \(train\.reward\.heldout: 0\.2 -> 0\.3\).*--force"):
-        train.run(changed, progress=False)
+        run_train(changed)
 
 
 def test_held_out_split_is_by_pair_and_seeded():
@@ -140,9 +141,9 @@ def trained(tiny, tmp_path_factory) -> dict[str, Path]:
 
     run = tmp_path_factory.mktemp("rlhf") / "run"
     write_sft(run / "curated" / "sft.jsonl", 4, context=2)
-    train.run(recipe_for(run, tiny, max_steps=2), progress=False)
+    run_train(recipe_for(run, tiny, max_steps=2))
     write_preferences(run / "preferences.jsonl", 6)
-    train.run(recipe_for(run, tiny, method="reward", max_steps=4, max_length=256), progress=False)
+    run_train(recipe_for(run, tiny, method="reward", max_steps=4, max_length=256))
     return {"sft": run / "train" / "sft" / "adapter", "reward": run / "train" / "reward"}
 
 
@@ -157,7 +158,7 @@ def test_rloo_logs_reward_and_kl_every_step_and_moves_the_policy(tiny, trained, 
 
     recipe = rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]),
                        **{"rl.reward_model": str(trained["reward"]), "save_steps": 2})
-    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    rows = run_train(recipe, rl=True, nli=ShortIsGrounded())
     folder = tmp_path / "run" / "train" / "rloo"
     assert rows["status"] == "trained"
     log = [r for r in log_rows(folder) if "reward" in r]
@@ -181,9 +182,9 @@ def test_rloo_logs_reward_and_kl_every_step_and_moves_the_policy(tiny, trained, 
     assert (folder / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
     # A changed KL coefficient is another config: refused unless forced.
     with pytest.raises(UserError, match=r"another config \(train\.rl\.beta: 0\.1 -> 0\.2\).*--force"):
-        train_rl.run(rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]),
-                               **{"rl.reward_model": str(trained["reward"]), "save_steps": 2, "rl.beta": 0.2}),
-                     progress=False, nli=ShortIsGrounded())
+        run_train(rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]),
+                            **{"rl.reward_model": str(trained["reward"]), "save_steps": 2, "rl.beta": 0.2}),
+                  rl=True, nli=ShortIsGrounded())
 
 
 def terse_llama(folder: Path) -> Path:
@@ -213,7 +214,7 @@ def test_the_alarm_fires_on_a_reward_that_pays_for_length(tmp_path):
                        **{"lora.target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"], "rl.rm_weight": 0.0,
                           "rl.nli_weight": 0.0, "rl.length_penalty": 0.0, "rl.beta": 0.0,
                           "rl.max_completion_length": 16, "rl.num_generations": 4})
-    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded(), extra_rewards=[pays_for_length])
+    rows = run_train(recipe, rl=True, nli=ShortIsGrounded(), extra_rewards=[pays_for_length])
     figures = json.loads((tmp_path / "run" / "train" / "rloo" / "train.manifest.json").read_text())["figures"]
     assert figures["last_reply_words"] > 2 * figures["first_reply_words"], figures
     assert all(r.get("kl") is not None for r in log_rows(tmp_path / "run" / "train" / "rloo") if "reward" in r)
@@ -255,18 +256,18 @@ def test_a_killed_rloo_run_resumes_from_its_last_checkpoint(tiny, trained, tmp_p
     recipe = rl_recipe(tmp_path / "run", tiny, adapter=str(trained["sft"]), max_steps=4, save_steps=2,
                        **{"rl.rm_weight": 0.0})
     with pytest.raises(KeyboardInterrupt):
-        train_rl.run(recipe, progress=False, nli=ShortIsGrounded(), callbacks=[StopAfter(2).callback])
+        run_train(recipe, rl=True, nli=ShortIsGrounded(), callbacks=[StopAfter(2).callback])
     folder = tmp_path / "run" / "train" / "rloo"
     assert train.last_checkpoint(folder / "checkpoints").name == "checkpoint-2"
     assert not (folder / "adapter").exists()
-    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    rows = run_train(recipe, rl=True, nli=ShortIsGrounded())
     figures = json.loads((folder / "train.manifest.json").read_text())["figures"]
     assert rows["resumed from"] == "checkpoint-2"
     assert (figures["steps"], figures["steps_this_run"], figures["resumed_from"]) == (4, 2, "checkpoint-2")
     assert [r["step"] for r in log_rows(folder) if "reward" in r] == [1, 2, 3, 4]
     assert all("kl" in r for r in log_rows(folder) if "reward" in r)
     # Done: the same config again is not retrained.
-    assert train_rl.run(recipe, progress=False, nli=ShortIsGrounded())["status"] == \
+    assert run_train(recipe, rl=True, nli=ShortIsGrounded())["status"] == \
         "already trained (same config and data)"
 
 
@@ -276,10 +277,10 @@ def test_rl_prompts_never_come_from_the_evaluation_split(tiny, tmp_path):
     recipe = rl_recipe(tmp_path / "run", tiny, **{"rl.prompts": str(data_dir("corpora") / "spc" / "test.jsonl.gz"),
                                                   "rl.rm_weight": 0.0})
     with pytest.raises(UserError, match=r"is the evaluation split; RL prompts must come from training"):
-        train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+        run_train(recipe, rl=True, nli=ShortIsGrounded())
     missing_rm = rl_recipe(tmp_path / "run2", tiny)
     with pytest.raises(UserError, match=r"no reward model; run forge train --method reward first"):
-        train.run(missing_rm, progress=False)
+        run_train(missing_rm)
     rows = train_rl.read_prompts(train_rl.default_prompts(), 3, 7, 2)
     assert len(rows) == 3
     for row in rows:
@@ -311,7 +312,7 @@ def test_forge_train_method_reward_on_the_command_line(tiny, tmp_path):
 def test_grpo_is_the_same_run_with_grpo(tiny, trained, tmp_path):
     recipe = rl_recipe(tmp_path / "run", tiny, method="grpo", adapter=str(trained["sft"]), max_steps=2,
                        **{"rl.reward_model": str(trained["reward"])})
-    rows = train_rl.run(recipe, progress=False, nli=ShortIsGrounded())
+    rows = run_train(recipe, rl=True, nli=ShortIsGrounded())
     folder = tmp_path / "run" / "train" / "grpo"
     assert rows["status"] == "trained" and (folder / "adapter" / "adapter_model.safetensors").is_file()
     log = [r for r in log_rows(folder) if "reward" in r]

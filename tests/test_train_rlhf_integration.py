@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_train
 from persona_forge.config import load_recipe
-from persona_forge.stages import train
 from test_train_rlhf import write_preferences
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -33,8 +33,8 @@ def test_reward_model_then_rloo_on_smollm2(tmp_path, smollm2_sft):
     write_preferences(run / "preferences.jsonl", 20, turns=4)  # real turns against filler: four tell them apart
     # Held-out accuracy is measured at the end only (logging_steps, which sets the evaluation interval,
     # = max_steps): the assertion reads the final figure.
-    rm_rows = train.run(recipe_for(run, method="reward", lr=1e-3, max_steps=8, batch_size=2, max_length=256,
-                                   logging_steps=8), progress=False)
+    rm_rows = run_train(recipe_for(run, method="reward", lr=1e-3, max_steps=8, batch_size=2, max_length=256,
+                                   logging_steps=8))
     rm_figures = json.loads((run / "train" / "reward" / "train.manifest.json").read_text())["figures"]
     print("reward model:", {k: rm_figures.get(k) for k in ("first_loss", "final_loss", "heldout_accuracy",
                                                           "n_heldout_pairs", "s_per_step", "total_seconds")})
@@ -42,9 +42,9 @@ def test_reward_model_then_rloo_on_smollm2(tmp_path, smollm2_sft):
     assert rm_figures["heldout_accuracy"] >= 0.75  # real conversations against filler: easy to rank
 
     sft = smollm2_sft / "train" / "sft" / "adapter"  # conftest's session SFT run: RLOO starts from its adapter
-    rows = train.run(recipe_for(run, method="rloo", adapter=str(sft), lr=1e-4, max_steps=3, batch_size=1,
+    rows = run_train(recipe_for(run, method="rloo", adapter=str(sft), lr=1e-4, max_steps=3, batch_size=1,
                                 **{"rl.n_prompts": 3, "rl.num_generations": 2, "rl.max_completion_length": 12,
-                                   "rl.beta": 0.05}), progress=False)
+                                   "rl.beta": 0.05}))
     folder = run / "train" / "rloo"
     figures = json.loads((folder / "train.manifest.json").read_text())["figures"]
     print("rloo:", {k: v for k, v in figures.items() if k.startswith(("first_", "last_", "s_per", "total", "alarms"))})

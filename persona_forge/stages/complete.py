@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import ChatBackend, ChatRequest
-from ..config import Recipe
+from ..config import BackendConfig, CompleteConfig
+from ..contract import FAILED, StageContext, StageResult
 from ..errors import UserError
 from ..schema import ChatMessage, CompletionRecord, Provenance, Usage, record_id
 from ..store import JsonlStore, RunDir, iter_jsonl
@@ -72,15 +73,21 @@ def _messages(row: Any, path: Path, line_no: int) -> list[ChatMessage]:
     return messages
 
 
-def run(recipe: Recipe, backend: ChatBackend, force: bool = False) -> dict[str, Any]:
-    cfg = recipe.complete
+def run(cfg: CompleteConfig, context: StageContext, backend: ChatBackend, *, chat: BackendConfig) -> StageResult:
+    """Send complete.input's prompts through `backend`, built from `chat` (the recipe's backend
+    section, whose identity goes into the config hash); the summary counts what failed."""
+    rows = _run(cfg, context, backend, chat)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS, failed=int(rows[FAILED]))
+
+
+def _run(cfg: CompleteConfig, context: StageContext, backend: ChatBackend, chat: BackendConfig) -> dict[str, Any]:
     if cfg.input is None:
         raise UserError("no prompts given: pass --input FILE.jsonl (or set complete.input in the recipe)")
     prompts = load_prompts(cfg.input, cfg.seed)
-    run_dir = RunDir(recipe.run_dir)
+    run_dir = RunDir(context.run_dir)
     stage = run_dir.begin(STAGE, {"complete": cfg.model_dump(mode="json", exclude={"input"}),
-                                  "backend": recipe.backend.identity()},
-                          inputs=[cfg.input], outputs=OUTPUTS, force=force)
+                                  "backend": chat.identity()},
+                          inputs=[cfg.input], outputs=OUTPUTS, force=context.force)
     stage.record_model("chat", str(backend.describe()))
     store = JsonlStore(run_dir.file(layout.COMPLETIONS), CompletionRecord)
     done = store.ids()
@@ -97,7 +104,7 @@ def run(recipe: Recipe, backend: ChatBackend, force: bool = False) -> dict[str, 
     else:
         stage.finish(**figures)
     return {"prompts": len(prompts), "already done": len(done), "completed now": written - len(done),
-            "failed (re-run to retry)": failed, "parse errors": backend.usage.parse_errors,
+            FAILED: failed, "parse errors": backend.usage.parse_errors,
             "retries": backend.usage.retries, "prompt tokens": backend.usage.prompt_tokens,
             "completion tokens": backend.usage.completion_tokens, "output": str(store.path)}
 

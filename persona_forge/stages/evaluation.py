@@ -36,7 +36,8 @@ import numpy as np
 
 from .. import metrics as M
 from .. import layout, plots, ui
-from ..config import EvalConfig, Recipe
+from ..config import BackendConfig, EvalConfig, NLIConfig
+from ..contract import StageContext, StageResult
 from ..corpora import persona_sentences, spc_file
 from ..errors import UserError
 from ..samples import next_reply
@@ -112,28 +113,29 @@ def load_examples(path: Path, cfg: EvalConfig) -> tuple[list[Example], int]:
     return examples, skipped
 
 
-def models_under_test(recipe: Recipe, adapters: dict[str, Path]) -> list[ModelUnderTest]:
+def models_under_test(chat: BackendConfig, adapters: dict[str, Path],
+                      retrieval: Path | None = None, retrieval_encoder: str = "") -> list[ModelUnderTest]:
     from ..lm import check_adapter
 
-    models = [ModelUnderTest(BASE, None, _digest(recipe.backend.model))]
+    models = [ModelUnderTest(BASE, None, _digest(chat.model))]
     for name, folder in adapters.items():
         if name == BASE:
             raise UserError(f"--adapter {name}={folder}: '{BASE}' names the model without an adapter; "
                             f"choose another name")
-        if recipe.backend.kind == "openai":
+        if chat.kind == "openai":
             raise UserError(f"--adapter {name}: adapters need a local model (backend.kind: local); the openai "
                             f"backend serves only its own model")
         check_adapter(folder)
         models.append(ModelUnderTest(name, Path(folder), adapter_digest(Path(folder))))
-    if recipe.eval.retrieval is not None:
+    if retrieval is not None:
         if RETRIEVAL in adapters:
             raise UserError(f"--adapter {RETRIEVAL}: the name is the retrieval baseline's (eval.retrieval); "
                             f"choose another name")
-        corpus = Path(recipe.eval.retrieval)
+        corpus = Path(retrieval)
         if not corpus.is_file():
             raise UserError(f"eval.retrieval: {corpus} is not a file; give a Synthetic-Persona-Chat-shaped "
                             f"training corpus, e.g. corpora/spc/train.jsonl.gz")
-        digest = record_id(RETRIEVAL, file_sha256(corpus), recipe.eval.retrieval_encoder)
+        digest = record_id(RETRIEVAL, file_sha256(corpus), retrieval_encoder)
         models.append(ModelUnderTest(RETRIEVAL, None, digest, retrieval=corpus))
     return models
 
@@ -267,18 +269,18 @@ class Generator:
         self._prompt_ids: dict[str, list[int]] = {}   # example id -> templated prompt, made once
 
     @classmethod
-    def for_model(cls, recipe: Recipe, model: ModelUnderTest, progress: bool) -> "Generator":
+    def for_model(cls, cfg: EvalConfig, chat: BackendConfig, model: ModelUnderTest, progress: bool) -> "Generator":
+        """The generator of `model` on the backend `chat` names (its adapter, eval's batch size and threads)."""
         from ..backends import build_backend
 
         if model.retrieval is not None:
-            return RetrievalGenerator.build(model.retrieval, recipe.eval.retrieval_encoder, model.digest)
-        cfg = recipe.eval
+            return RetrievalGenerator.build(model.retrieval, cfg.retrieval_encoder, model.digest)
         update: dict[str, Any] = {"adapter": model.adapter, "batch_size": cfg.batch_size}
         if cfg.threads:
             update["threads"] = cfg.threads
-        backend = build_backend(recipe.backend.model_copy(update=update), progress=progress)
-        lm = backend.load() if recipe.backend.kind == "local" else None
-        return cls(backend, lm, json.dumps(backend.describe()), decodes_locally=recipe.backend.kind == "local")
+        backend = build_backend(chat.model_copy(update=update), progress=progress)
+        lm = backend.load() if chat.kind == "local" else None
+        return cls(backend, lm, json.dumps(backend.describe()), decodes_locally=chat.kind == "local")
 
     def requests(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
         from ..backends import ChatRequest
@@ -382,32 +384,44 @@ class RetrievalGenerator(Generator):
         return [Completion(text=reply, finish_reason="stop") for reply, _ in answers]
 
 
-GeneratorFactory = Callable[[Recipe, ModelUnderTest, bool], Generator]
+GeneratorFactory = Callable[[EvalConfig, BackendConfig, ModelUnderTest, bool], Generator]
 
 
 # --- the stage -----------------------------------------------------------------------------------------
 
-def stage_config(recipe: Recipe) -> dict[str, Any]:
-    backend = recipe.backend.identity()
+def stage_config(cfg: EvalConfig, chat: BackendConfig, nli_config: NLIConfig) -> dict[str, Any]:
+    backend = chat.identity()
     backend.pop("adapter", None)
-    return {"eval": recipe.eval.identity(), "backend": backend, "nli": recipe.nli.kind,
-            "nli_model": recipe.nli.model}
+    return {"eval": cfg.identity(), "backend": backend, "nli": nli_config.kind, "nli_model": nli_config.model}
 
 
-def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = False,
-        scorers: Scorers | None = None, generator_factory: GeneratorFactory | None = None,
-        progress: bool = True) -> dict[str, Any]:
-    """Generate what is missing, score it, aggregate; returns metrics.json's content."""
-    cfg = recipe.eval
+def run(cfg: EvalConfig, context: StageContext, *, chat: BackendConfig, nli_config: NLIConfig,
+        adapters: dict[str, Path] | None = None, scorers: Scorers | None = None,
+        generator_factory: GeneratorFactory | None = None) -> StageResult:
+    """Generate what is missing, score it, aggregate. `chat` is the recipe's backend section: the base
+    model under test (and an adapter set on it is one more); `nli_config` the NLI section the default
+    scorers load (and the config hash names). The result's `data` is metrics.json's content."""
+    data = _run(cfg, context, chat, nli_config, adapters, scorers, generator_factory)
+    summary = {"examples": data["examples"], "models": ", ".join(data["models"]),
+               "outputs": str(Path(context.run_dir) / FOLDER)}
+    return StageResult.read(STAGE, summary, context.run_dir, OUTPUTS, data=data)
+
+
+def _run(cfg: EvalConfig, context: StageContext, chat: BackendConfig, nli_config: NLIConfig,
+         adapters: dict[str, Path] | None, scorers: Scorers | None,
+         generator_factory: GeneratorFactory | None) -> dict[str, Any]:
+    progress = context.progress
     data = Path(cfg.data) if cfg.data else default_data()
     examples, skipped = load_examples(data, cfg)
     # An adapter set on the backend itself is one more model under test; the base stays the bare model.
-    from_backend = parse_adapter_options([str(recipe.backend.adapter)]) if recipe.backend.adapter else {}
-    models = models_under_test(recipe, {**from_backend, **cfg.adapters, **(adapters or {})})
-    run_dir = RunDir(recipe.run_dir)
-    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=OUTPUTS, force=force)
+    from_backend = parse_adapter_options([str(chat.adapter)]) if chat.adapter else {}
+    models = models_under_test(chat, {**from_backend, **cfg.adapters, **(adapters or {})}, cfg.retrieval,
+                               cfg.retrieval_encoder)
+    run_dir = RunDir(context.run_dir)
+    stage = run_dir.begin(STAGE, stage_config(cfg, chat, nli_config), inputs=[data], outputs=OUTPUTS,
+                          force=context.force)
     store = JsonlStore(run_dir.file(layout.EVAL_GENERATIONS), EvalGeneration)
-    scorers = scorers or default_scorers(recipe, progress)
+    scorers = scorers or default_scorers(cfg, chat, nli_config, progress)
     factory = generator_factory or Generator.for_model
     pool = distractor_pool(data) if cfg.hits_candidates else []
 
@@ -418,13 +432,13 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
         todo = [e for e in examples if _gen_id(e, model) not in done]
         if not todo:
             continue
-        generator = factory(recipe, model, progress)
+        generator = factory(cfg, chat, model, progress)
         todo = generator.order(todo)
         stage.record_model(model.name, generator.description)
         with store.appender() as out, ui.progress(f"eval {model.name}", total=len(todo)) as advance:
             for start in range(0, len(todo), cfg.chunk):
                 chunk = todo[start:start + cfg.chunk]
-                for record in _chunk_records(chunk, model, generator, scorers, recipe, pool):
+                for record in _chunk_records(chunk, model, generator, scorers, cfg, chat, pool):
                     if record.error is not None:   # not written: a re-run asks again
                         failed.append(f"{model.name}: {record.error}")
                         continue
@@ -441,7 +455,7 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
 
     wanted = {_gen_id(e, m) for e in examples for m in models}
     records = [r for r in store.read() if r.id in wanted]
-    result = aggregate(records, examples, models, recipe)
+    result = aggregate(records, examples, models, cfg, chat, nli_config)
     result.update(data=str(data), examples=len(examples), skipped_conversations=skipped)
     atomic_write_json(run_dir.file(layout.EVAL_METRICS), result)
     atomic_write_text(run_dir.file(layout.EVAL_TABLE), markdown_table(result))
@@ -455,12 +469,13 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     return result
 
 
-def default_scorers(recipe: Recipe, progress: bool) -> Scorers:
+def default_scorers(cfg: EvalConfig, chat: BackendConfig, nli_config: NLIConfig, progress: bool) -> Scorers:
+    """BERTScore at eval.bertscore_layer and the NLI `nli_config` names (an llm NLI asks `chat`)."""
     from ..backends import build_backend
     from ..nli.base import load_nli
 
-    return Scorers(lambda: M.load_bertscore(recipe.eval.bertscore_layer),
-                   lambda: load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress))
+    return Scorers(lambda: M.load_bertscore(cfg.bertscore_layer),
+                   lambda: load_nli(nli_config, lambda: build_backend(chat), progress))
 
 
 def _gen_id(example: Example, model: ModelUnderTest) -> str:
@@ -468,14 +483,14 @@ def _gen_id(example: Example, model: ModelUnderTest) -> str:
 
 
 def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: Generator, scorers: Scorers,
-                   recipe: Recipe, pool: Sequence[tuple[str, str]] = ()) -> list[EvalGeneration]:
-    cfg = recipe.eval
+                   cfg: EvalConfig, chat: BackendConfig,
+                   pool: Sequence[tuple[str, str]] = ()) -> list[EvalGeneration]:
     candidates = ([hits_candidates(e, pool, cfg.hits_candidates, cfg.seed) for e in chunk] if cfg.hits_candidates
                   else None)
     ranked: list[list[float]] | None
     if generator.decodes_locally and not cfg.sample:
         completions, nll, ranked = generator.generate_and_score(
-            chunk, cfg, candidates or [[e.reference] for e in chunk], recipe.backend.repetition_penalty)
+            chunk, cfg, candidates or [[e.reference] for e in chunk], chat.repetition_penalty)
     else:
         completions = generator.generate(chunk, cfg)
         nll = generator.nll(chunk, cfg.batch_size)
@@ -484,7 +499,7 @@ def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: G
     hits = None if ranked is None or candidates is None else [M.hits_at_1(scores, 0) for scores in ranked]
     scored = score_examples(chunk, replies, scorers, cfg.contradiction)
     params = {"sample": cfg.sample, "max_new_tokens": cfg.max_new_tokens,
-              "repetition_penalty": recipe.backend.repetition_penalty if recipe.backend.kind == "local" else None}
+              "repetition_penalty": chat.repetition_penalty if chat.kind == "local" else None}
     if cfg.sample:
         params.update(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     records = []
@@ -500,8 +515,8 @@ def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: G
             reference=example.reference, reply=reply, finish_reason=completion.finish_reason,
             error=completion.error, metrics=row, bleu_stats=stats, reference_nll=nll_sum,
             reference_tokens=tokens,
-            provenance=Provenance(backend=RETRIEVAL if model.retrieval else recipe.backend.kind,
-                                  model=str(model.retrieval) if model.retrieval else recipe.backend.model,
+            provenance=Provenance(backend=RETRIEVAL if model.retrieval else chat.kind,
+                                  model=str(model.retrieval) if model.retrieval else chat.model,
                                   params={**params, "adapter": str(model.adapter) if model.adapter else None})))
     return records
 
@@ -509,10 +524,9 @@ def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: G
 # --- aggregation ---------------------------------------------------------------------------------------
 
 def aggregate(records: Sequence[EvalGeneration], examples: Sequence[Example], models: Sequence[ModelUnderTest],
-              recipe: Recipe) -> dict[str, Any]:
+              cfg: EvalConfig, chat: BackendConfig, nli_config: NLIConfig) -> dict[str, Any]:
     """Every metric per model with bootstrap intervals (resamples shared across models: paired), and
     each adapter's difference from the base model."""
-    cfg = recipe.eval
     by_key = {(r.model, r.example_id): r for r in records}
     n = len(examples)
     indices = M.bootstrap_indices(n, cfg.bootstrap, cfg.seed)
@@ -544,8 +558,8 @@ def aggregate(records: Sequence[EvalGeneration], examples: Sequence[Example], mo
         "rouge": "rouge-score: ROUGE-1/2/L F-measure, Porter stemmer (table: x100)",
         "bertscore": M.bertscore_description(cfg.bertscore_layer) + " (table: x100)",
         "perplexity": "exp(mean NLL of the reference reply's tokens), conditioned on the chat-templated prompt; "
-                      "corpus-level (token-weighted)" if recipe.backend.kind == "local" else
-                      f"not available: the {recipe.backend.kind} backend gives no token log-probabilities",
+                      "corpus-level (token-weighted)" if chat.kind == "local" else
+                      f"not available: the {chat.kind} backend gives no token log-probabilities",
         "f1": "ConvAI2 unigram F1 (ParlAI: lowercase, punctuation and a/an/the removed, whitespace tokens, "
               "multiset overlap), mean over examples (table: x100)",
         "distinct": "distinct-1/2: distinct n-grams / all n-grams over all of a model's replies (lowercase, "
@@ -555,21 +569,21 @@ def aggregate(records: Sequence[EvalGeneration], examples: Sequence[Example], mo
                  f"model's summed log-likelihood given the prompt; a tie is a miss (table: %)"
                  if cfg.hits_candidates and any("hits_at_1" in r.metrics for r in records) else
                  "off (eval.hits_candidates: 0)" if not cfg.hits_candidates else
-                 f"not available: the {recipe.backend.kind} backend gives no token log-probabilities"),
+                 f"not available: the {chat.kind} backend gives no token log-probabilities"),
         "c_score": "C-score per reply: the NLI label (argmax) of each (persona attribute, reply) pair; +1 when any "
                    "attribute is entailed, else -1 when any is contradicted, else 0; mean over non-empty replies",
-        "nli": f"{recipe.nli.kind} NLI; a reply contradicts its persona when max over attributes of "
+        "nli": f"{nli_config.kind} NLI; a reply contradicts its persona when max over attributes of "
                f"P(contradiction | premise=attribute, hypothesis=reply) > {cfg.contradiction}; empty replies "
                f"are left out of the rate",
         "bootstrap": f"{cfg.bootstrap} resamples of the examples, seed {cfg.seed}, percentile "
                      f"{cfg.confidence:.0%} intervals; the same resamples for every model (paired deltas)",
         "generation": ("sampled (temperature {cfg.temperature}, top_p {cfg.top_p})".format(cfg=cfg) if cfg.sample
                        else "greedy") + f", max {cfg.max_new_tokens} new tokens" +
-                      (f", repetition penalty {recipe.backend.repetition_penalty}"
-                       if recipe.backend.kind == "local" else ""),
+                      (f", repetition penalty {chat.repetition_penalty}"
+                       if chat.kind == "local" else ""),
         "protocol": f"replying user's persona as system prompt, {cfg.context} context turns, turn {cfg.position} "
                     f"as the prompt, turn {cfg.position + 1} as the reference (samples.next_reply)",
-        "backend": recipe.backend.kind, "base_model": recipe.backend.model,
+        "backend": chat.kind, "base_model": chat.model,
     }
     return {"models": out_models, "settings": settings}
 

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from .. import executors, layout, replyscore, ui
-from ..config import BackendConfig, GenerateConfig, Recipe
+from ..config import BackendConfig, GenerateConfig, NLIConfig
+from ..contract import FAILED, StageContext, StageResult
 from ..corpora import load_profiles, spc_file
 from ..errors import UserError
 from ..nli.base import identity as nli_identity
@@ -89,17 +90,16 @@ class Work:
 
 # --- inputs --------------------------------------------------------------------------------
 
-def input_paths(recipe: Recipe, default_profiles: Path | None = None) -> tuple[Path, Path]:
+def input_paths(cfg: GenerateConfig, run_dir: Path, default_profiles: Path | None = None) -> tuple[Path, Path]:
     """pairs.jsonl and the profiles the pairs name: generate.profiles, else `default_profiles` (the
     file pairing read, which the caller hands on), else the personas stage's profiles.jsonl."""
-    cfg = recipe.generate
-    pairs = Path(cfg.pairs) if cfg.pairs else recipe.run_dir / layout.PAIRS
+    pairs = Path(cfg.pairs) if cfg.pairs else Path(run_dir) / layout.PAIRS
     if cfg.profiles:
         profiles = Path(cfg.profiles)
     elif default_profiles:
         profiles = Path(default_profiles)
     else:
-        profiles = recipe.run_dir / layout.PROFILES
+        profiles = Path(run_dir) / layout.PROFILES
     for path, made_by in ((pairs, "forge pair"), (profiles, "forge personas")):
         if not path.is_file():
             raise UserError(f"{path}: not found; run `{made_by}` first or give generate.pairs / generate.profiles")
@@ -150,43 +150,51 @@ def generator_adapter(cfg: GenerateConfig) -> Path | None:
                     "folder, e.g. runs/NAME/train/generator")
 
 
-def backend_config(recipe: Recipe) -> BackendConfig:
-    """The backend generate runs on: recipe.backend, with the generator adapter in place of
-    backend.adapter when generate.generator names one (build the stage's backend from this)."""
-    adapter = generator_adapter(recipe.generate)
+def backend_config(cfg: GenerateConfig, chat: BackendConfig) -> BackendConfig:
+    """The backend generate runs on: `chat` (the recipe's backend), with the generator adapter in place
+    of backend.adapter when generate.generator names one (build the stage's backend from this)."""
+    adapter = generator_adapter(cfg)
     if adapter is None:
-        return recipe.backend
-    if recipe.backend.kind == "openai":
+        return chat
+    if chat.kind == "openai":
         raise UserError("generate.generator: a LoRA adapter is applied to a local model; with an "
                         "OpenAI-compatible endpoint, serve it (forge serve --adapter generator=DIR) and name it "
                         "in backend.model instead")
-    return recipe.backend.model_copy(update={"adapter": adapter})
+    return chat.model_copy(update={"adapter": adapter})
 
 
-def stage_config(recipe: Recipe, mode: str, prompts) -> dict[str, Any]:
-    cfg = recipe.generate
+def stage_config(cfg: GenerateConfig, chat: BackendConfig, nli_config: NLIConfig, mode: str,
+                 prompts) -> dict[str, Any]:
     names = [critic.JUDGE_PROMPT] if cfg.critic.judge else []
     names.append(generator_prompt(mode))
-    config = {"generate": cfg.identity(), "mode": mode, "backend": backend_config(recipe).identity(),
-              "nli": nli_identity(recipe.nli), "prompts": {n: prompts.ref(n).hash for n in names}}
+    config = {"generate": cfg.identity(), "mode": mode, "backend": backend_config(cfg, chat).identity(),
+              "nli": nli_identity(nli_config), "prompts": {n: prompts.ref(n).hash for n in names}}
     adapter = generator_adapter(cfg)
     if adapter is not None:
         config["generator"] = file_sha256(adapter / "adapter_model.safetensors")[:16]
     return config
 
 
-def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[list[str]], np.ndarray] | None = None,
-        force: bool = False, default_profiles: Path | None = None) -> dict[str, Any]:
-    """Run (or resume) the stage; `nli` is an NLI model or a function that loads one; `default_profiles`:
-    the profiles file when generate.profiles is unset (pairing's pair.profiles)."""
-    cfg = recipe.generate
-    pairs_path, profiles_path = input_paths(recipe, default_profiles)
+def run(cfg: GenerateConfig, context: StageContext, backend, nli: Callable[[], Any] | Any, *, chat: BackendConfig,
+        nli_config: NLIConfig, embed: Callable[[list[str]], np.ndarray] | None = None,
+        default_profiles: Path | None = None, prompts_dir: Path | None = None) -> StageResult:
+    """Run (or resume) the stage on `backend` (built from `backend_config(cfg, chat)`); `chat` is the
+    recipe's backend section (its identity goes into the config hash, its kind chooses the mode);
+    `nli` is an NLI model or a function that loads one, `nli_config` the section it comes from;
+    `default_profiles`: the profiles file when generate.profiles is unset (pairing's pair.profiles)."""
+    rows = _run(cfg, context, backend, nli, chat, nli_config, embed, default_profiles, prompts_dir)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS, failed=int(rows.get(FAILED) or 0))
+
+
+def _run(cfg: GenerateConfig, context: StageContext, backend, nli, chat: BackendConfig, nli_config: NLIConfig,
+         embed, default_profiles: Path | None, prompts_dir: Path | None) -> dict[str, Any]:
+    pairs_path, profiles_path = input_paths(cfg, context.run_dir, default_profiles)
     pairs, profiles = load_pairs(pairs_path, profiles_path, cfg.limit)
-    prompts = library(recipe.prompts_dir)
-    mode = resolve_mode(cfg, recipe.backend.kind)
-    config = stage_config(recipe, mode, prompts)
+    prompts = library(prompts_dir)
+    mode = resolve_mode(cfg, chat.kind)
+    config = stage_config(cfg, chat, nli_config, mode, prompts)
     inputs = [pairs_path, profiles_path] + ([Path(cfg.critic.blocklist)] if cfg.critic.blocklist else [])
-    stage = RunDir(recipe.run_dir).begin(STAGE, config, inputs=inputs, outputs=list(OUTPUTS), force=force)
+    stage = RunDir(context.run_dir).begin(STAGE, config, inputs=inputs, outputs=list(OUTPUTS), force=context.force)
     for name, digest in config["prompts"].items():
         stage.record_prompt(name, digest)
     stage.record_model("generator", str(backend.describe()))
@@ -195,8 +203,8 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
     store = JsonlStore(stage.run_dir.file(FILES["dialogues"]), Dialogue)
     store.repair()
     progress = JsonlStore(stage.run_dir.file(FILES["progress"]), TurnProgress)
-    executor = executors.get(recipe.executor)
-    loop = Loop(recipe, mode, backend, executor.nli(recipe.nli, nli), embed, prompts, profiles, store, progress)
+    executor = context.executor or executors.get()
+    loop = Loop(cfg, mode, backend, executor.nli(nli_config, nli), embed, prompts, profiles, store, progress)
     loop.run(pairs)
     if not loop.failed:  # every conversation is in dialogues.jsonl: no unfinished turns to keep
         progress.path.unlink(missing_ok=True)
@@ -221,9 +229,9 @@ def run(recipe: Recipe, backend, nli: Callable[[], Any] | Any, embed: Callable[[
 class Loop:
     """The rounds: generate the missing candidates chunk by chunk, score them, append them."""
 
-    def __init__(self, recipe: Recipe, mode: str, backend, nli, embed, prompts, profiles: dict[str, Profile],
+    def __init__(self, cfg: GenerateConfig, mode: str, backend, nli, embed, prompts, profiles: dict[str, Profile],
                  store: JsonlStore, progress: JsonlStore | None = None):
-        self.recipe, self.cfg, self.mode = recipe, recipe.generate, mode
+        self.cfg, self.mode = cfg, mode
         self.backend, self._nli, self.embed, self.prompts = backend, nli, embed, prompts
         self.profiles, self.store, self.progress = profiles, store, progress
         self.by_pair: dict[str, list[Dialogue]] = defaultdict(list)

@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import metrics as M
 from .. import layout, plots, ui
-from ..config import BackendConfig, Recipe
+from ..config import BackendConfig, JudgeConfig, NLIConfig
+from ..contract import StageContext, StageResult
 from ..errors import UserError
 from ..prompts import library
 from ..rubric import LIKERT, REPLY, RubricParse
@@ -125,18 +126,19 @@ class ProbeModel:
     digest: str
 
 
-def probe_models(recipe: Recipe, generations: Sequence[EvalGeneration], metrics_path: Path) -> list[ProbeModel]:
+def probe_models(chat: BackendConfig, generations: Sequence[EvalGeneration], metrics_path: Path) -> list[ProbeModel]:
     """The models under test: eval's (with their adapters) when metrics.json says, else the base."""
     if metrics_path.is_file():
         models = json.loads(metrics_path.read_text())["models"]
         return [ProbeModel(name, Path(row["adapter"]) if row.get("adapter") else None, row["digest"])
                 for name, row in models.items()]
     digests = {g.model: g.model_digest for g in generations}
-    return [ProbeModel(BASE, None, digests.get(BASE, record_id(recipe.backend.model)))]
+    return [ProbeModel(BASE, None, digests.get(BASE, record_id(chat.model)))]
 
 
-def judge_backend_config(recipe: Recipe) -> BackendConfig:
-    return recipe.judge.backend or recipe.backend.model_copy(update={"adapter": None})
+def judge_backend_config(cfg: JudgeConfig, chat: BackendConfig) -> BackendConfig:
+    """The judge: judge.backend, else the recipe's backend `chat` without its adapter."""
+    return cfg.backend or chat.model_copy(update={"adapter": None})
 
 
 BackendFactory = Callable[[BackendConfig], Any]
@@ -144,11 +146,10 @@ BackendFactory = Callable[[BackendConfig], Any]
 
 # --- the stage -------------------------------------------------------------------------------------
 
-def stage_config(recipe: Recipe) -> dict[str, Any]:
-    cfg = recipe.judge
+def stage_config(cfg: JudgeConfig, chat: BackendConfig) -> dict[str, Any]:
     ident = cfg.identity()
-    ident["backend"] = judge_backend_config(recipe).identity()
-    ident["probe_backend"] = {k: v for k, v in recipe.backend.identity().items() if k != "adapter"}
+    ident["backend"] = judge_backend_config(cfg, chat).identity()
+    ident["probe_backend"] = {k: v for k, v in chat.identity().items() if k != "adapter"}
     return {"judge": ident}
 
 
@@ -177,7 +178,8 @@ class Part:
 
 @dataclass
 class Context:
-    recipe: Recipe
+    cfg: JudgeConfig
+    chat: BackendConfig                 # the recipe's backend: the probed models run on it
     folder: Path
     prompts: Any
     generations: list[EvalGeneration]
@@ -195,8 +197,8 @@ def _request(prompts, name: str, variables: dict[str, Any], cfg, schema: dict[st
 
 
 def _rubric_part(ctx: Context) -> tuple[Part, set[str]]:
-    cfg = ctx.recipe.judge
-    judge_cfg = judge_backend_config(ctx.recipe)
+    cfg = ctx.cfg
+    judge_cfg = judge_backend_config(cfg, ctx.chat)
     probs = uses_logprobs(cfg.scoring, judge_cfg)
     name = CRITERION if probs else RUBRIC
     digest = ctx.prompts.ref(name).hash
@@ -220,8 +222,8 @@ def _rubric_part(ctx: Context) -> tuple[Part, set[str]]:
 
 
 def _pairwise_part(ctx: Context) -> tuple[Part, set[str]]:
-    cfg = ctx.recipe.judge
-    judge_cfg = judge_backend_config(ctx.recipe)
+    cfg = ctx.cfg
+    judge_cfg = judge_backend_config(cfg, ctx.chat)
     probs = uses_logprobs(cfg.scoring, judge_cfg)
     name = CHOICE if probs else PAIRWISE
     digest = ctx.prompts.ref(name).hash
@@ -249,13 +251,13 @@ def _pairwise_part(ctx: Context) -> tuple[Part, set[str]]:
 def _bigfive_parts(ctx: Context) -> tuple[list[Part], set[str]]:
     from ..backends import ChatRequest
 
-    cfg = ctx.recipe.judge
+    cfg = ctx.cfg
     digest = ctx.prompts.ref(BIGFIVE).hash
     personas = list({record_id(g.persona): g.persona for g in ctx.generations}.items())[:cfg.personas]
     done = JsonlStore(ctx.folder / "bigfive.jsonl", BigFiveAnswer).ids()
     parts, wanted = [], set()
     for model in ctx.models:
-        config = ctx.recipe.backend.model_copy(update={"adapter": model.adapter})
+        config = ctx.chat.model_copy(update={"adapter": model.adapter})
         probs = uses_logprobs(cfg.scoring, config)
         method = ("logprobs",) if probs else ()
         rows = [(record_id(model.name, model.digest, pid, item.id, digest, *method), pid, persona, item)
@@ -276,7 +278,7 @@ def _bigfive_parts(ctx: Context) -> tuple[list[Part], set[str]]:
 def plan(ctx: Context) -> tuple[list[Part], dict[str, set[str]]]:
     """Every question the run would send now (answered ones left out), by part; and per part the
     record ids its summary covers."""
-    cfg = ctx.recipe.judge
+    cfg = ctx.cfg
     parts: list[Part] = []
     wanted: dict[str, set[str]] = {}
     if cfg.rubric:
@@ -291,9 +293,8 @@ def plan(ctx: Context) -> tuple[list[Part], dict[str, set[str]]]:
     return parts, wanted
 
 
-def _context(recipe: Recipe) -> tuple[Context, Path, Path]:
-    cfg = recipe.judge
-    run_dir = RunDir(recipe.run_dir)
+def _context(cfg: JudgeConfig, run_dir: RunDir, chat: BackendConfig,
+             prompts_dir: Path | None) -> tuple[Context, Path, Path]:
     source = Path(cfg.input) if cfg.input else run_dir.file(layout.EVAL_GENERATIONS)
     generations = read_generations(source)
     items_path = Path(cfg.items) if cfg.items else default_items()
@@ -303,39 +304,50 @@ def _context(recipe: Recipe) -> tuple[Context, Path, Path]:
         examples = examples[:cfg.limit]
     keep = set(examples)
     generations = [g for g in generations if g.example_id in keep]
-    prompts = library(str(recipe.prompts_dir) if recipe.prompts_dir else None)
-    models = probe_models(recipe, generations, source.parent / "metrics.json") if cfg.bigfive else []
-    return Context(recipe, run_dir.file(FOLDER), prompts, generations, items, models), source, items_path
+    prompts = library(str(prompts_dir) if prompts_dir else None)
+    models = probe_models(chat, generations, source.parent / "metrics.json") if cfg.bigfive else []
+    return Context(cfg, chat, run_dir.file(FOLDER), prompts, generations, items, models), source, items_path
 
 
-def _cache(recipe: Recipe):
+def _cache(cfg: JudgeConfig):
     from ..judgecache import JudgeCache
 
-    cfg = recipe.judge
     if not cfg.cache:
         return None
     return JudgeCache(Path(cfg.cache_path) if cfg.cache_path else None)
 
 
-def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | None = None,
-        progress: bool = True, bootstrap: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Judge eval's replies; `bootstrap` is (resamples, seed) of the rubric's intervals (the caller
-    hands eval's, so both stages' intervals are drawn alike; default: the recipe's eval section)."""
+def run(cfg: JudgeConfig, context: StageContext, *, chat: BackendConfig, nli_config: NLIConfig,
+        bootstrap: tuple[int, int], contradiction: float, prompts_dir: Path | None = None,
+        backend_factory: BackendFactory | None = None) -> StageResult:
+    """Judge eval's replies. Handed by the caller: `chat`, the recipe's backend (the probed models, and
+    the judge unless judge.backend is set); `nli_config`, the NLI judge.nli_agreement loads;
+    `bootstrap`, (resamples, seed) of the rubric's intervals, and `contradiction`, the threshold the NLI
+    agreement uses: eval's, so both stages' figures are drawn alike. The result's `data` is judge.json's
+    content."""
+    data = _run(cfg, context, chat, nli_config, bootstrap, contradiction, prompts_dir, backend_factory)
+    summary = {"examples": data["examples"], "judge": data["judge"]["model"],
+               "outputs": str(Path(context.run_dir) / FOLDER)}
+    return StageResult.read(STAGE, summary, context.run_dir, OUTPUTS, data=data)
+
+
+def _run(cfg: JudgeConfig, context: StageContext, chat: BackendConfig, nli_config: NLIConfig,
+         bootstrap: tuple[int, int], contradiction: float, prompts_dir: Path | None,
+         backend_factory: BackendFactory | None) -> dict[str, Any]:
     from ..backends import build_backend
 
-    cfg = recipe.judge
-    ctx, source, items_path = _context(recipe)
-    make = backend_factory or (lambda c: build_backend(c, progress=progress))
-    run_dir = RunDir(recipe.run_dir)
-    stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[items_path] if cfg.bigfive else [],
-                          outputs=OUTPUTS, force=force)
+    run_dir = RunDir(context.run_dir)
+    ctx, source, items_path = _context(cfg, run_dir, chat, prompts_dir)
+    make = backend_factory or (lambda c: build_backend(c, progress=context.progress))
+    stage = run_dir.begin(STAGE, stage_config(cfg, chat), inputs=[items_path] if cfg.bigfive else [],
+                          outputs=OUTPUTS, force=context.force)
     for name in (RUBRIC, PAIRWISE, BIGFIVE, CRITERION, CHOICE):
         stage.record_prompt(name, ctx.prompts.ref(name).hash)
     examples = list(dict.fromkeys(g.example_id for g in ctx.generations))
     models = list(dict.fromkeys(g.model for g in ctx.generations))
-    judge_cfg = judge_backend_config(recipe)
+    judge_cfg = judge_backend_config(cfg, chat)
     parts, wanted = plan(ctx)
-    cache = _cache(recipe)
+    cache = _cache(cfg)
 
     backends: dict[str, Any] = {}   # role -> backend, made only when it has something to answer
     usage: dict[str, dict[str, Any]] = {}   # per part: what its requests cost
@@ -364,8 +376,8 @@ def run(recipe: Recipe, force: bool = False, backend_factory: BackendFactory | N
     if cfg.rubric:
         records = [r for r in JsonlStore(ctx.folder / "judgements.jsonl", RubricJudgement).read()
                    if r.id in wanted["rubric"]]
-        result["rubric"] = summarize_rubric(records, *(bootstrap or (recipe.eval.bootstrap, recipe.eval.seed)))
-        agreement = _agreement(recipe, ctx, records)
+        result["rubric"] = summarize_rubric(records, *bootstrap)
+        agreement = _agreement(ctx, run_dir.path, nli_config, contradiction, records)
         if agreement:
             result["agreement"] = agreement
     if cfg.pairwise:
@@ -523,7 +535,8 @@ WRITERS = {"rubric": _write_rubric, "pairwise": _write_pairwise, "bigfive": _wri
 
 # --- estimate: what a run would send, before anything is sent ------------------------------------
 
-def estimate(recipe: Recipe, backend_factory: BackendFactory | None = None) -> dict[str, Any]:
+def estimate(cfg: JudgeConfig, run_dir: Path, *, chat: BackendConfig, prompts_dir: Path | None = None,
+             backend_factory: BackendFactory | None = None) -> dict[str, Any]:
     """Requests, tokens and cost the judge stage would spend now: the same plan `run` sends
     (answered records and judge-cache hits left out). Prompt tokens are counted with the
     backend's tokenizer (local) or about 4 characters a token (endpoints); completion tokens are
@@ -532,9 +545,9 @@ def estimate(recipe: Recipe, backend_factory: BackendFactory | None = None) -> d
     from ..backends import build_backend
     from ..costs import estimate_requests
 
-    ctx, _, _ = _context(recipe)
+    ctx, _, _ = _context(cfg, RunDir(run_dir), chat, prompts_dir)
     parts, _ = plan(ctx)
-    cache = _cache(recipe)
+    cache = _cache(cfg)
     make = backend_factory or (lambda c: build_backend(c, progress=False))
     made: dict[str, Any] = {}
     groups = []
@@ -578,19 +591,20 @@ def _uncached(backend, part: Part, cache) -> list:
 
 # --- agreement: the judge against the critic's NLI, and against people ----------------------------
 
-def _agreement(recipe: Recipe, ctx: Context, records: Sequence[RubricJudgement]) -> dict[str, Any]:
+def _agreement(ctx: Context, run_dir: Path, nli_config: NLIConfig, threshold: float,
+               records: Sequence[RubricJudgement]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    humans = read_annotations(recipe.run_dir / "annotations.jsonl")
+    humans = read_annotations(run_dir / "annotations.jsonl")
     if humans:
         out["human"] = human_agreement(humans, records, ctx)
-    if recipe.judge.nli_agreement and records:
+    if ctx.cfg.nli_agreement and records:
         from ..nli.base import load_nli
 
         by_id = {g.id: g for g in ctx.generations}
         gens = [by_id[r.generation_id] for r in records if r.generation_id in by_id]
-        nli = load_nli(recipe.nli, progress=False)
+        nli = load_nli(nli_config, progress=False)
         contradiction = nli_contradiction(gens, nli)
-        out["nli"] = nli_agreement(records, contradiction, recipe.eval.contradiction)
+        out["nli"] = nli_agreement(records, contradiction, threshold)
     return out
 
 

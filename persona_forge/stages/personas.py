@@ -38,7 +38,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .. import executors, layout, ui
-from ..config import Recipe
+from ..config import BackendConfig, NLIConfig, PersonasConfig
+from ..contract import FAILED, StageContext, StageResult
 from ..embeddings import Embed, Embedder
 from ..errors import UserError
 from ..nli.base import identity as nli_identity
@@ -78,24 +79,32 @@ def default_seed_file() -> Path:
     return data_dir("corpora") / "personas" / "seed_attributes.txt"
 
 
-def run(recipe: Recipe, backend, nli, embed: Embed | None = None, force: bool = False) -> dict[str, Any]:
-    """Run the stage; `nli` is an NLI model or a function that loads one (called only when needed).
+def run(cfg: PersonasConfig, context: StageContext, backend, nli, *, chat: BackendConfig, nli_config: NLIConfig,
+        embed: Embed | None = None, prompts_dir: Path | None = None) -> StageResult:
+    """Run the stage; `backend` (None when personas.expand is off) is the chat backend built from `chat`,
+    the recipe's backend section; `nli` is an NLI model or a function that loads one (called only when
+    needed), `nli_config` the section it comes from.
 
-    Returns the summary rows. Expansion requests that fail are retried by the next run; profiles are
-    built only once every expansion request is done, so they always draw on the final pool.
+    Expansion requests that fail are retried by the next run; profiles are built only once every
+    expansion request is done, so they always draw on the final pool.
     """
-    cfg = recipe.personas
+    rows = _run(cfg, context, backend, nli, chat, nli_config, embed, prompts_dir)
+    return StageResult.read(STAGE, rows, context.run_dir, OUTPUTS, failed=int(rows.get(FAILED) or 0))
+
+
+def _run(cfg: PersonasConfig, context: StageContext, backend, nli, chat: BackendConfig, nli_config: NLIConfig,
+         embed: Embed | None, prompts_dir: Path | None) -> dict[str, Any]:
     seeds_path = Path(cfg.seeds) if cfg.seeds else default_seed_file()
     texts = load_seed_texts(seeds_path, cfg.column, cfg.max_seeds, cfg.seed)
     if not cfg.expand and len(texts) < cfg.k:
         raise UserError(f"{seeds_path}: {len(texts)} distinct seed attributes, fewer than the {cfg.k} a profile "
                         f"needs; give more seeds, a smaller personas.k, or --expand")
-    prompts = _prompt_library(recipe)
-    stage = _begin(recipe, seeds_path, texts, prompts, force)
+    prompts = _prompt_library(prompts_dir)
+    stage = _begin(cfg, context, chat, nli_config, seeds_path, texts, prompts)
     stores = {name: JsonlStore(stage.run_dir.file(f), _MODELS[name]) for name, f in FILES.items()}
-    executor = executors.get(recipe.executor)
+    executor = context.executor or executors.get()
     embed = embed or Embedder(cfg.model, cfg.batch_size, cfg.threads, executor)
-    nli = executor.nli(recipe.nli, nli)
+    nli = executor.nli(nli_config, nli)
 
     seeds, seed_emb = _seed_attributes(texts, stores["attributes"], embed, cfg)
     expander, pool_emb = None, seed_emb
@@ -122,15 +131,15 @@ def run(recipe: Recipe, backend, nli, embed: Embed | None = None, force: bool = 
     return _rows(cfg, counts, measures, rates, expander, failed, stage.run_dir)
 
 
-def _begin(recipe: Recipe, seeds_path: Path, texts: list[str], prompts, force: bool):
+def _begin(cfg: PersonasConfig, context: StageContext, chat: BackendConfig, nli_config: NLIConfig, seeds_path: Path,
+           texts: list[str], prompts):
     """Start (or resume) the stage: the config hash covers the personas settings, the seed set, the
     NLI, the chat backend and the prompt templates: anything that changes what comes out."""
-    cfg = recipe.personas
     prompt_refs = {name: prompts.ref(name).hash for name in (QUESTIONS_PROMPT, EXPAND_PROMPT)} if cfg.expand else {}
-    config = {"personas": cfg.identity(), "seed_set": record_id("seed-set", texts), "nli": nli_identity(recipe.nli),
-              "backend": recipe.backend.identity() if cfg.expand else None, "prompts": prompt_refs}
-    stage = RunDir(recipe.run_dir).begin(STAGE, config, inputs=[seeds_path], outputs=list(FILES.values()),
-                                         force=force)
+    config = {"personas": cfg.identity(), "seed_set": record_id("seed-set", texts), "nli": nli_identity(nli_config),
+              "backend": chat.identity() if cfg.expand else None, "prompts": prompt_refs}
+    stage = RunDir(context.run_dir).begin(STAGE, config, inputs=[seeds_path], outputs=list(FILES.values()),
+                                          force=context.force)
     for name, digest in prompt_refs.items():
         stage.record_prompt(name, digest)
     stage.record_model("embeddings", cfg.model)
@@ -151,10 +160,10 @@ _MODELS = {"attributes": Attribute, "profiles": Profile, "rejections": Rejection
            "replies": ExpansionReply, "checks": ProfileCheck}
 
 
-def _prompt_library(recipe: Recipe):
+def _prompt_library(prompts_dir: Path | None):
     from ..prompts import library
 
-    return library(str(recipe.prompts_dir) if recipe.prompts_dir else None)
+    return library(str(prompts_dir) if prompts_dir else None)
 
 
 # --- the pool ---------------------------------------------------------------------------------

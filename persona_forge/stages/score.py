@@ -35,7 +35,8 @@ import numpy as np
 
 from .. import metrics as M
 from .. import ui
-from ..config import Recipe
+from ..config import BackendConfig, NLIConfig, ScoreConfig
+from ..contract import StageContext, StageResult
 from ..corpora import load_conversations
 from ..errors import UserError
 from ..nli.labels import CONTRADICTION, ENTAILMENT
@@ -112,18 +113,30 @@ def ifd(loss_context: float | None, loss_alone: float | None) -> float | None:
     return loss_context / loss_alone
 
 
-def stage_config(recipe: Recipe, model: str) -> dict[str, Any]:
-    cfg = recipe.score
-    nli = recipe.nli.model_dump(mode="json", exclude={"threads", "batch_size"}) if cfg.nli else None
+def stage_config(cfg: ScoreConfig, nli_config: NLIConfig, model: str) -> dict[str, Any]:
+    nli = nli_config.model_dump(mode="json", exclude={"threads", "batch_size"}) if cfg.nli else None
     return {"score": cfg.identity(), "model": model, "nli": nli, "alone": ALONE}
 
 
-def run(recipe: Recipe, data: Path | None = None, out: Path | None = None, force: bool = False,
-        progress: bool = True, lm: tuple[Any, Any] | None = None, nli: Any = None,
-        on_written: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Score what is missing and return the summary. `lm` (model, tokenizer) and `nli` (an NLIModel,
-    or a function making one) may be given (tests); `on_written(n)` is called after each record."""
-    cfg = recipe.score
+def run(cfg: ScoreConfig, context: StageContext, *, chat: BackendConfig, nli_config: NLIConfig,
+        data: Path | None = None, out: Path | None = None, lm: tuple[Any, Any] | None = None, nli: Any = None,
+        on_written: Callable[[int], None] | None = None) -> StageResult:
+    """Score what is missing. Handed by the caller: `chat`, the recipe's backend (its model is the
+    default base model, and must be local unless score.model is set), and `nli_config`, the NLI loaded
+    when score.nli is on. The scores go beside the data (or to `out`), not into the run directory: the
+    result's stage is `<name>.score`, its manifest's; its `data` is the summary (`forge score --json`).
+    `lm` (model, tokenizer) and `nli` (an NLIModel, or a function making one) may be given (tests);
+    `on_written(n)` is called after each record."""
+    summary = _run(cfg, context, chat, nli_config, data, out, lm, nli, on_written)
+    path = Path(summary["output"])
+    return StageResult.read(f"{data_name(Path(summary['data']))}.{STAGE}", summary_rows(summary), path.parent,
+                            [path.name], data=summary)
+
+
+def _run(cfg: ScoreConfig, context: StageContext, chat: BackendConfig, nli_config: NLIConfig, data: Path | None,
+         out: Path | None, lm: tuple[Any, Any] | None, nli: Any,
+         on_written: Callable[[int], None] | None) -> dict[str, Any]:
+    progress = context.progress
     if data is None and cfg.data is None:
         raise UserError("forge score needs --data FILE: the conversations to score (a Synthetic-Persona-Chat-shaped "
                         "JSONL(.gz) or forge generate's Dialogue records)")
@@ -139,17 +152,17 @@ def run(recipe: Recipe, data: Path | None = None, out: Path | None = None, force
     replies = [r for r in every if r.dialogue_id in wanted]
     zscore = z_scorer([word_counts(r.text) for r in every])    # the whole file: a limit does not move it
 
-    model_spec = cfg.model or recipe.backend.model
-    if lm is None and cfg.model is None and recipe.backend.kind != "local":
+    model_spec = cfg.model or chat.model
+    if lm is None and cfg.model is None and chat.kind != "local":
         raise UserError(f"forge score needs a local model's logits for IFD and perplexity; backend.kind is "
-                        f"{recipe.backend.kind}: set score.model (e.g. --model packaged:smollm2-135m-instruct)")
+                        f"{chat.kind}: set score.model (e.g. --model packaged:smollm2-135m-instruct)")
     folder = output_folder(data, out)
     _check_folder(folder)
     name = data_name(data)
     path = scores_path(data, out)
     run_dir = RunDir(folder)
-    stage = run_dir.begin(f"{name}.{STAGE}", stage_config(recipe, model_spec), inputs=[data],
-                          outputs=[path.name], force=force)
+    stage = run_dir.begin(f"{name}.{STAGE}", stage_config(cfg, nli_config, model_spec), inputs=[data],
+                          outputs=[path.name], force=context.force)
     store = JsonlStore(path, ReplyScore)
     done = store.ids()
     todo = [r for r in replies if r.id not in done]
@@ -164,7 +177,7 @@ def run(recipe: Recipe, data: Path | None = None, out: Path | None = None, force
                 torch.set_num_threads(cfg.threads)
             lm = load_chat_model(model_spec, progress=progress)
         stage.record_model("base", model_spec)
-        judge = _nli(recipe, nli, progress) if cfg.nli else None
+        judge = _nli(chat, nli_config, nli, progress) if cfg.nli else None
         if judge is not None:
             stage.record_model("nli", judge.describe() if hasattr(judge, "describe") else "given")
         with store.appender() as writer, ui.progress(f"score {name}", total=len(todo)) as advance:
@@ -196,12 +209,12 @@ def _check_folder(folder: Path) -> None:
         raise UserError(f"{folder}: cannot write the scores there; give a writable folder with --out DIR")
 
 
-def _nli(recipe: Recipe, nli: Any, progress: bool):
+def _nli(chat: BackendConfig, nli_config: NLIConfig, nli: Any, progress: bool):
     if nli is None:
         from ..backends import build_backend
         from ..nli.base import load_nli
 
-        return load_nli(recipe.nli, lambda: build_backend(recipe.backend), progress)
+        return load_nli(nli_config, lambda: build_backend(chat), progress)
     return nli if hasattr(nli, "predict") else nli()
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout, plots, ui
-from ..config import Recipe, TrainConfig
+from ..config import NLIConfig, TrainConfig
+from ..contract import StageContext, StageResult
 from ..errors import UserError
 from ..prompts import library
 from ..samples import TURN_PROMPT
@@ -50,15 +51,15 @@ ROLES = ("system", "user", "assistant")
 
 # --- data ------------------------------------------------------------------------------------
 
-def default_data(recipe: Recipe, method: str) -> Path:
+def default_data(run_dir: Path, method: str) -> Path:
     if method == "generator":
         return train_generator.default_data()
-    return recipe.run_dir / layout.training_file(method)
+    return Path(run_dir) / layout.training_file(method)
 
 
-def out_dir(recipe: Recipe) -> Path:
-    cfg = recipe.train
-    return layout.train_dir(recipe.run_dir, cfg.name or cfg.method)
+def out_dir(run_dir: Path, cfg: TrainConfig) -> Path:
+    """<run_dir>/train/<name>: train.name, else the method's name."""
+    return layout.train_dir(Path(run_dir), cfg.name or cfg.method)
 
 
 def _messages(value: Any, path: Path, line_no: int, key: str) -> list[dict[str, str]]:
@@ -327,10 +328,12 @@ def peak_rss_mb() -> float:
 
 # --- the stage -------------------------------------------------------------------------------
 
-def stage_config(recipe: Recipe, spec: str) -> dict[str, Any]:
-    config = {"train": recipe.train.identity(), "model": spec, "seed": recipe.seed}
-    if recipe.train.method == "generator":  # its rows are rendered with generate's turn prompt
-        config["prompts"] = {TURN_PROMPT: library(recipe.prompts_dir).ref(TURN_PROMPT).hash}
+def stage_config(cfg: TrainConfig, spec: str, seed: int, prompts_dir: Path | None = None) -> dict[str, Any]:
+    """The config hash: train's section, the base model, the recipe's global `seed` (and for the
+    generator method the turn prompt its rows are rendered with, from `prompts_dir`)."""
+    config = {"train": cfg.identity(), "model": spec, "seed": seed}
+    if cfg.method == "generator":  # its rows are rendered with generate's turn prompt
+        config["prompts"] = {TURN_PROMPT: library(prompts_dir).ref(TURN_PROMPT).hash}
     return config
 
 
@@ -354,22 +357,44 @@ def prepare_process(threads: int | None, seed: int) -> int:
     transformers.set_seed(seed)
     return used
 
-def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool = True,
-        callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train (or resume, or find done) the adapter; returns the summary rows."""
-    cfg = recipe.train
-    if cfg.method in ("reward", "rloo", "grpo"):  # the RLHF half lives in its own modules (train_reward, train_rl)
-        from importlib import import_module
+def run(cfg: TrainConfig, context: StageContext, *, base_model: str, seed: int, prompts_dir: Path | None = None,
+        nli_config: NLIConfig | None = None, eval_data: Path | None = None, merge: bool = False,
+        callbacks: Sequence[Any] = ()) -> StageResult:
+    """Train (or resume, or find done) the adapter in <run_dir>/train/<name>/. Handed by the caller:
+    `base_model`, the model trained when train.model is unset (the recipe's backend.model); `seed`, the
+    recipe's global seed (in the config hash); `prompts_dir` (the generator method's turn prompt); for
+    rloo/grpo `nli_config` (the NLI of the reward) and `eval_data` (eval.data: RL prompts may not come
+    from it). The result's manifest is train/<name>/train.manifest.json."""
+    if cfg.method == "reward":  # the RLHF half lives in its own modules (train_reward, train_rl)
+        from . import train_reward
 
-        module = import_module(f".train_{'reward' if cfg.method == 'reward' else 'rl'}", __package__)
-        return module.run(recipe, force=force, progress=progress, callbacks=callbacks)
-    spec = cfg.model or recipe.backend.model
-    data = Path(cfg.data) if cfg.data else default_data(recipe, cfg.method)
+        return train_reward.run(cfg, context, base_model=base_model, seed=seed, callbacks=callbacks)
+    if cfg.method in ("rloo", "grpo"):
+        from . import train_rl
+
+        return train_rl.run(cfg, context, base_model=base_model, seed=seed, nli_config=nli_config,
+                            eval_data=eval_data, callbacks=callbacks)
+    rows = _run(cfg, Path(context.run_dir), base_model, seed, prompts_dir, context.force, merge, context.progress,
+                callbacks)
+    return result(cfg, context, rows)
+
+
+def result(cfg: TrainConfig, context: StageContext, rows: dict[str, Any]) -> StageResult:
+    """The StageResult of a training run: its manifest lives in train/<name>/, its output is that folder."""
+    folder = out_dir(context.run_dir, cfg)
+    return StageResult.read(STAGE, rows, context.run_dir, [str(folder.relative_to(context.run_dir))],
+                            manifest_dir=folder)
+
+
+def _run(cfg: TrainConfig, run_dir: Path, base_model: str, seed: int, prompts_dir: Path | None, force: bool,
+         merge: bool, progress: bool, callbacks: Sequence[Any]) -> dict[str, Any]:
+    spec = cfg.model or base_model
+    data = Path(cfg.data) if cfg.data else default_data(run_dir, cfg.method)
     if not data.is_file():
         raise UserError(f"{data}: no training data; run forge curate first, or give --data FILE")
-    folder = out_dir(recipe)
+    folder = out_dir(run_dir, cfg)
     rundir = RunDir(folder)
-    config = stage_config(recipe, spec)
+    config = stage_config(cfg, spec, seed, prompts_dir)
     previous = rundir.manifest(STAGE)
     changed = rundir.check(STAGE, config, [data], force)
     if previous is not None and previous.status == "done" and not changed \
@@ -382,7 +407,7 @@ def run(recipe: Recipe, force: bool = False, merge: bool = False, progress: bool
 
     started = time.time()
     if cfg.method == "generator":
-        prompts = library(recipe.prompts_dir)
+        prompts = library(prompts_dir)
 
         def reader(path: Path) -> list[dict]:
             return train_generator.read_rows(path, cfg.generator, cfg.seed, prompts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe
+from ..config import TrainConfig
 from ..store import RunDir
 from . import train as T
 
@@ -31,12 +31,13 @@ class Job:
     summary_keys: Sequence[tuple[str, str]] = ()
 
 
-def run_job(recipe: Recipe, job: Job, force: bool, progress: bool, callbacks: Sequence[Any]) -> dict[str, Any]:
-    cfg = recipe.train
-    spec = cfg.model or recipe.backend.model
-    folder = T.out_dir(recipe)
+def run_job(cfg: TrainConfig, run_dir: Path, spec: str, seed: int, job: Job, force: bool, progress: bool,
+            callbacks: Sequence[Any]) -> dict[str, Any]:
+    """Train `spec` (the base model) as `job` says in <run_dir>/train/<name>/; `seed`: the recipe's
+    global seed, in the config hash as for SFT and DPO. Returns the summary rows."""
+    folder = T.out_dir(run_dir, cfg)
     rundir = RunDir(folder)
-    config = T.stage_config(recipe, spec)
+    config = T.stage_config(cfg, spec, seed)
     previous = rundir.manifest(T.STAGE)
     changed = rundir.check(T.STAGE, config, job.inputs, force)
     if previous is not None and previous.status == "done" and not changed \

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import ui
-from ..config import Recipe, TrainConfig
+from ..config import TrainConfig
+from ..contract import StageContext, StageResult
 from ..errors import UserError
 from ..samples import reply_messages
 from ..schema import Preference
@@ -30,8 +31,8 @@ from . import train as T
 from .train_loop import Job, run_job
 
 
-def default_data(recipe: Recipe) -> Path:
-    return recipe.run_dir / "preferences.jsonl"
+def default_data(run_dir: Path) -> Path:
+    return Path(run_dir) / "preferences.jsonl"
 
 
 def read_preferences(path: Path) -> list[Preference]:
@@ -149,10 +150,18 @@ class RewardModel:
 ACCURACY = "eval_accuracy"
 
 
-def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    cfg = recipe.train
-    spec = cfg.model or recipe.backend.model
-    data = Path(cfg.data) if cfg.data else default_data(recipe)
+def run(cfg: TrainConfig, context: StageContext, *, base_model: str, seed: int,
+        callbacks: Sequence[Any] = ()) -> StageResult:
+    """A reward model (LoRA + score head) on preference pairs; `base_model` is the model trained when
+    train.model is unset (the recipe's backend.model), `seed` the recipe's global seed."""
+    return T.result(cfg, context, _run(cfg, Path(context.run_dir), base_model, seed, context.force,
+                                       context.progress, callbacks))
+
+
+def _run(cfg: TrainConfig, run_dir: Path, base_model: str, seed: int, force: bool, progress: bool,
+         callbacks: Sequence[Any]) -> dict[str, Any]:
+    spec = cfg.model or base_model
+    data = Path(cfg.data) if cfg.data else default_data(run_dir)
     if not data.is_file():
         raise UserError(f"{data}: no preference pairs; run forge generate (with a critic) first, or give --data FILE")
     if cfg.adapter is not None:
@@ -210,8 +219,8 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
               title=f"reward model LoRA r={cfg.lora.r} ({Path(spec).name})",
               summary_keys=(("heldout_accuracy", "held-out accuracy"), ("n_heldout_pairs", "held-out pairs"),
                             ("final_train_accuracy", "train accuracy (last log)")))
-    rows = run_job(recipe, job, force, progress, callbacks)
-    rows["accuracy curve"] = str(T.out_dir(recipe) / "reward_accuracy.png")
+    rows = run_job(cfg, run_dir, spec, seed, job, force, progress, callbacks)
+    rows["accuracy curve"] = str(T.out_dir(run_dir, cfg) / "reward_accuracy.png")
     return rows
 
 

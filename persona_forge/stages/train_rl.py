@@ -29,7 +29,8 @@ from typing import Any
 
 from .. import rlwatch as W
 from .. import ui
-from ..config import Recipe
+from ..config import NLIConfig, TrainConfig
+from ..contract import StageContext, StageResult
 from ..errors import UserError
 from ..resources import data_dir
 from ..samples import next_reply
@@ -46,15 +47,16 @@ def default_prompts() -> Path:
     return data_dir("corpora").joinpath(*TRAIN_SPLIT)
 
 
-def reward_model_folder(recipe: Recipe) -> Path:
-    folder = Path(recipe.train.rl.reward_model) if recipe.train.rl.reward_model else recipe.run_dir / "train" / "reward"
+def reward_model_folder(cfg: TrainConfig, run_dir: Path) -> Path:
+    folder = Path(cfg.rl.reward_model) if cfg.rl.reward_model else Path(run_dir) / "train" / "reward"
     return folder / "adapter" if (folder / "adapter").is_dir() else folder
 
 
-def check_not_eval_split(path: Path, recipe: Recipe) -> None:
+def check_not_eval_split(path: Path, eval_data: Path | None) -> None:
+    """Refuse RL prompts from the evaluation split: SPC test, or `eval_data` (the recipe's eval.data)."""
     evaluation = {data_dir("corpora") / "spc" / "test.jsonl.gz"}
-    if recipe.eval.data:
-        evaluation.add(Path(recipe.eval.data))
+    if eval_data:
+        evaluation.add(Path(eval_data))
     if any(path.resolve() == e.resolve() for e in evaluation if e.exists()):
         raise UserError(f"train.rl.prompts: {path} is the evaluation split; RL prompts must come from training "
                         f"conversations (default {default_prompts()})")
@@ -143,18 +145,29 @@ def _sample_saver(reward: PersonaReward, path: Path, n: int):
     return SaveSamples()
 
 
-def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
-        nli: Any = None, extra_rewards: Sequence[Callable] = ()) -> dict[str, Any]:
-    """`nli` replaces the recipe's NLI model and `extra_rewards` are added to the reward (Python
+def run(cfg: TrainConfig, context: StageContext, *, base_model: str, seed: int,
+        nli_config: NLIConfig | None = None, eval_data: Path | None = None, callbacks: Sequence[Any] = (),
+        nli: Any = None, extra_rewards: Sequence[Callable] = ()) -> StageResult:
+    """RL (rloo or grpo) from train.adapter against the reward model and the NLI. Handed by the caller:
+    `base_model` (the recipe's backend.model, when train.model is unset), `seed` (the recipe's global
+    seed), `nli_config` (the NLI of the reward; default NLIConfig()), `eval_data` (eval.data, refused
+    as RL prompts). `nli` replaces that NLI model and `extra_rewards` are added to the reward (Python
     callables in trl's reward-function form), both for tests and experiments."""
-    cfg = recipe.train
+    rows = _run(cfg, Path(context.run_dir), base_model, seed, nli_config or NLIConfig(), eval_data, context.force,
+                context.progress, callbacks, nli, extra_rewards)
+    return T.result(cfg, context, rows)
+
+
+def _run(cfg: TrainConfig, run_dir: Path, base_model: str, seed: int, nli_config: NLIConfig,
+         eval_data: Path | None, force: bool, progress: bool, callbacks: Sequence[Any], nli: Any,
+         extra_rewards: Sequence[Callable]) -> dict[str, Any]:
     rl = cfg.rl
-    spec = cfg.model or recipe.backend.model
+    spec = cfg.model or base_model
     prompts_path = Path(rl.prompts) if rl.prompts else default_prompts()
-    check_not_eval_split(prompts_path, recipe)
+    check_not_eval_split(prompts_path, eval_data)
     if not prompts_path.is_file():
         raise UserError(f"{prompts_path}: no such prompts file (train.rl.prompts)")
-    rm_folder = reward_model_folder(recipe) if rl.rm_weight else None
+    rm_folder = reward_model_folder(cfg, run_dir) if rl.rm_weight else None
     inputs = [prompts_path]
     if rm_folder is not None:
         if not (rm_folder / "adapter_model.safetensors").is_file():
@@ -186,7 +199,7 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         if nli_model is None:
             from ..nli.base import load_nli
 
-            nli_model = load_nli(recipe.nli, progress=progress)
+            nli_model = load_nli(nli_config, progress=progress)
         stage.record_model("nli", getattr(nli_model, "describe", lambda: "nli")())
         reward = PersonaReward(rl, rm, nli_model)
         reward_holder["reward"] = reward
@@ -207,7 +220,8 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
         trainer = RLTrainer(model=loaded.model, reward_funcs=[reward, *extra_rewards], args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
                               peft_config=peft_config)
-        trainer.add_callback(_sample_saver(reward, T.out_dir(recipe) / "samples.jsonl", rl.samples_per_checkpoint))
+        trainer.add_callback(_sample_saver(reward, T.out_dir(run_dir, cfg) / "samples.jsonl",
+                                           rl.samples_per_checkpoint))
         return trainer, loaded.tokenizer
 
     def finish(trainer, history, folder):
@@ -239,8 +253,8 @@ def run(recipe: Recipe, force: bool = False, progress: bool = True, callbacks: S
                             ("last_grounding_rate", "last grounding rate"),
                             ("last_contradiction_rate", "last contradiction rate"),
                             ("first_reply_words", "first reply words"), ("last_reply_words", "last reply words")))
-    rows = run_job(recipe, job, force, progress, callbacks)
-    folder = T.out_dir(recipe)
+    rows = run_job(cfg, run_dir, spec, seed, job, force, progress, callbacks)
+    folder = T.out_dir(run_dir, cfg)
     manifest = json.loads((folder / "train.manifest.json").read_text())
     found = manifest.get("figures", {}).get("alarms") or []
     rows["alarms"] = "; ".join(found) if found else "none"
