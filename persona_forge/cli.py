@@ -907,12 +907,13 @@ def serve(obj: Context, sub_recipe: Path | None, model: str | None, adapters: tu
         return
     import uvicorn
 
+    from .config import local_settings
     from .serve.app import build_state, create_app
 
     state = build_state(spec, cfg.served_model_name, found, max_loaded=cfg.max_loaded, max_rank=cfg.max_rank,
                         max_batch=cfg.max_batch, wait_ms=cfg.batch_wait_ms, max_queue=cfg.max_queue,
                         mixed=cfg.batching == "mixed", max_tokens=cfg.max_tokens,
-                        repetition_penalty=cfg.repetition_penalty or recipe.backend.repetition_penalty,
+                        repetition_penalty=cfg.repetition_penalty or local_settings(recipe.backend).repetition_penalty,
                         base_aliases=cfg.base_aliases, api_key=api_key, threads=cfg.threads,
                         lora_kernel=cfg.lora_kernel, progress=ui.verbosity() >= 0)
     ui.summary("forge serve", {"base": state.base_name, "adapters": ", ".join(found) or "(none yet)",

@@ -350,7 +350,8 @@ def run(recipe: Recipe, adapters: dict[str, Path] | None = None, force: bool = F
     data = Path(cfg.data) if cfg.data else default_data()
     examples, skipped = load_examples(data, cfg)
     # An adapter set on the backend itself is one more model under test; the base stays the bare model.
-    from_backend = parse_adapter_options([str(recipe.backend.adapter)]) if recipe.backend.adapter else {}
+    on_backend = getattr(recipe.backend, "adapter", None)  # only a local backend has one
+    from_backend = parse_adapter_options([str(on_backend)]) if on_backend else {}
     models = models_under_test(recipe, {**from_backend, **cfg.adapters, **(adapters or {})})
     run_dir = RunDir(recipe.run_dir)
     stage = run_dir.begin(STAGE, stage_config(recipe), inputs=[data], outputs=OUTPUTS, force=force)
