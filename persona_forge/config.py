@@ -394,7 +394,8 @@ class GenerateConfig(Section):
                                    "model instead of backend.adapter; its hash goes into the config and manifest.")
     max_tokens: int = Field(1200, ge=64, description="Most tokens per conversation (whole mode).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null: the backend's.")
-    limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all.")
+    limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all (a larger N later extends "
+                                            "the run).")
     chunk_pairs: int = Field(32, ge=1, description="Pairs generated and scored together before their results "
                                                    "are written (the unit of resumption).")
     seed: int = Field(0, description="Seed for examples, lengths and sampling.")
@@ -592,7 +593,8 @@ class RestyleConfig(Section):
 
     data: Path | None = Field(None, description="Source conversations: Dialogue records or any "
                               "Synthetic-Persona-Chat-shaped JSONL(.gz) (default <run_dir>/best.jsonl).")
-    n: int = Field(0, ge=0, description="Restyle the first N conversations; 0: all.")
+    n: int = Field(0, ge=0, description="Restyle the first N conversations; 0: all (a larger N later "
+                                        "extends the run).")
     descriptions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES), description="Every known "
                                          "style: name -> the voice described in words (shown in the prompt).")
     styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="The styles to rewrite "
@@ -814,7 +816,8 @@ class ServeConfig(Section):
     """`forge serve`: one base model, many LoRA adapters, one OpenAI-compatible endpoint."""
 
     model: str | None = Field(None, description="Base model (packaged:NAME, a folder, a hub name); default "
-                                                "backend.model.")
+                                                "backend.model when the backend is local, else the packaged "
+                                                "SmolLM2.")
     served_model_name: str | None = Field(None, description="The base model's name in requests and /v1/models; "
                                                             "default the model spec as given.")
     adapters: dict[str, Path] = Field(default_factory=dict, description="Adapters served from the start: "
