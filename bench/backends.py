@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from persona_forge.backends.base import ChatRequest  # noqa: E402
 from persona_forge.backends.openai_compat import OpenAIBackend  # noqa: E402
-from persona_forge.config import BackendConfig  # noqa: E402
+from persona_forge.config import LocalBackendConfig, OpenAIBackendConfig  # noqa: E402
 
 # An environment variable nobody sets, so no real key is ever sent to the stand-in.
 KEY_ENV = "PERSONA_FORGE_BENCH_UNUSED_KEY"
@@ -61,8 +61,8 @@ def _requests(n: int, tag: str) -> list[ChatRequest]:
 
 
 async def _timed_batch(url: str, concurrency: int, n: int, warmup: int, tag: str) -> dict[str, Any]:
-    backend = OpenAIBackend(BackendConfig(kind="openai", base_url=url, model="standin",
-                                          api_key_env=KEY_ENV, concurrency=concurrency))
+    backend = OpenAIBackend(OpenAIBackendConfig(base_url=url, model="standin",
+                                                api_key_env=KEY_ENV, concurrency=concurrency))
     try:
         # Warm-up: imports, the platform probe on the first call, connections opened.
         await backend.complete(_requests(warmup, f"{tag}-warmup"))
@@ -225,7 +225,7 @@ LOCAL_PROMPTS = [
 def local_bench(new_tokens: int = 48, prompts: int = 16) -> None:
     from persona_forge.backends.local import LocalBackend
 
-    config = BackendConfig(kind="local", batch_size=1)
+    config = LocalBackendConfig(batch_size=1)
     backend = LocalBackend(config, progress=False)
     backend.load()
     requests = []

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_forge.backends import ChatRequest, build_backend  # noqa: E402
-from persona_forge.config import BackendConfig  # noqa: E402
+from persona_forge.config import LocalBackendConfig  # noqa: E402
 from persona_forge.metrics import wilson_interval  # noqa: E402
 from persona_forge.prompts import library  # noqa: E402
 from persona_forge.schema import Dialogue  # noqa: E402
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     if not pairs:
         sys.exit(f"{args.run_dir}: no candidates with critic scores to compare")
     prompts = library()
-    backend = build_backend(BackendConfig(kind="local", model=args.model, threads=args.threads), progress=False)
+    backend = build_backend(LocalBackendConfig(model=args.model, threads=args.threads), progress=False)
     requests = [request(prompts, chosen, other) for chosen, other in pairs] + \
                [request(prompts, other, chosen) for chosen, other in pairs]
     answers = backend.option_probs_sync(requests, ("A", "B"))

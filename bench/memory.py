@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from persona_forge.backends import ChatRequest, build_backend  # noqa: E402
-from persona_forge.config import BackendConfig, MemoryConfig, NLIConfig, SamplingConfig  # noqa: E402
+from persona_forge.config import LocalBackendConfig, MemoryConfig, NLIConfig, SamplingConfig  # noqa: E402
 from persona_forge.memory import SentenceEncoder, UserMemory, tokenizer_counter  # noqa: E402
 from persona_forge.memory.extract import content_words  # noqa: E402
 from persona_forge.metrics import bootstrap_indices, interval, mean_of  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
         sys.exit(f"the embedded NLI is not built yet ({embedded_dir()}); run `forge nli build` (under the lock) first")
     nli = load_nli(NLIConfig(), progress=False)
     encoder = SentenceEncoder()
-    backend = build_backend(BackendConfig(kind="local", sampling=SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)),
+    backend = build_backend(LocalBackendConfig(sampling=SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)),
                             progress=False)
     _, tokenizer = backend.load()
     count = tokenizer_counter(tokenizer)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import layout
-from .config import BackendConfig, redact_url
+from .config import BackendConfig, OpenAIBackendConfig, local_settings, redact_url
 from .errors import BackendUnavailable, UserError
 from .schema import Turn
 
@@ -75,6 +75,7 @@ class ChatModel:
         from .hardware import set_torch_threads
         from .lm import load_chat_model
 
+        config = local_settings(config)  # a model run here: threads and repetition penalty from the local kind
         set_torch_threads(config.threads)
         # Unmerged, so that `disable_adapter()` gives the base model without a second copy.
         self.model, self.tokenizer = load_chat_model(spec, adapter=adapter, progress=progress, merge=False)
@@ -107,7 +108,7 @@ class ChatModel:
 SERVED_BASE_DEFAULT = "packaged:smollm2-135m-instruct"
 
 
-def served_base(config: BackendConfig, model: str, fallback: str) -> str:
+def served_base(config: OpenAIBackendConfig, model: str, fallback: str) -> str:
     """The base model the endpoint serves adapter `model` on: its `parent` in GET /v1/models (forge serve
     and vLLM list one for every adapter), else `fallback` when the endpoint lists none."""
     from .backends.openai_compat import served_models
@@ -131,7 +132,7 @@ class EndpointChat:
     reply, `model` naming the served persona adapter and `base_model` the model --base asks too.
     `has_adapter`: `model` is an adapter (its replies are labelled tuned, as the local path does)."""
 
-    def __init__(self, config: BackendConfig, model: str, base_model: str | None = None, seed: int | None = None,
+    def __init__(self, config: OpenAIBackendConfig, model: str, base_model: str | None = None, seed: int | None = None,
                  has_adapter: bool = True):
         from .backends import build_backend
 

@@ -15,6 +15,7 @@ import click
 from . import __version__, limits, ui
 from .config import Recipe, load_recipe, parse_set_option
 from .errors import UserError
+from .flags import config_option
 
 
 class Context:
@@ -157,8 +158,8 @@ def _context(obj: Context, sub_recipe: Path | None) -> Context:
 
 @forge.command()
 @_stage_recipe_option
-@click.option("--input", "input_path", type=click.Path(path_type=Path), help="JSONL of prompts.")
-@click.option("--json", "want_json", is_flag=True, default=None, help="Ask for JSON replies and parse them.")
+@config_option(("--input", "input_path"), "complete.input")
+@config_option(("--json", "want_json"), "complete.json_replies")
 @click.pass_obj
 def complete(obj: Context, sub_recipe: Path | None, input_path: Path | None, want_json: bool | None) -> None:
     """Send a JSONL of prompts to the chat backend; resumable, results as they finish.
@@ -191,11 +192,10 @@ def _last_error(backend) -> str:
 
 @forge.command()
 @_stage_recipe_option
-@click.option("--n", "n", type=int, default=None, help="Profiles to build.")
-@click.option("--seeds", "seeds_path", type=click.Path(path_type=Path), default=None,
-              help="Seed attributes: text (one a line), JSONL or CSV (default: the packaged Synthetic-Persona-Chat ones).")
-@click.option("--column", default=None, help="The CSV column or JSONL key holding the attribute (default: text).")
-@click.option("--expand/--no-expand", default=None, help="Ask the chat backend for new attributes first (default: on).")
+@config_option("--n", "personas.n")
+@config_option(("--seeds", "seeds_path"), "personas.seeds")
+@config_option("--column", "personas.column")
+@config_option("--expand/--no-expand", "personas.expand")
 @click.pass_obj
 def personas(obj: Context, sub_recipe: Path | None, n: int | None, seeds_path: Path | None, column: str | None,
              expand: bool | None) -> None:
@@ -223,15 +223,13 @@ def personas(obj: Context, sub_recipe: Path | None, n: int | None, seeds_path: P
 
 @forge.command()
 @_stage_recipe_option
-@click.option("--profiles", "profiles_path", type=click.Path(path_type=Path),
-              help="Profile JSONL, or a Synthetic-Persona-Chat .jsonl(.gz) (default: <run_dir>/profiles.jsonl).")
-@click.option("--strategy", type=click.Choice(["greedy", "random"]), default=None,
-              help="greedy: most similar in-band pairs first; random: the baseline.")
-@click.option("--low", type=float, default=None, help="Least similarity for a pair.")
-@click.option("--high", type=float, default=None, help="Most similarity for a pair (keeps out near-copies).")
-@click.option("--per-user", type=int, default=None, help="Most conversations per user.")
-@click.option("--model", default=None, help="Sentence-embedding model: packaged:NAME, a folder, or a hub name.")
-@click.option("--seed", type=int, default=None, help="Seed for the random strategy.")
+@config_option(("--profiles", "profiles_path"), "pair.profiles")
+@config_option("--strategy", "pair.strategy")
+@config_option("--low", "pair.low")
+@config_option("--high", "pair.high")
+@config_option("--per-user", "pair.per_user")
+@config_option("--model", "pair.model")
+@config_option("--seed", "pair.seed")
 @click.pass_obj
 def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, strategy: str | None,
          low: float | None, high: float | None, per_user: int | None, model: str | None, seed: int | None) -> None:
@@ -250,14 +248,12 @@ def pair(obj: Context, sub_recipe: Path | None, profiles_path: Path | None, stra
 
 @forge.command()
 @_stage_recipe_option
-@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path), help="Pair JSONL (default <run_dir>/pairs.jsonl).")
-@click.option("--profiles", "profiles_path", type=click.Path(path_type=Path),
-              help="The profiles the pairs refer to (default <run_dir>/profiles.jsonl).")
-@click.option("--mode", type=click.Choice(["auto", "whole", "turns"]), default=None,
-              help="whole: one request per conversation; turns: persona agents take turns (auto: turns for local).")
-@click.option("--candidates", type=int, default=None, help="Candidate conversations per pair.")
-@click.option("--rounds", type=int, default=None, help="Generator-critic rounds.")
-@click.option("--limit", type=int, default=None, help="Only the first N pairs (a larger N later extends the run).")
+@config_option(("--pairs", "pairs_path"), "generate.pairs")
+@config_option(("--profiles", "profiles_path"), "generate.profiles")
+@config_option("--mode", "generate.mode")
+@config_option("--candidates", "generate.candidates")
+@config_option("--rounds", "generate.rounds")
+@config_option("--limit", "generate.limit")
 @click.option("--no-judge", "no_judge", is_flag=True, default=False, help="Leave out the LLM quality/safety judge.")
 @click.pass_obj
 def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, profiles_path: Path | None,
@@ -295,13 +291,12 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
 
 @forge.command("eval")
 @_stage_recipe_option
-@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
-              help="Conversations JSONL(.gz) in the Synthetic-Persona-Chat shape (default: its test split).")
+@config_option(("--data", "data_path"), "eval.data")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
               help="A LoRA adapter from forge train to compare with the base model (repeatable; NAME defaults "
                    "to the folder's parent name).")
-@click.option("--limit", type=int, default=None, help="Evaluate the first N conversations (0: all).")
-@click.option("--sample/--greedy", default=None, help="Sample replies instead of greedy decoding (default: greedy).")
+@config_option("--limit", "eval.limit")
+@config_option("--sample/--greedy", "eval.sample")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
 @click.pass_obj
 def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapters: tuple[str, ...],
@@ -326,12 +321,11 @@ def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapter
 
 @forge.command("judge")
 @_stage_recipe_option
-@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
-              help="Generations to judge (default: <run_dir>/eval/generations.jsonl).")
-@click.option("--limit", type=int, default=None, help="Judge the first N examples (0: all).")
-@click.option("--rubric/--no-rubric", default=None, help="Rubric scores for each reply (default: on).")
-@click.option("--pairwise/--no-pairwise", default=None, help="Base vs each adapter, both orders (default: on).")
-@click.option("--bigfive/--no-bigfive", default=None, help="Big Five probes of each model, in persona (default: on).")
+@config_option(("--input", "input_path"), "judge.input")
+@config_option("--limit", "judge.limit")
+@config_option("--rubric/--no-rubric", "judge.rubric")
+@config_option("--pairwise/--no-pairwise", "judge.pairwise")
+@config_option("--bigfive/--no-bigfive", "judge.bigfive")
 @click.option("--estimate", is_flag=True, help="Print the requests, tokens and cost it would send, and send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print judge.json on stdout.")
 @click.pass_obj
@@ -366,18 +360,14 @@ def judge(obj: Context, sub_recipe: Path | None, input_path: Path | None, limit:
 
 @forge.command()
 @_stage_recipe_option
-@click.option("--n", "n", type=int, default=None, help="Samples to choose (default 200).")
-@click.option("--strategy", type=click.Choice(["kcenter", "facility", "random"]), default=None,
-              help="kcenter: farthest first (default); facility: facility location; random: the baseline.")
-@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
-              help="A Synthetic-Persona-Chat-shaped .jsonl(.gz) instead of <run_dir>/best.jsonl.")
-@click.option("--kind", type=click.Choice(["next_reply", "conversation"]), default=None,
-              help="next_reply: the study's sample (default); conversation: whole conversations, one persona's side.")
-@click.option("--quality-weight", type=float, default=None, help="0..1: how much the critic's score counts in selection.")
-@click.option("--dedup-threshold", type=float, default=None, help="Cosine similarity at which samples are near-duplicates.")
-@click.option("--heldout", type=int, default=None, help="Also export this many held-out samples.")
-@click.option("--quality", "quality", default=None, metavar="FILE:FIELD",
-              help="Quality for selection from a forge score file's signal (FILE:-FIELD: lower is better).")
+@config_option("--n", "curate.n")
+@config_option("--strategy", "curate.strategy")
+@config_option(("--data", "data_path"), "curate.data")
+@config_option("--kind", "curate.kind")
+@config_option("--quality-weight", "curate.quality_weight")
+@config_option("--dedup-threshold", "curate.dedup_threshold")
+@config_option("--heldout", "curate.heldout")
+@config_option("--quality", "curate.quality", metavar="FILE:FIELD")
 @click.pass_obj
 def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str | None, data_path: Path | None,
            kind: str | None, quality_weight: float | None, dedup_threshold: float | None, heldout: int | None,
@@ -398,21 +388,14 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 
 @forge.command()
 @_stage_recipe_option
-@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
-              help="Training JSONL (default: <run_dir>/curated/sft.jsonl, dpo.jsonl with --dpo, openai.jsonl "
-                   "with --backend openai).")
+@config_option(("--data", "data_path"), "train.data")
 @click.option("--dpo", is_flag=True, default=None, help="DPO on preference pairs instead of SFT.")
-@click.option("--method", type=click.Choice(["sft", "dpo", "reward", "rloo", "grpo", "generator"]), default=None,
-              help="reward: a reward model on <run_dir>/preferences.jsonl; rloo: RL against it from --adapter "
-                   "with a KL leash (train.rl in the recipe; grpo: the same with GRPO); generator: generate's "
-                   "persona agent, learned from seed conversations (--data, default the packaged "
-                   "Synthetic-Persona-Chat train split); default sft (or dpo with --dpo).")
-@click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
-              help="Start from this LoRA adapter (e.g. DPO after SFT).")
-@click.option("--name", default=None, help="Output folder <run_dir>/train/NAME (default: sft, dpo or openai).")
-@click.option("--model", default=None, help="Base model (default: backend.model, the packaged SmolLM2).")
-@click.option("--epochs", type=float, default=None, help="Passes over the data (default 3).")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@config_option("--method", "train.method")
+@config_option(("--adapter", "adapter_path"), "train.adapter")
+@config_option("--name", "train.name")
+@config_option("--model", "train.model")
+@config_option("--epochs", "train.epochs")
+@config_option("--max-steps", "train.max_steps")
 @click.option("--merge", is_flag=True, help="Also write merged/: the base model with the adapter folded in.")
 @click.option("--backend", "backend_kind", type=click.Choice(["local", "openai"]), default="local",
               help="local: LoRA with trl + peft here; openai: a fine-tuning job at the recipe's OpenAI endpoint.")
@@ -873,19 +856,17 @@ def annotate(obj: Context, sub_recipe: Path | None, run_dir_arg: Path, task: str
 # --- forge serve ---
 @forge.command("serve")
 @_stage_recipe_option
-@click.option("--model", default=None, help="Base model (default serve.model, else backend.model).")
+@config_option("--model", "serve.model")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
               help="A LoRA adapter to serve as NAME (repeatable; DIR alone: named after the folder).")
 @click.option("--adapters-dir", type=click.Path(path_type=Path), default=None,
               help="Serve every adapter under this folder (e.g. <run_dir>/train).")
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; elsewhere needs an API key).")
-@click.option("--port", type=int, default=None, help="Port (default 8000).")
-@click.option("--engine", type=click.Choice(["local", "vllm"]), default=None,
-              help="local: transformers + peft here; vllm: run (or print) `vllm serve` with the same adapters.")
-@click.option("--served-model-name", default=None, help="The base model's name in requests (default: --model).")
-@click.option("--max-loaded", type=int, default=None, help="Adapters resident at once (LRU; default 8).")
-@click.option("--batching", type=click.Choice(["mixed", "per_adapter"]), default=None,
-              help="mixed: adapters share batches (default); per_adapter: one adapter per batch.")
+@config_option("--host", "serve.host")
+@config_option("--port", "serve.port")
+@config_option("--engine", "serve.engine")
+@config_option("--served-model-name", "serve.served_model_name")
+@config_option("--max-loaded", "serve.max_loaded")
+@config_option("--batching", "serve.batching")
 @click.pass_obj
 def serve(obj: Context, sub_recipe: Path | None, model: str | None, adapters: tuple[str, ...],
           adapters_dir: Path | None, host: str | None, port: int | None, engine: str | None,
@@ -916,12 +897,13 @@ def serve(obj: Context, sub_recipe: Path | None, model: str | None, adapters: tu
         return
     import uvicorn
 
+    from .config import local_settings
     from .serve.app import build_state, create_app
 
     state = build_state(spec, cfg.served_model_name, found, max_loaded=cfg.max_loaded, max_rank=cfg.max_rank,
                         max_batch=cfg.max_batch, wait_ms=cfg.batch_wait_ms, max_queue=cfg.max_queue,
                         mixed=cfg.batching == "mixed", max_tokens=cfg.max_tokens,
-                        repetition_penalty=cfg.repetition_penalty or recipe.backend.repetition_penalty,
+                        repetition_penalty=cfg.repetition_penalty or local_settings(recipe.backend).repetition_penalty,
                         base_aliases=cfg.base_aliases, api_key=api_key, threads=cfg.threads,
                         lora_kernel=cfg.lora_kernel, progress=ui.verbosity() >= 0)
     ui.summary("forge serve", {"base": state.base_name, "adapters": ", ".join(found) or "(none yet)",
@@ -1069,20 +1051,15 @@ _common_options_last(forge)
 # --- forge restyle ---
 @forge.command("restyle")
 @_stage_recipe_option
-@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
-              help="Source conversations: Dialogue records or a Synthetic-Persona-Chat-shaped .jsonl(.gz) "
-                   "(default <run_dir>/best.jsonl).")
+@config_option(("--data", "data_path"), "restyle.data")
 @click.option("--styles", "styles", default=None, metavar="A,B,...",
               help="Styles to rewrite into (default: warm, witty, direct, socratic, calm; see restyle.descriptions).")
-@click.option("--n", "n", type=int, default=None, help="Restyle the first N conversations (0: all; a larger N "
-                                                      "later extends the run).")
-@click.option("--speaker", type=click.Choice(["both", "user1", "user2"]), default=None,
-              help="Whose replies are rewritten.")
-@click.option("--examples", type=int, default=None, help="Few-shot lines of the style per request.")
-@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path), default=None,
-              help="Style corpus JSONL of {style, text} lines (default corpora/styles/styles.jsonl).")
-@click.option("--max-tokens", type=int, default=None, help="Most tokens of one rewritten reply.")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature of the rewrites.")
+@config_option("--n", "restyle.n")
+@config_option("--speaker", "restyle.speaker")
+@config_option("--examples", "restyle.examples")
+@config_option(("--corpus", "corpus_path"), "restyle.corpus")
+@config_option("--max-tokens", "restyle.max_tokens")
+@config_option("--temperature", "restyle.temperature")
 @click.pass_obj
 def restyle(obj: Context, sub_recipe: Path | None, data_path: Path | None, styles: str | None, n: int | None,
             speaker: str | None, examples: int | None, corpus_path: Path | None, max_tokens: int | None,
@@ -1148,15 +1125,12 @@ _HELP_SECTIONS["restyle"] = "restyle"
 # --- forge score ---
 @forge.command("score")
 @_stage_recipe_option
-@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
-              help="Conversations to score: a Synthetic-Persona-Chat-shaped .jsonl(.gz) or Dialogue records.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
-              help="Folder for <name>.scores.jsonl and its manifest (default: beside the data).")
-@click.option("--model", default=None, help="Base model for IFD and perplexity (default: backend.model).")
-@click.option("--limit", type=int, default=None, help="Score the first N conversations (0: all).")
-@click.option("--positions", type=click.Choice(["study", "all"]), default=None,
-              help="study: one reply per conversation, as curate builds them; all: every reply.")
-@click.option("--nli/--no-nli", default=None, help="Persona entailment, contradiction and C-score from the NLI.")
+@config_option(("--data", "data_path"), "score.data")
+@config_option(("--out", "out_path"), "score.out")
+@config_option("--model", "score.model")
+@config_option("--limit", "score.limit")
+@config_option("--positions", "score.positions")
+@config_option("--nli/--no-nli", "score.nli")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_obj
 def score(obj: Context, sub_recipe: Path | None, data_path: Path | None, out_path: Path | None, model: str | None,

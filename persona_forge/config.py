@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 from urllib.parse import urlsplit, urlunsplit
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import UserError
 
@@ -34,19 +35,51 @@ class PriceConfig(Section):
     output: float = Field(0.0, ge=0, description="Price per 1M completion (output) tokens.")
 
 
-class BackendConfig(Section):
-    kind: Literal["local", "openai", "fake"] = Field(
-        "local", description="local: a model run in-process; openai: any OpenAI-compatible endpoint; "
-                             "fake: scripted replies (tests).")
+class _BackendBase(Section):
+    """What every backend kind has: which kind, which model, how it samples, what it costs."""
+
+    kind: str = Field("local", description="local: a model run in-process; openai: any OpenAI-compatible endpoint; "
+                                           "fake: scripted replies (tests).")
     model: str = Field("packaged:smollm2-135m-instruct",
                        description="Model: packaged:NAME, a local folder, or a hub name (local); "
                                    "the served model's name (openai).")
-    base_url: str | None = Field(None, description="Endpoint, e.g. http://127.0.0.1:8000/v1 (openai). A key "
-                                                   "written into it (http://user:KEY@host/v1) is sent as the Bearer "
-                                                   "token when api_key_env is unset, and masked in manifests.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    prices: PriceConfig | None = Field(None, description="Prices per 1M input/output tokens: costs in "
+                                                         "estimates (--estimate) and manifests.")
+
+    def _identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "sampling": self.sampling.model_dump()}
+
+
+class LocalBackendConfig(_BackendBase):
+    """`backend: {kind: local}`: a model run in-process with transformers (the default)."""
+
+    kind: Literal["local"] = Field("local", description="local: a model run in-process.")
+    adapter: Path | None = Field(None, description="A LoRA adapter folder (from `forge train`) applied on top "
+                                                   "of the model.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the usable cores.")
+    repetition_penalty: float = Field(1.15, ge=1.0, description="Keeps small local models from looping.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the outputs, for config hashes: not batches or threads; the adapter by its weights."""
+        ident = self._identity()
+        ident["repetition_penalty"] = self.repetition_penalty
+        if self.adapter is not None:
+            ident["adapter"] = _adapter_digest(self.adapter)
+        return ident
+
+
+class OpenAIBackendConfig(_BackendBase):
+    """`backend: {kind: openai}`: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama)."""
+
+    kind: Literal["openai"] = Field("openai", description="openai: any OpenAI-compatible endpoint.")
+    base_url: str | None = Field(None, description="Endpoint, e.g. http://127.0.0.1:8000/v1 (omit for api.openai.com). "
+                                                   "A key written into it (http://user:KEY@host/v1) is sent as the "
+                                                   "Bearer token when api_key_env is unset, and masked in manifests.")
     api_key_env: str = Field("OPENAI_API_KEY",
                              description="Name of the environment variable that holds the API key.")
-    concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once (openai).")
+    concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once.")
     timeout_s: float = Field(120.0, gt=0, description="Seconds before one request is abandoned and retried.")
     max_retries: int = Field(6, ge=0, description="Retries per request on 429, 5xx, timeouts, dropped connections.")
     backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry, with jitter.")
@@ -55,17 +88,6 @@ class BackendConfig(Section):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
         "max_tokens", description="Which request field carries the token limit (newer OpenAI models "
                                   "want max_completion_tokens).")
-    adapter: Path | None = Field(None, description="A LoRA adapter folder (from `forge train`) applied on top "
-                                                   "of the model (local).")
-    batch_size: int = Field(8, ge=1, description="Prompts generated together (local).")
-    threads: int | None = Field(None, ge=1, description="torch threads (local); default: the usable cores.")
-    repetition_penalty: float = Field(1.15, ge=1.0, description="Keeps small local models from looping.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    replies: list[str] = Field(default_factory=list, description="Scripted replies, in order (fake).")
-    default_reply: str = Field("ok", description="Reply once the script runs out (fake).")
-    delay_s: float = Field(0.0, ge=0, description="Seconds each reply takes (fake).")
-    prices: PriceConfig | None = Field(None, description="Prices per 1M input/output tokens: costs in "
-                                                         "estimates (--estimate) and manifests.")
 
     @field_validator("base_url")
     @classmethod
@@ -91,14 +113,60 @@ class BackendConfig(Section):
     def identity(self) -> dict[str, Any]:
         """What decides the outputs, for config hashes: not concurrency, timeouts or keys (a key
         written into base_url as http://user:KEY@host is masked)."""
-        ident = {"kind": self.kind, "model": self.model, "sampling": self.sampling.model_dump()}
-        if self.kind == "openai":
-            ident["base_url"] = redact_url(self.base_url)
-        if self.kind == "local":
-            ident["repetition_penalty"] = self.repetition_penalty
-            if self.adapter is not None:
-                ident["adapter"] = _adapter_digest(self.adapter)
+        ident = self._identity()
+        ident["base_url"] = redact_url(self.base_url)
         return ident
+
+
+class FakeBackendConfig(_BackendBase):
+    """`backend: {kind: fake}`: scripted replies, for tests and dry runs; no model is loaded."""
+
+    kind: Literal["fake"] = Field("fake", description="fake: scripted replies (tests).")
+    replies: list[str] = Field(default_factory=list, description="Scripted replies, in order.")
+    default_reply: str = Field("ok", description="Reply once the script runs out.")
+    delay_s: float = Field(0.0, ge=0, description="Seconds each reply takes.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the outputs, for config hashes: the kind, model and sampling (as before the split)."""
+        return self._identity()
+
+
+BACKEND_KINDS: dict[str, type[_BackendBase]] = {"local": LocalBackendConfig, "openai": OpenAIBackendConfig,
+                                                "fake": FakeBackendConfig}
+
+
+def _backend_kind(value: Any) -> str | None:
+    """The tag that picks a backend's model: its `kind` (local when a mapping leaves it out)."""
+    if isinstance(value, dict):
+        kind = value.get("kind", "local")
+        return kind if isinstance(kind, str) and kind in BACKEND_KINDS else None
+    kind = getattr(value, "kind", None)
+    return kind if kind in BACKEND_KINDS else None
+
+
+# One model per kind, chosen by `kind` (default local): a recipe keeps the shape
+# `backend: {kind: openai, base_url: ..., model: ...}`, and a key of another kind is an unknown key.
+BackendConfig = Annotated[
+    Union[Annotated[LocalBackendConfig, Tag("local")], Annotated[OpenAIBackendConfig, Tag("openai")],
+          Annotated[FakeBackendConfig, Tag("fake")]],
+    Discriminator(_backend_kind, custom_error_type="backend_kind",
+                  custom_error_message="Input should be a backend section with kind 'local', 'openai' or 'fake'"),
+]
+
+
+def parse_backend(data: dict[str, Any] | _BackendBase) -> LocalBackendConfig | OpenAIBackendConfig | FakeBackendConfig:
+    """A backend section from a mapping (its `kind` picks the model, local by default)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(BackendConfig).validate_python(data)
+
+
+def local_settings(config: _BackendBase) -> LocalBackendConfig:
+    """The settings a model run in-process takes under this backend section (forge chat --adapter, forge
+    serve): the section itself when it is local, else the local defaults with its sampling."""
+    if isinstance(config, LocalBackendConfig):
+        return config
+    return LocalBackendConfig(sampling=config.sampling)
 
 
 def redact_url(url: str | None) -> str | None:
@@ -326,7 +394,8 @@ class GenerateConfig(Section):
                                    "model instead of backend.adapter; its hash goes into the config and manifest.")
     max_tokens: int = Field(1200, ge=64, description="Most tokens per conversation (whole mode).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null: the backend's.")
-    limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all.")
+    limit: int = Field(0, ge=0, description="Use only the first N pairs; 0 uses all (a larger N later extends "
+                                            "the run).")
     chunk_pairs: int = Field(32, ge=1, description="Pairs generated and scored together before their results "
                                                    "are written (the unit of resumption).")
     seed: int = Field(0, description="Seed for examples, lengths and sampling.")
@@ -530,7 +599,8 @@ class RestyleConfig(Section):
 
     data: Path | None = Field(None, description="Source conversations: Dialogue records or any "
                               "Synthetic-Persona-Chat-shaped JSONL(.gz) (default <run_dir>/best.jsonl).")
-    n: int = Field(0, ge=0, description="Restyle the first N conversations; 0: all.")
+    n: int = Field(0, ge=0, description="Restyle the first N conversations; 0: all (a larger N later "
+                                        "extends the run).")
     descriptions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES), description="Every known "
                                          "style: name -> the voice described in words (shown in the prompt).")
     styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="The styles to rewrite "
@@ -752,7 +822,8 @@ class ServeConfig(Section):
     """`forge serve`: one base model, many LoRA adapters, one OpenAI-compatible endpoint."""
 
     model: str | None = Field(None, description="Base model (packaged:NAME, a folder, a hub name); default "
-                                                "backend.model.")
+                                                "backend.model when the backend is local, else the packaged "
+                                                "SmolLM2.")
     served_model_name: str | None = Field(None, description="The base model's name in requests and /v1/models; "
                                                             "default the model spec as given.")
     adapters: dict[str, Path] = Field(default_factory=dict, description="Adapters served from the start: "
@@ -864,7 +935,7 @@ class Recipe(Section):
     run_dir: Path = Field(Path("runs/default"), description="Where every stage writes.")
     seed: int = Field(0, description="Global seed.")
     prompts_dir: Path | None = Field(None, description="A folder of prompt templates that override the built-in ones.")
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    backend: BackendConfig = Field(default_factory=LocalBackendConfig)
     complete: CompleteConfig = Field(default_factory=CompleteConfig)
     nli: NLIConfig = Field(default_factory=NLIConfig)
     personas: PersonasConfig = Field(default_factory=PersonasConfig)
@@ -887,16 +958,21 @@ def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None,
     """Read a recipe (or the defaults), apply dotted-key overrides, validate.
 
     `sources` names where an override came from (dotted key -> "--n", "--set curate.n"): a bad
-    value is then blamed on that flag instead of the recipe file."""
+    value is then blamed on that flag instead of the recipe file. An override that switches a backend's
+    kind leaves out the recipe's settings of the old kind (`--set backend.kind=fake` over a local recipe
+    drops its batch_size)."""
     data: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
         where = str(path)
         data = _read_yaml(Path(path))
         _resolve_relative(data, Path(path))
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, dotted, value)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    kinds_before = {section: _kind_at(data, section) for section in _kind_overrides(overrides)}
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    for section, before in kinds_before.items():
+        _leave_out_other_kinds(data, section, before, overrides)
     return validate_recipe(data, where, sources)
 
 
@@ -904,9 +980,92 @@ def validate_recipe(data: dict[str, Any], where: str, sources: dict[str, str] | 
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        error = dict(exc.errors()[0])
+        loc, kind = _plain_loc(error["loc"])
+        error.update(loc=tuple(loc), backend_kind=kind)
         return_where = _blame(error, where, sources or {})
         raise UserError(f"{return_where}: {_explain(error)}") from None
+
+
+# --- backend sections: one model per kind --------------------------------------------------------
+
+def _is_backend(annotation: Any) -> bool:
+    """Whether a field holds a backend section (BackendConfig, or BackendConfig | None)."""
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, type) and get_origin(annotation) is None:
+        return issubclass(annotation, _BackendBase)
+    return any(_is_backend(arg) for arg in get_args(annotation))
+
+
+def _plain_loc(loc: tuple[Any, ...]) -> tuple[list[str], str | None]:
+    """An error's location without the kind pydantic inserts after a backend section
+    (backend.openai.batch_size -> backend.batch_size), and that kind."""
+    items, out, kind = [str(p) for p in loc], [], None
+    model: type[BaseModel] | None = Recipe
+    i = 0
+    while i < len(items):
+        key = items[i]
+        out.append(key)
+        i += 1
+        annotation = getattr(model.model_fields.get(key), "annotation", None) if model else None
+        if annotation is not None and _is_backend(annotation):
+            model = None
+            if i < len(items) and items[i] in BACKEND_KINDS:
+                kind, model = items[i], BACKEND_KINDS[items[i]]
+                i += 1
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            model = None
+    return out, kind
+
+
+def _kind_overrides(overrides: dict[str, Any]) -> list[str]:
+    """The backend sections whose kind an override sets (`--set backend.kind=openai` -> "backend")."""
+    sections = []
+    for dotted in overrides:
+        section, _, last = dotted.rpartition(".")
+        if last == "kind" and section and _is_backend(getattr(_field_at(section.split(".")), "annotation", None)):
+            sections.append(section)
+    return sections
+
+
+def _field_at(keys: list[str]) -> Any:
+    model: Any = Recipe
+    field = None
+    for key in keys:
+        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _kind_at(data: dict[str, Any], section: str) -> str:
+    node: Any = data
+    for key in section.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    kind = node.get("kind", "local") if isinstance(node, dict) else "local"
+    return kind if isinstance(kind, str) else ""
+
+
+def _leave_out_other_kinds(data: dict[str, Any], section: str, before: str, overrides: dict[str, Any]) -> None:
+    """A kind switched on the command line (--set backend.kind=openai, forge chat --endpoint) leaves out
+    the recipe's settings that belong to the old kind only; settings given on the command line stay
+    (and a wrong one is refused)."""
+    node: Any = data
+    for key in section.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    now = node.get("kind") if isinstance(node, dict) else None
+    if now == before or not (isinstance(now, str) and now in BACKEND_KINDS and before in BACKEND_KINDS):
+        return
+    given = {d[len(section) + 1:].split(".")[0] for d in overrides if d.startswith(section + ".")}
+    old, new = BACKEND_KINDS[before].model_fields, BACKEND_KINDS[now].model_fields
+    for key in [k for k in node if k in old and k not in new and k not in given]:
+        del node[key]
 
 
 def _blame(error: dict[str, Any], where: str, sources: dict[str, str]) -> str:
@@ -964,22 +1123,43 @@ def parse_set_option(items: tuple[str, ...]) -> dict[str, Any]:
 def _explain(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
     where = ".".join(loc) or "(top level)"
+    if error["type"] == "backend_kind":
+        given = error.get("input")
+        if isinstance(given, dict):
+            return f"{where}.kind: Input should be 'local', 'openai' or 'fake'"
+        return f"{where}: expected a backend section, e.g. {{kind: openai, model: NAME}}"
     if error["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        kind = error.get("backend_kind")
+        others = {k: m for k, m in BACKEND_KINDS.items() if kind and k != kind}
+        owner = next((k for k, m in others.items() if loc[-1] in m.model_fields), None)
+        if owner:
+            section = ".".join(loc[:-1])
+            return (f"{where}: not a setting of kind {kind} (it belongs to kind {owner}); remove it or set "
+                    f"{section}.kind: {owner}")
+        parent = _model_at(loc[:-1], kind)
         hint = ""
         if parent is not None:
             close = difflib.get_close_matches(loc[-1], list(parent.model_fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else \
-                f" (known keys: {', '.join(parent.model_fields)})"
+            elsewhere = [(k, c) for k, m in others.items()
+                         for c in difflib.get_close_matches(loc[-1], list(m.model_fields), n=1)]
+            if close:
+                hint = f" (did you mean '{close[0]}'?)"
+            elif elsewhere:
+                hint = f" (did you mean '{elsewhere[0][1]}', a setting of kind {elsewhere[0][0]}?)"
+            else:
+                hint = f" (known keys: {', '.join(parent.model_fields)})"
         return f"{where}: unknown key{hint}"
     return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
+def _model_at(loc: list[str], kind: str | None = None) -> type[BaseModel] | None:
     model: type[BaseModel] = Recipe
     for key in loc:
         field = model.model_fields.get(key)
         annotation = getattr(field, "annotation", None)
+        if annotation is not None and _is_backend(annotation):
+            model = BACKEND_KINDS[kind or "local"]
+            continue
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -6,14 +6,14 @@ import pytest
 
 from persona_forge.backends import ChatRequest
 from persona_forge.backends.local import LocalBackend
-from persona_forge.config import BackendConfig
+from persona_forge.config import LocalBackendConfig
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def local() -> LocalBackend:
-    backend = LocalBackend(BackendConfig(kind="local", batch_size=4), progress=False)
+    backend = LocalBackend(LocalBackendConfig(batch_size=4), progress=False)
     backend.load()
     return backend
 

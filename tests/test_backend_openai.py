@@ -15,7 +15,7 @@ import pytest
 
 from persona_forge.backends.base import REPAIR_INSTRUCTION, ChatRequest, Completion
 from persona_forge.backends.openai_compat import OpenAIBackend
-from persona_forge.config import BackendConfig
+from persona_forge.config import OpenAIBackendConfig
 from persona_forge.errors import BackendUnavailable
 from conftest import STANDIN_KEY_ENV, standin_fixtures
 from standin_server import Standin
@@ -34,7 +34,7 @@ def make_backend(url: str, **overrides) -> OpenAIBackend:
     options = dict(kind="openai", base_url=url, model="standin-model", api_key_env=KEY_ENV,
                    concurrency=8, timeout_s=5.0, backoff_s=0.01, backoff_max_s=1.0, max_retries=3)
     options.update(overrides)
-    return OpenAIBackend(BackendConfig(**options))
+    return OpenAIBackend(OpenAIBackendConfig(**options))
 
 
 def ask(text: str, **kwargs) -> ChatRequest:
@@ -299,8 +299,8 @@ def test_unreachable_server_fails_fast(monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Nothing listens on the port now; the backend's own defaults for retries and backoff.
-    backend = OpenAIBackend(BackendConfig(kind="openai", base_url=f"http://127.0.0.1:{port}/v1",
-                                          model="m", api_key_env=KEY_ENV))
+    backend = OpenAIBackend(OpenAIBackendConfig(base_url=f"http://127.0.0.1:{port}/v1",
+                                                model="m", api_key_env=KEY_ENV))
     started = time.monotonic()
     with pytest.raises(BackendUnavailable) as caught:
         backend.complete_sync([ask(f"p{i}") for i in range(20)])

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from persona_forge.chat import EndpointChat, converse
-from persona_forge.config import BackendConfig
+from persona_forge.config import OpenAIBackendConfig
 from persona_forge.samples import reply_messages
 from persona_forge.schema import Turn
 from conftest import STANDIN_KEY_ENV, one_line_error, run_forge, standin_fixtures
@@ -140,7 +140,7 @@ def test_the_memory_block_reaches_the_endpoint(server):
     """converse is shared: the memory block goes into the system prompt whichever reply function answers."""
     remembered = SimpleNamespace(config=SimpleNamespace(mode="block"), block=lambda text: ["They have a turtle."],
                                  observe=lambda text: None, active=lambda: [])
-    config = BackendConfig(kind="openai", base_url=server.url, api_key_env=STANDIN_KEY_ENV)
+    config = OpenAIBackendConfig(base_url=server.url, api_key_env=STANDIN_KEY_ENV)
     out = StringIO()
     converse(PERSONA, EndpointChat(config, "warm").reply, False, ["What pet do I have?"], out, False, True,
              remembered)

@@ -19,11 +19,19 @@ def test_help_lists_every_command_with_one_line(forge):
 
 def test_unknown_recipe_key_is_one_line_and_exit_2(forge, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("backend:\n  concurency: 3\n")
+    recipe.write_text("backend:\n  kind: openai\n  concurency: 3\n")
     result = forge("--recipe", str(recipe), "complete", "--input", "x.jsonl")
     assert result.returncode == 2
     assert one_line_error(result) == (f"forge: error: {recipe}: backend.concurency: unknown key "
                                       f"(did you mean 'concurrency'?)")
+
+
+def test_a_setting_of_another_backend_kind_is_one_line_and_exit_2(forge, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("backend: {kind: openai, base_url: 'http://127.0.0.1:8000/v1', batch_size: 4}\n")
+    result = forge("recipe", "check", str(recipe))
+    assert one_line_error(result) == (f"forge: error: {recipe}: backend.batch_size: not a setting of kind openai "
+                                      f"(it belongs to kind local); remove it or set backend.kind: local")
 
 
 def test_missing_input_file_is_one_line(forge, tmp_path):
@@ -72,7 +80,8 @@ def test_recipe_check_prints_the_resolved_recipe_as_json(forge):
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
     assert resolved["backend"]["model"] == "packaged:smollm2-135m-instruct"
-    assert resolved["backend"]["concurrency"] == 16  # a default filled in
+    assert resolved["backend"]["repetition_penalty"] == 1.15  # a default filled in
+    assert "concurrency" not in resolved["backend"]  # a setting of kind openai, not of this local backend
 
 
 def test_prompt_command_shows_the_rendered_messages(forge):
@@ -237,9 +246,10 @@ def test_range_errors_name_the_flag_and_recipe_check_blames_set(tmp_path):
     result = forge("--run-dir", str(tmp_path), "curate", "--n", "0")
     assert result.returncode == 2
     assert _one_line(result) == "forge: error: --n: curate.n: Input should be greater than or equal to 1"
-    checked = forge("--set", "backend.concurrency=0", "recipe", "check", "recipes/quickstart.yaml")
+    checked = forge("--set", "backend.batch_size=0", "recipe", "check", "recipes/quickstart.yaml")
     assert checked.returncode == 2
-    assert _one_line(checked).startswith("forge: error: --set backend.concurrency: backend.concurrency:")
+    assert _one_line(checked) == ("forge: error: --set backend.batch_size: backend.batch_size: Input should be "
+                                  "greater than or equal to 1")
 
 
 def test_chat_base_without_adapter_says_so(tmp_path):

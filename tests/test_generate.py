@@ -577,7 +577,7 @@ def test_a_generator_adapter_is_applied_hashed_into_the_config_and_recorded(tmp_
     adapter = _fake_adapter(tmp_path / "gen" / "adapter")
     rec = recipe(tmp_path, mode="turns", rounds=1, candidates=1, examples=0, turns=2, generator=str(tmp_path / "gen"),
                  critic={"judge": False})
-    assert stage.backend_config(rec.generate, rec.backend).adapter == adapter and rec.backend.adapter is None
+    assert stage.backend_config(rec.generate, rec.backend).adapter == adapter and getattr(rec.backend, "adapter", None) is None
     run_generate(rec, ScriptedBackend(default="Hi, I have two dogs."), KeywordNLI())
     manifest = json.loads((tmp_path / "generate.manifest.json").read_text())
     digest = hashlib.sha256(b"weights").hexdigest()[:16]

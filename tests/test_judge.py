@@ -337,9 +337,9 @@ def test_local_option_probs_batched_equal_one_by_one():
     """Left padding and positions: a prompt's answer distribution does not depend on its batch."""
     from persona_forge.backends.base import ChatRequest
     from persona_forge.backends.local import LocalBackend
-    from persona_forge.config import BackendConfig
+    from persona_forge.config import LocalBackendConfig
 
-    backend = LocalBackend(BackendConfig(threads=2, batch_size=4), progress=False)
+    backend = LocalBackend(LocalBackendConfig(threads=2, batch_size=4), progress=False)
     requests = [ChatRequest.of([{"role": "user", "content": text + " Answer with a single digit from 1 to 5."}])
                 for text in ("Rate pizza.", "How much do you like long walks on the beach at sunset with friends?",
                              "Rate this reply: hello")]

@@ -11,7 +11,7 @@ import pytest
 
 from persona_forge.backends import ScriptedBackend
 from persona_forge.backends.base import ChatRequest, Completion, options_from_completion
-from persona_forge.config import BackendConfig, load_recipe
+from persona_forge.config import OpenAIBackendConfig, load_recipe
 from persona_forge.rubric import CONVERSATION, LIKERT, PAIRWISE, REPLY, expectation, parse_score
 from persona_forge.schema import BigFiveAnswer, PairwiseJudgement, RubricJudgement
 from persona_forge.stages import critic
@@ -326,8 +326,8 @@ def test_a_refused_response_format_falls_back(server, formats, mode, schema_asks
     from persona_forge.backends.openai_compat import OpenAIBackend
 
     server.reset(formats=formats, default="json")
-    backend = OpenAIBackend(BackendConfig(kind="openai", base_url=server.url, model="m", api_key_env=STANDIN_KEY_ENV,
-                                          concurrency=1, backoff_s=0.01))
+    backend = OpenAIBackend(OpenAIBackendConfig(base_url=server.url, model="m", api_key_env=STANDIN_KEY_ENV,
+                                                concurrency=1, backoff_s=0.01))
     requests = [ChatRequest.of([{"role": "user", "content": f"judge {i}"}], json=True,
                                schema=REPLY.response_format()) for i in range(3)]
     completions = backend.complete_sync(requests)
@@ -342,8 +342,8 @@ def test_an_unrelated_400_does_not_change_the_format(server):
     from persona_forge.backends.openai_compat import OpenAIBackend
 
     server.reset()
-    backend = OpenAIBackend(BackendConfig(kind="openai", base_url=server.url, model="m", api_key_env=STANDIN_KEY_ENV,
-                                          concurrency=1, backoff_s=0.01))
+    backend = OpenAIBackend(OpenAIBackendConfig(base_url=server.url, model="m", api_key_env=STANDIN_KEY_ENV,
+                                                concurrency=1, backoff_s=0.01))
     out = backend.complete_sync([ChatRequest.of([{"role": "user", "content": "x [[fault:400]]"}], json=True,
                                                 schema=REPLY.response_format())])
     assert out[0].error.startswith("HTTP 400") and backend.format_mode == "json_schema"

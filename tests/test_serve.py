@@ -329,15 +329,15 @@ def test_openai_backend_through_the_server_matches_the_local_backend(served, tin
     from persona_forge.backends import ChatRequest
     from persona_forge.backends.local import LocalBackend
     from persona_forge.backends.openai_compat import OpenAIBackend
-    from persona_forge.config import BackendConfig
+    from persona_forge.config import LocalBackendConfig, OpenAIBackendConfig
 
     requests = [ChatRequest.of([{"role": "system", "content": "I have two dogs."}, {"role": "user", "content": p}],
                                max_tokens=24, temperature=0.0, top_p=1.0) for p in PROMPTS]
     for adapter in ("bob", None):
-        local = LocalBackend(BackendConfig(kind="local", model=str(tiny["base"]), threads=1,
-                                           adapter=tiny["adapters"][adapter] if adapter else None), progress=False)
-        remote = OpenAIBackend(BackendConfig(kind="openai", model=adapter or "tiny-base", base_url=served.url,
-                                             api_key_env="PF_TEST_NO_KEY", concurrency=4))
+        local = LocalBackend(LocalBackendConfig(model=str(tiny["base"]), threads=1,
+                                                adapter=tiny["adapters"][adapter] if adapter else None), progress=False)
+        remote = OpenAIBackend(OpenAIBackendConfig(model=adapter or "tiny-base", base_url=served.url,
+                                                   api_key_env="PF_TEST_NO_KEY", concurrency=4))
         expected = [c.text for c in local.complete_sync(requests)]
         got = [(c.text or "").strip() for c in remote.complete_sync(requests)]
         assert all(c for c in expected)
@@ -352,7 +352,7 @@ def test_forge_chat_through_the_server_matches_chat_in_process(served, tiny, tmp
 
     from conftest import run_forge
     from persona_forge.chat import ChatModel, converse
-    from persona_forge.config import BackendConfig
+    from persona_forge.config import LocalBackendConfig
 
     persona = tmp_path / "me.txt"
     persona.write_text("I have two dogs.\n")
@@ -362,7 +362,7 @@ def test_forge_chat_through_the_server_matches_chat_in_process(served, tiny, tmp
                        "--persona", str(persona), "--model", "bob", "--base", input="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
     local = ChatModel(str(tiny["base"]), tiny["adapters"]["bob"],
-                      BackendConfig(threads=1, sampling={"temperature": 0, "max_tokens": 16}), progress=False)
+                      LocalBackendConfig(threads=1, sampling={"temperature": 0, "max_tokens": 16}), progress=False)
     out = StringIO()
     converse(["I have two dogs."], local.reply, True, lines, out, False, True)
     assert result.stdout == out.getvalue()
@@ -464,7 +464,7 @@ def test_smollm2_mixed_batch_and_openai_backend_match_the_local_backend(tmp_path
     from persona_forge.backends import ChatRequest
     from persona_forge.backends.local import LocalBackend
     from persona_forge.backends.openai_compat import OpenAIBackend
-    from persona_forge.config import BackendConfig
+    from persona_forge.config import LocalBackendConfig, OpenAIBackendConfig
     from persona_forge.models import converted_smollm2
     from persona_forge.serve.app import build_state
 
@@ -491,8 +491,8 @@ def test_smollm2_mixed_batch_and_openai_backend_match_the_local_backend(tmp_path
         assert len({mixed[0], mixed[1], mixed[2]}) == 3 or mixed[1] != mixed[3]
         requests = [ChatRequest.of([system, {"role": "user", "content": p}], max_tokens=24, temperature=0.0,
                                    top_p=1.0) for p in prompts]
-        remote = OpenAIBackend(BackendConfig(kind="openai", model="p2", base_url=running.url,
-                                             api_key_env="PF_TEST_NO_KEY"))
+        remote = OpenAIBackend(OpenAIBackendConfig(model="p2", base_url=running.url,
+                                                   api_key_env="PF_TEST_NO_KEY"))
         got = [(c.text or "").strip() for c in remote.complete_sync(requests)]
-    local = LocalBackend(BackendConfig(kind="local", model=spec, adapter=adapters["p2"], threads=2), progress=False)
+    local = LocalBackend(LocalBackendConfig(model=spec, adapter=adapters["p2"], threads=2), progress=False)
     assert got == [c.text for c in local.complete_sync(requests)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import BackendConfig
+from ..config import BackendConfig, FakeBackendConfig, LocalBackendConfig, OpenAIBackendConfig
 from .base import ChatBackend, ChatRequest, Completion, OptionProbs, UsageTotals
 from .fake import ScriptedBackend
 
@@ -10,13 +10,15 @@ __all__ = ["ChatBackend", "ChatRequest", "Completion", "OptionProbs", "UsageTota
 
 
 def build_backend(config: BackendConfig, progress: bool = True) -> ChatBackend:
-    if config.kind == "openai":
+    if isinstance(config, OpenAIBackendConfig):
         from .openai_compat import OpenAIBackend
 
         return OpenAIBackend(config)
-    if config.kind == "local":
+    if isinstance(config, LocalBackendConfig):
         from .local import LocalBackend
 
         return LocalBackend(config, progress=progress)
-    return ScriptedBackend(replies=config.replies, default=config.default_reply, delay_s=config.delay_s,
-                           model=config.model, sampling=config.sampling)
+    if isinstance(config, FakeBackendConfig):
+        return ScriptedBackend(replies=config.replies, default=config.default_reply, delay_s=config.delay_s,
+                               model=config.model, sampling=config.sampling)
+    raise TypeError(f"not a backend section: {config!r}")

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..config import BackendConfig
+from ..config import LocalBackendConfig
 from ..hardware import set_torch_threads
 from ..schema import record_id
 from .base import ChatBackend, ChatRequest, Completion, OptionProbs
@@ -23,7 +23,7 @@ class LocalBackend(ChatBackend):
     supports_logprobs = True
     option_max_tokens = 0   # option questions are one forward pass: nothing is generated
 
-    def __init__(self, config: BackendConfig, progress: bool = True):
+    def __init__(self, config: LocalBackendConfig, progress: bool = True):
         super().__init__(config.model, config.sampling)
         self.config = config
         self._show_progress = progress

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ..config import BackendConfig, redact_url
+from ..config import OpenAIBackendConfig, redact_url
 from ..errors import BackendUnavailable, UserError
 from .base import ChatBackend, ChatRequest, Completion
 
@@ -34,7 +34,7 @@ class OpenAIBackend(ChatBackend):
     supports_logprobs = True   # OpenAI, vLLM and llama.cpp server return logprobs; others: the text is read
     supports_schema = True
 
-    def __init__(self, config: BackendConfig):
+    def __init__(self, config: OpenAIBackendConfig):
         super().__init__(config.model, config.sampling)
         self.config = config
         self._api_key = read_key(config)
@@ -262,7 +262,7 @@ def _without_userinfo(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def read_key(config: BackendConfig) -> str:
+def read_key(config: OpenAIBackendConfig) -> str:
     """The API key the endpoint takes: from the environment, or a placeholder for a local server."""
     key = os.environ.get(config.api_key_env, "")
     if key:
@@ -292,7 +292,7 @@ def _httpx():
         return httpx
 
 
-def _http_client(config: BackendConfig):
+def _http_client(config: OpenAIBackendConfig):
     """aiohttp under the openai client where installed (openai[aiohttp]): at 64 requests in
     flight its lower per-request CPU is what keeps throughput near the ideal."""
     import openai
@@ -390,7 +390,7 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def served_models(config: BackendConfig) -> list[dict[str, Any]] | None:
+def served_models(config: OpenAIBackendConfig) -> list[dict[str, Any]] | None:
     """The endpoint's GET /v1/models list (forge serve and vLLM give each LoRA adapter its `parent`, the
     base model's name), or None when it has no such route or answers something else. An endpoint that
     cannot be reached, or refuses the key, is BackendUnavailable (one line)."""

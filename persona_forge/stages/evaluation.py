@@ -414,7 +414,8 @@ def _run(cfg: EvalConfig, context: StageContext, chat: BackendConfig, nli_config
     data = Path(cfg.data) if cfg.data else default_data()
     examples, skipped = load_examples(data, cfg)
     # An adapter set on the backend itself is one more model under test; the base stays the bare model.
-    from_backend = parse_adapter_options([str(chat.adapter)]) if chat.adapter else {}
+    on_backend = getattr(chat, "adapter", None)  # only a local backend has one
+    from_backend = parse_adapter_options([str(on_backend)]) if on_backend else {}
     models = models_under_test(chat, {**from_backend, **cfg.adapters, **(adapters or {})}, cfg.retrieval,
                                cfg.retrieval_encoder)
     run_dir = RunDir(context.run_dir)
