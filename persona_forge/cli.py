@@ -297,19 +297,22 @@ def generate(obj: Context, sub_recipe: Path | None, pairs_path: Path | None, pro
                    "to the folder's parent name).")
 @config_option("--limit", "eval.limit")
 @config_option("--sample/--greedy", "eval.sample")
+@config_option(("--retrieval", "retrieval_path"), "eval.retrieval")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
 @click.pass_obj
 def eval_(obj: Context, sub_recipe: Path | None, data_path: Path | None, adapters: tuple[str, ...],
-          limit: int | None, sample: bool | None, as_json: bool) -> None:
+          limit: int | None, sample: bool | None, retrieval_path: Path | None, as_json: bool) -> None:
     """The study's protocol on held-out conversations: BLEU, ROUGE, BERTScore, F1, distinct-n, perplexity,
-    NLI contradiction and C-score (Hits@1 of 20 with --set eval.hits_candidates=20).
+    NLI contradiction and C-score (Hits@1 of 20 with --set eval.hits_candidates=20); --retrieval
+    corpora/spc/train.jsonl.gz adds the retrieval baseline.
 
     Example: forge --run-dir runs/demo eval --limit 50 --adapter sft=runs/demo/train/sft/adapter
     """
     from .stages import evaluation as stage
 
     recipe = _context(obj, sub_recipe).recipe(**{
-        "eval.data": str(data_path) if data_path else None, "eval.limit": limit, "eval.sample": sample})
+        "eval.data": str(data_path) if data_path else None, "eval.limit": limit, "eval.sample": sample,
+        "eval.retrieval": str(retrieval_path) if retrieval_path else None})
     result = stage.run(recipe.eval, _stage_context(recipe, obj, fans_out=False), chat=recipe.backend,
                        nli_config=recipe.nli, adapters=stage.parse_adapter_options(adapters))
     if as_json:
