@@ -402,10 +402,13 @@ def curate(obj: Context, sub_recipe: Path | None, n: int | None, strategy: str |
 @click.option("--merge", is_flag=True, help="Also write merged/: the base model with the adapter folded in.")
 @click.option("--backend", "backend_kind", type=click.Choice(["local", "openai"]), default="local",
               help="local: LoRA with trl + peft here; openai: a fine-tuning job at the recipe's OpenAI endpoint.")
+@click.option("--style", "styles", multiple=True, metavar="NAME",
+              help="One SFT adapter per style from forge restyle's kept rewrites, in <run_dir>/adapters/NAME "
+                   "(repeatable; all: every restyle/<style>.jsonl).")
 @click.pass_obj
 def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bool | None, method: str | None,
           adapter_path: Path | None, name: str | None, model: str | None, epochs: float | None,
-          max_steps: int | None, merge: bool, backend_kind: str) -> None:
+          max_steps: int | None, merge: bool, backend_kind: str, styles: tuple[str, ...] = ()) -> None:
     """Fine-tune the chat model on curated samples: LoRA SFT or DPO (resumable), or a hosted job.
 
     Example: forge --run-dir runs/quickstart train --epochs 3 --merge
@@ -417,6 +420,10 @@ def train(obj: Context, sub_recipe: Path | None, data_path: Path | None, dpo: bo
                  "train.method": method or ("dpo" if dpo else None),
                  "train.adapter": str(adapter_path) if adapter_path else None, "train.name": name,
                  "train.model": model, "train.epochs": epochs, "train.max_steps": max_steps}
+    if styles:
+        return _train_styles(obj, sub_recipe, overrides, styles, conflicts=[
+            flag for flag, value in (("--data", data_path), ("--name", name), ("--merge", merge or None),
+                                     ("--backend openai", backend_kind == "openai" or None)) if value is not None])
     if backend_kind == "openai":
         from .stages import train_openai as stage
 
@@ -1120,6 +1127,20 @@ def voices(obj: Context, sub_recipe: Path | None, generations_path: Path | None)
     result = stage.evaluate_voices(recipe.restyle, _stage_context(recipe, obj), generations_path)
     click.echo(stage.voices_table(result.data))
     ui.summary("forge voices", result.summary)
+
+
+def _train_styles(obj: Context, sub_recipe: Path | None, overrides: dict[str, Any], styles: tuple[str, ...],
+                  conflicts: list[str]) -> None:
+    """forge train --style NAME ...: one SFT adapter per style in <run_dir>/adapters/<style>/."""
+    if conflicts:
+        raise UserError(f"--style takes its data from restyle/<style>.jsonl and writes adapters/<style>/; "
+                        f"leave out {conflicts[0]}")
+    from .stages import train_styles as stage
+
+    recipe = _context(obj, sub_recipe).recipe(**overrides)
+    result = stage.run(recipe.train, _stage_context(recipe, obj, fans_out=False), styles=styles,
+                       base_model=recipe.backend.model, seed=recipe.seed, prompts_dir=recipe.prompts_dir)
+    ui.summary("forge train --style", result.summary)
 
 
 _HELP_SECTIONS["restyle"] = "restyle"

@@ -10,7 +10,8 @@ Paths are relative to the run directory; `<stage>.manifest.json` sits beside the
     generate   -> dialogues.jsonl, best.jsonl, preferences.jsonl, generate_rejections.jsonl (generate_progress.jsonl
                   while a turns-mode run is unfinished)
     curate     -> curated/ (sft.jsonl, dpo.jsonl, openai.jsonl, ..., dataset/, parquet/, README.md)
-    train      -> train/<name>/ (adapter/, checkpoints/, log.jsonl, loss.png, merged/, train.manifest.json)
+    train      -> train/<name>/ (adapter/, checkpoints/, log.jsonl, loss.png, merged/, train.manifest.json);
+                  with --style: adapters/<style>/ (the same, plus sft.jsonl and styles.manifest.json)
     eval       -> eval/ (generations.jsonl, metrics.json, table.md, eval.png, report.md)
     judge      -> judge/ (judgements.jsonl, pairwise.jsonl, bigfive.jsonl, judge.json, judge.png, report.md)
     restyle    -> restyle/ (rewrites.jsonl, rejections.jsonl, <style>.jsonl, classifier.json, classifier_confusion.png)
@@ -70,6 +71,16 @@ TRAIN_MANIFEST = "train.manifest.json"                     # inside train/<name>
 
 def train_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / TRAIN / name
+
+
+ADAPTERS = "adapters"                                      # adapters/<style>/: forge train --style, one per style
+STYLE_ROWS = "sft.jsonl"                                   # inside adapters/<style>/: the rows it trained on
+
+
+def style_adapter_dir(run_dir: Path, style: str) -> Path:
+    """adapters/<style>/: a train folder (adapter/, checkpoints/, log.jsonl, loss.png, train.manifest.json)
+    plus the rows and styles.manifest.json; `forge serve --adapters-dir <run_dir>/adapters` serves it as <style>."""
+    return Path(run_dir) / ADAPTERS / style
 
 
 def trained_adapters(run_dir: Path) -> list[Path]:

@@ -29,6 +29,14 @@ def default_corpus() -> Path:
     return data_dir("corpora") / "styles" / "styles.jsonl"
 
 
+def restyled_id(dialogue_id: str, style: str) -> str:
+    """The id of a source conversation rewritten into `style` (a record of restyle/<style>.jsonl):
+    forge restyle writes it, forge train --style finds a conversation's kept rewrites by it."""
+    from .schema import record_id
+
+    return record_id("restyle", dialogue_id, style)
+
+
 @dataclass(frozen=True)
 class StyleLine:
     style: str

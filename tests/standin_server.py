@@ -36,6 +36,9 @@ Behaviours (`name` or `name:arg`):
     persona          a conversation in "User 1: / User 2:" lines that restates the personas listed in
                      the prompt, worded differently for each request seed (JSON requests get a
                      judge's rubric instead): a generator and judge
+    restyle          forge restyle's rewrite: `Here is the line: "PHRASE LINE"`, LINE the quoted line of
+                     `Rewrite this line in the STYLE voice: "LINE"` and PHRASE the `phrases` setting's
+                     entry for STYLE (POST /control {"phrases": {STYLE: PHRASE}}; none: the line alone)
 
 Fine-tuning (as OpenAI's API): POST /v1/files (multipart, purpose fine-tune) stores a JSONL file;
 POST /v1/fine_tuning/jobs starts a job on a stored file; each GET /v1/fine_tuning/jobs/{id} moves the
@@ -61,6 +64,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import select
 import subprocess
 import sys
@@ -87,8 +91,10 @@ _ERROR_MESSAGES = {400: "This model's maximum context length is 8192 tokens.",
 class Settings:
     def __init__(self, latency_ms: float = 0.0, default: str = "ok", script: list[str] | None = None,
                  api_key: str | None = None, models: list[str] | None = None,
-                 formats: list[str] | None = None, parents: dict[str, str | None] | None = None):
+                 formats: list[str] | None = None, parents: dict[str, str | None] | None = None,
+                 phrases: dict[str, str] | None = None):
         self.formats = formats
+        self.phrases = dict(phrases or {})  # the `restyle` behaviour: style -> the phrase its rewrites add
         # GET /v1/models lists `parent` for these models (as forge serve and vLLM do: the base model's
         # name for an adapter, null for the base itself); others are listed without it.
         self.parents = dict(parents or {})
@@ -401,6 +407,8 @@ class StandinServer:
 
         last_user = users[-1] if users else ""
         content, finish = _content(name, last_user, wants_json, request.get("seed"))
+        if name == "restyle":
+            content = _restyle_content(last_user, self.settings.phrases)
         logprobs = None
         if format_type == "json_schema" and name in ("ok", "persona", "json"):
             content = json.dumps(_instance(response_format.get("json_schema", {}).get("schema", {})))
@@ -454,6 +462,15 @@ def _read_messages(request: Any) -> list[dict[str, str]]:
             raise ValueError(f"messages[{number}].content must be a string or an array of parts")
         out.append({**message, "content": content})
     return out
+
+
+def _restyle_content(prompt: str, phrases: dict[str, str]) -> str:
+    """A well-formed rewrite of the line forge restyle's prompt asks for: the style's phrase, then the line."""
+    match = re.search(r'Rewrite this line in the (\S+) voice: "(.*)"\s*$', prompt, re.DOTALL)
+    if match is None:
+        return "I cannot find the line to rewrite."
+    style, line = match.groups()
+    return f'Here is the line: "{" ".join(filter(None, [phrases.get(style), line]))}"'
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str, bytes]]:

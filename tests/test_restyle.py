@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import KeywordNLI, make_recipe, one_line_error
+from conftest import STANDIN_KEY_ENV, KeywordNLI, make_recipe, one_line_error, standin_fixtures
 from persona_forge import layout
 from persona_forge.backends import ScriptedBackend
 from persona_forge.config import RestyleConfig
@@ -349,3 +349,76 @@ def test_a_styled_file_is_training_data_for_curate(tmp_path):
     assert conv.scored and conv.dialogues[0].scores["critic"] == 1.0
     samples, _ = curate.build_samples(conv, CurateConfig(), "warm.jsonl")
     assert samples[0].messages[-1].content == "Lovely! I am a nurse, you know."
+
+
+# --- through an OpenAI-compatible endpoint (the stand-in) ---------------------------------------
+
+STANDIN_SECRET = "sk-test-restyle-5c2e"
+module_server, server = standin_fixtures(STANDIN_SECRET)
+
+
+def opening_phrase(style: str) -> str:
+    """The first sentence of the style corpus's first line of `style` ("Oh, that sounds wonderful!")."""
+    first = next(line.text for line in load_corpus(default_corpus()) if line.style == style)
+    return re.match(r".*?[.!?]", first).group(0)
+
+
+class PhraseStyles:
+    """A stand-in classifier that reads a style in a line holding that style's corpus phrase, else "direct"."""
+
+    styles = ["calm", "direct", "warm", "witty"]
+    heldout = {}
+
+    def __init__(self):
+        self.phrases = {s: opening_phrase(s) for s in ("calm", "warm", "witty")}
+
+    def predict_proba(self, texts):
+        out = np.full((len(texts), len(self.styles)), 0.05)
+        for i, text in enumerate(texts):
+            hit = next((s for s, p in self.phrases.items() if p in text), "direct")
+            out[i, self.styles.index(hit)] = 0.85
+        return out
+
+
+def test_forge_restyle_through_an_openai_endpoint(forge, server, tmp_path, monkeypatch):
+    """forge restyle with backend.kind openai: one request per (reply, style) with the reply and the voice in
+    it; the stand-in answers warm and witty rewrites with a phrase of their style and calm ones without any,
+    so 4 rewrites pass and the 2 calm ones miss their style."""
+    from persona_forge.nli import base
+
+    monkeypatch.setattr(base, "load_nli", lambda *a, **k: KeywordNLI())
+    monkeypatch.setattr("persona_forge.embeddings.Embedder.__call__", lambda self, texts: bag_of_words(texts))
+    monkeypatch.setattr(restyle, "fitted_classifier", lambda *a, **k: PhraseStyles())
+    phrases = {s: opening_phrase(s) for s in ("warm", "witty")}
+    server.reset(default="restyle", phrases=phrases)
+    data = write_data(tmp_path / "data.jsonl", n=2)
+    ran = forge("--run-dir", str(tmp_path / "r"), "-q", "restyle", "--data", str(data), "--styles", "warm,witty,calm",
+                "--speaker", "user1", "--set", "backend.kind=openai", "--set", f"backend.base_url={server.url}",
+                "--set", "backend.model=standin-model", "--set", f"backend.api_key_env={STANDIN_KEY_ENV}")
+    assert ran.returncode == 0, ran.stderr
+
+    stats = server.stats()
+    assert stats["chat"] == 6 and stats["by_model"] == {"standin-model": 6}  # 2 replies x 3 styles, no retries
+    descriptions = RestyleConfig().descriptions
+    asked = []
+    for request in stats["recent"]:
+        system, user = request["messages"]
+        style = re.search(r"in the (\w+) voice", user["content"]).group(1)
+        assert f"Voice: {descriptions[style]}" in system["content"]
+        original = re.search(r'voice: "(.*)"$', user["content"]).group(1)
+        assert "- I have two dogs.\n- I live in Ohio." in user["content"]  # the speaker's persona
+        asked.append((style, original))
+    assert sorted(asked) == sorted((s, f"Hi! I have two dogs, number {i}.") for s in ("warm", "witty", "calm")
+                                   for i in range(2))
+
+    records = {(r.style, r.original): r for r in read_jsonl(tmp_path / "r" / layout.RESTYLE_REWRITES, Rewrite)}
+    assert records[("warm", "Hi! I have two dogs, number 0.")].text == \
+        f"{phrases['warm']} Hi! I have two dogs, number 0."
+    assert sorted((s, r.passed, r.reason) for (s, _), r in records.items()) == [
+        ("calm", False, "style_missed"), ("calm", False, "style_missed"),
+        ("warm", True, None), ("warm", True, None), ("witty", True, None), ("witty", True, None)]
+    manifest = json.loads((tmp_path / "r" / "restyle.manifest.json").read_text())
+    assert manifest["counts"]["passed"] == 4 and manifest["counts"]["rejections"] == 2
+    assert manifest["counts"]["rejected_style_missed"] == 2
+    assert len(read_jsonl(tmp_path / "r" / layout.RESTYLE_REJECTIONS, Rejection)) == 2
+    assert manifest["models"]["chat"].startswith("openai") or "standin-model" in manifest["models"]["chat"]

@@ -157,8 +157,9 @@ def adapters_from(options: list[str] | tuple[str, ...], adapters_dir: Path | Non
             raise UserError(f"--adapters-dir {folder}: no such folder")
         for config in sorted(folder.glob("**/adapter_config.json")):
             where = config.parent
-            if "checkpoint-" in str(where.relative_to(folder)):
-                continue  # training checkpoints are not adapters to serve
+            inside = where.relative_to(folder)
+            if "checkpoint-" in str(inside) or any(part.startswith(".") for part in inside.parts):
+                continue  # training checkpoints, --force's .trash/ and half-written .adapter.tmp are not to serve
             name = where.parent.name if where.name == "adapter" and where.parent != folder else where.name
             found[name] = where
     for value in options:

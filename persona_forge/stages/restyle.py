@@ -42,7 +42,7 @@ from ..nli.labels import CONTRADICTION, ENTAILMENT
 from ..prompts import library
 from ..schema import Dialogue, Provenance, Rejection, Rewrite, Turn, record_id
 from ..store import JsonlStore, RunDir, atomic_write_json, atomic_write_jsonl, config_hash, file_sha256
-from ..styles import by_style, confusion_chart, default_corpus, fitted_classifier, load_corpus, measured_chart
+from ..styles import by_style, confusion_chart, restyled_id, default_corpus, fitted_classifier, load_corpus, measured_chart
 
 STAGE = "restyle"
 FOLDER = layout.RESTYLE
@@ -349,7 +349,7 @@ def write_styled(run_dir: RunDir, cfg: RestyleConfig, dialogues: Sequence[Dialog
             unstyled = [p for p in asked if p not in kept]
             reasons = {**dialogue.reasons, **({"restyle": f"replies at {unstyled} kept their original text "
                                                           f"(the rewrite failed a check)"} if unstyled else {})}
-            out.append(Dialogue(id=record_id(STAGE, dialogue.id, style), pair_id=dialogue.pair_id,
+            out.append(Dialogue(id=restyled_id(dialogue.id, style), pair_id=dialogue.pair_id,
                                 user1_persona=dialogue.user1_persona, user2_persona=dialogue.user2_persona,
                                 turns=turns, round=dialogue.round, candidate=dialogue.candidate,
                                 provenance=dialogue.provenance, scores=scores, reasons=reasons))

@@ -359,8 +359,9 @@ def prepare_process(threads: int | None, seed: int) -> int:
 
 def run(cfg: TrainConfig, context: StageContext, *, base_model: str, seed: int, prompts_dir: Path | None = None,
         nli_config: NLIConfig | None = None, eval_data: Path | None = None, merge: bool = False,
-        callbacks: Sequence[Any] = ()) -> StageResult:
-    """Train (or resume, or find done) the adapter in <run_dir>/train/<name>/. Handed by the caller:
+        callbacks: Sequence[Any] = (), folder: Path | None = None) -> StageResult:
+    """Train (or resume, or find done) the adapter in <run_dir>/train/<name>/ (or `folder`: forge train
+    --style puts each style's in <run_dir>/adapters/<style>/). Handed by the caller:
     `base_model`, the model trained when train.model is unset (the recipe's backend.model); `seed`, the
     recipe's global seed (in the config hash); `prompts_dir` (the generator method's turn prompt); for
     rloo/grpo `nli_config` (the NLI of the reward) and `eval_data` (eval.data: RL prompts may not come
@@ -375,24 +376,24 @@ def run(cfg: TrainConfig, context: StageContext, *, base_model: str, seed: int, 
         return train_rl.run(cfg, context, base_model=base_model, seed=seed, nli_config=nli_config,
                             eval_data=eval_data, callbacks=callbacks)
     rows = _run(cfg, Path(context.run_dir), base_model, seed, prompts_dir, context.force, merge, context.progress,
-                callbacks)
-    return result(cfg, context, rows)
+                callbacks, folder)
+    return result(cfg, context, rows, folder)
 
 
-def result(cfg: TrainConfig, context: StageContext, rows: dict[str, Any]) -> StageResult:
-    """The StageResult of a training run: its manifest lives in train/<name>/, its output is that folder."""
-    folder = out_dir(context.run_dir, cfg)
+def result(cfg: TrainConfig, context: StageContext, rows: dict[str, Any], folder: Path | None = None) -> StageResult:
+    """The StageResult of a training run: its manifest lives in train/<name>/ (or `folder`), its output is that folder."""
+    folder = Path(folder) if folder is not None else out_dir(context.run_dir, cfg)
     return StageResult.read(STAGE, rows, context.run_dir, [str(folder.relative_to(context.run_dir))],
                             manifest_dir=folder)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, base_model: str, seed: int, prompts_dir: Path | None, force: bool,
-         merge: bool, progress: bool, callbacks: Sequence[Any]) -> dict[str, Any]:
+         merge: bool, progress: bool, callbacks: Sequence[Any], folder: Path | None = None) -> dict[str, Any]:
     spec = cfg.model or base_model
     data = Path(cfg.data) if cfg.data else default_data(run_dir, cfg.method)
     if not data.is_file():
         raise UserError(f"{data}: no training data; run forge curate first, or give --data FILE")
-    folder = out_dir(run_dir, cfg)
+    folder = Path(folder) if folder is not None else out_dir(run_dir, cfg)
     rundir = RunDir(folder)
     config = stage_config(cfg, spec, seed, prompts_dir)
     previous = rundir.manifest(STAGE)
