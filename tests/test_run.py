@@ -33,8 +33,8 @@ def test_every_stage_takes_its_own_section_and_a_context_and_returns_a_stage_res
 
     sections = {"personas": config.PersonasConfig, "pairing": config.PairConfig, "generate": config.GenerateConfig,
                 "curate": config.CurateConfig, "train": config.TrainConfig, "train_reward": config.TrainConfig,
-                "train_rl": config.TrainConfig, "train_openai": config.TrainConfig, "evaluation": config.EvalConfig,
-                "judging": config.JudgeConfig, "complete": config.CompleteConfig, "score": config.ScoreConfig,
+                "train_rl": config.TrainConfig, "train_openai": config.TrainConfig, "train_styles": config.TrainConfig,
+                "evaluation": config.EvalConfig, "judging": config.JudgeConfig, "complete": config.CompleteConfig, "score": config.ScoreConfig,
                 "restyle": config.RestyleConfig}
     for name, section in sections.items():
         module = importlib.import_module(f"persona_forge.stages.{name}")
