@@ -41,8 +41,12 @@ if [ -z "${CHOSEN:-}" ]; then
   done
   $FORGE --run-dir $OUT/dev-eval --set eval.data=$OUT/dev.jsonl.gz --set eval.limit=100 \
     --set eval.retrieval=$OUT/pool.jsonl.gz eval "${adapters[@]}"
+  for signal in $SIGNALS; do
+    $PY bench/paired_delta.py $OUT/dev-eval/eval/generations.jsonl "q-$(slug "$signal")" random
+  done
 else
   $FORGE --run-dir $OUT/test-eval --set eval.limit="$LIMIT" --set eval.retrieval=$TRAIN eval \
     --adapter "quality=$OUT/dev-$(slug "$CHOSEN")/train/sft/adapter" \
     --adapter random=$OUT/dev-random/train/sft/adapter
+  $PY bench/paired_delta.py $OUT/test-eval/eval/generations.jsonl quality random
 fi
