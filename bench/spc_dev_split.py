@@ -36,8 +36,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in (("dev", dev), ("pool", pool)):
         path = args.out / f"{name}.jsonl.gz"
-        with gzip.open(path, "wt", encoding="utf-8") as f:   # mtime 0 would be nicer; the content is what counts
-            f.writelines(part)
+        # mtime 0: the same split gives the same bytes, so forge score and curate see the same input again
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write("".join(part).encode("utf-8"))
         print(f"{path}: {len(part)} conversations")
 
 
