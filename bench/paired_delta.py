@@ -45,7 +45,8 @@ def main() -> None:
             continue
         low, high = np.percentile(np.nanmean(diff[resamples], axis=1), [2.5, 97.5])
         print(f"  {key:14s} {np.nanmean(diff):+.4f} [{low:+.4f}, {high:+.4f}]")
-    nll = {m: np.array([by[m][i]["reference_nll"] or np.nan for i in ids], float) for m in (a, b)}
+    nll = {m: np.array([np.nan if by[m][i]["reference_nll"] is None else by[m][i]["reference_nll"] for i in ids],
+                       float) for m in (a, b)}
     tokens = np.array([by[a][i]["reference_tokens"] or 0 for i in ids], float)
     if not np.isnan(nll[a]).any() and not np.isnan(nll[b]).any():
         def ppl(m: str, rows: np.ndarray) -> float:

@@ -22,7 +22,6 @@ from .samples import reply_positions
 from .store import atomic_open
 
 Embed = Callable[[list[str]], np.ndarray]
-SEARCH_DEPTH = 8   # nearest turns looked at per query; the first from another conversation wins
 
 
 @dataclass
@@ -56,17 +55,13 @@ class RetrievalIndex:
 
     def answer(self, queries: Sequence[str], sources: Sequence[str], embed: Embed) -> list[tuple[str, float]]:
         """(reply, similarity) for each query, never from the query's own source conversation."""
-        q = _unit(embed(list(queries)))
-        sims = q @ self.vectors.T
-        depth = min(SEARCH_DEPTH, sims.shape[1])
-        nearest = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
+        sims = _unit(embed(list(queries))) @ self.vectors.T
+        own = np.asarray(self.sources)
         out = []
-        for row, (candidates, source) in enumerate(zip(nearest, sources)):
-            best = next((int(j) for j in candidates if self.sources[j] != source), None)
-            if best is None:   # the top `depth` all come from this conversation: search the whole row
-                others = [j for j in np.argsort(-sims[row], kind="stable") if self.sources[j] != source]
-                best = int(others[0]) if others else None
-            out.append(("", 0.0) if best is None else (self.replies[best], float(sims[row, best])))
+        for row, source in zip(sims, sources):
+            allowed = np.where(own == source, -np.inf, row)
+            best = int(np.argmax(allowed))   # the first of equals, as a stable sort would give
+            out.append(("", 0.0) if allowed[best] == -np.inf else (self.replies[best], float(row[best])))
         return out
 
 
