@@ -10,6 +10,10 @@
 #
 #   bench/study_quality.sh [POOL] [LIMIT] [SIGNALS]   # steps 1-3; defaults 1000, 100, "-ifd max_entailment"
 #   CHOSEN=-ifd bench/study_quality.sh                # then step 4 with the signal dev chose
+#   RETRIEVAL= CHOSEN=-ifd bench/study_quality.sh     # step 4 without the retrieval baseline (embedding the
+#                                                     # whole train split takes longer than the rest here)
+#   SEED=1 CHOSEN=-ifd bench/study_quality.sh         # a replicate: the random and chosen arms drawn and
+#                                                     # trained again with seed 1 (curate.seed, train.seed), then step 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORGE=${FORGE:-.venv/bin/forge}
@@ -19,16 +23,20 @@ LIMIT=${2:-100}
 SIGNALS=${3:-"-ifd max_entailment"}
 OUT=runs/q19
 TRAIN=corpora/spc/train.jsonl.gz
+SEED=${SEED:-0}
+RETRIEVAL=${RETRIEVAL-$TRAIN}
+PREFIX=$([ "$SEED" = 0 ] && echo "" || echo "s$SEED-")
 
 $PY bench/spc_dev_split.py --out $OUT --dev 100 --seed 19
-zcat $OUT/pool.jsonl.gz | head -n "$POOL" | gzip -n > $OUT/pool$POOL.jsonl.gz
-$FORGE score --data $OUT/pool.jsonl.gz --out $OUT/scores --limit "$POOL"
+(set +o pipefail; zcat $OUT/pool.jsonl.gz | head -n "$POOL" | gzip -n > $OUT/pool$POOL.jsonl.gz)  # head closes the pipe early
+# a replicate selects with the scores of the first run: same pool, same signals
+[ "$SEED" != 0 ] || $FORGE score --data $OUT/pool.jsonl.gz --out $OUT/scores --limit "$POOL"
 SCORES=$OUT/scores/pool.scores.jsonl
 
 arm() {  # arm NAME CURATE-ARGS...
   local name=$1; shift
-  $FORGE --run-dir $OUT/$name curate --n 200 --data $OUT/pool$POOL.jsonl.gz "$@"
-  $FORGE --run-dir $OUT/$name train --epochs 2
+  $FORGE --run-dir $OUT/$PREFIX$name --set curate.seed=$SEED curate --n 200 --data $OUT/pool$POOL.jsonl.gz "$@"
+  $FORGE --run-dir $OUT/$PREFIX$name --set train.seed=$SEED train --epochs 2
 }
 slug() { echo "${1#-}"; }
 
@@ -45,8 +53,12 @@ if [ -z "${CHOSEN:-}" ]; then
     $PY bench/paired_delta.py $OUT/dev-eval/eval/generations.jsonl "q-$(slug "$signal")" random
   done
 else
-  $FORGE --run-dir $OUT/test-eval --set eval.limit="$LIMIT" --set eval.retrieval=$TRAIN eval \
-    --adapter "quality=$OUT/dev-$(slug "$CHOSEN")/train/sft/adapter" \
-    --adapter random=$OUT/dev-random/train/sft/adapter
-  $PY bench/paired_delta.py $OUT/test-eval/eval/generations.jsonl quality random
+  if [ "$SEED" != 0 ]; then
+    arm dev-random --strategy random
+    arm dev-$(slug "$CHOSEN") --strategy kcenter --quality "$SCORES:$CHOSEN" --quality-weight 1.0
+  fi
+  $FORGE --run-dir $OUT/${PREFIX}test-eval --set eval.limit="$LIMIT" ${RETRIEVAL:+--set eval.retrieval=$RETRIEVAL} eval \
+    --adapter "quality=$OUT/${PREFIX}dev-$(slug "$CHOSEN")/train/sft/adapter" \
+    --adapter random=$OUT/${PREFIX}dev-random/train/sft/adapter
+  $PY bench/paired_delta.py $OUT/${PREFIX}test-eval/eval/generations.jsonl quality random
 fi
