@@ -40,12 +40,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run on the loop `new_event_loop` makes (for code that owns no session)."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(coro)
-
-
 class _Failed:
     def __init__(self, error: BaseException):
         self.error = error
@@ -146,27 +140,43 @@ class BackendSession:
         results: queue.SimpleQueue = queue.SimpleQueue()
 
         async def pump() -> None:
+            # What finishes in one turn of the loop is handed over as one batch: one wake-up of the
+            # caller's thread (and one GIL hand-over) per turn, not per completion.
+            batch: list = []
+            handle = None
+
+            def hand_over() -> None:
+                results.put(batch.copy())
+                batch.clear()
+
             try:
                 async for item in self.backend.stream(requests):
-                    results.put(item)
+                    if not batch:
+                        handle = loop.call_soon(hand_over)
+                    batch.append(item)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-                results.put(_Failed(exc))
-                return
-            results.put(_END)
+                failure: Any = _Failed(exc)
+            else:
+                failure = _END
+            if batch:
+                handle.cancel()
+                hand_over()
+            results.put(failure)
 
         future = asyncio.run_coroutine_threadsafe(pump(), loop)
         try:
             while True:
-                item = results.get()
-                if item is _END:
+                items = results.get()
+                if items is _END:
                     return
-                if isinstance(item, _Failed):
-                    raise item.error
-                if progress:
-                    progress(1)
-                yield item
+                if isinstance(items, _Failed):
+                    raise items.error
+                for item in items:
+                    if progress:
+                        progress(1)
+                    yield item
         finally:
             _cancel(future)
 
