@@ -113,8 +113,12 @@ class BackendSession:
     def __enter__(self) -> "BackendSession":
         return self.open()
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:
+                raise   # else the error that ended the stage is the one to report
 
     # --- using it ----------------------------------------------------------------------------------
 
