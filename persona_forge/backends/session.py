@@ -10,9 +10,8 @@ requests stay in flight across chunk boundaries instead of draining to zero at e
 
 The session closes the backend's client once, when the outermost `with` ends, whatever ended it
 (an error, Ctrl-C). Sessions nest: `backend.session()` inside an open one is the same session, so
-a helper may open one without knowing whether its caller did. A session is used from the thread
-that opened it; its loop is uvloop's where installed (the client's hot path runs faster), else
-asyncio's.
+a helper may open one without knowing whether its caller did. Its loop is uvloop's where
+installed (the client's hot path runs faster), else asyncio's.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ class BackendSession:
         self._depth = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._owner: threading.Thread | None = None
 
     @property
     def is_open(self) -> bool:
@@ -76,7 +74,7 @@ class BackendSession:
             thread = threading.Thread(target=serve, name=f"{self.backend.name}-backend-loop", daemon=True)
             thread.start()
             ready.wait()
-            self._loop, self._thread, self._owner = loop, thread, threading.current_thread()
+            self._loop, self._thread = loop, thread
         self._depth += 1
         return self
 
@@ -89,7 +87,7 @@ class BackendSession:
         if self._depth > 0:
             return
         loop, thread = self._loop, self._thread
-        self._loop = self._thread = self._owner = None
+        self._loop = self._thread = None
         try:
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result()
         finally:
