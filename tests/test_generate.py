@@ -531,11 +531,12 @@ def test_a_run_stopped_in_the_middle_of_a_conversation_resumes_to_the_same_recor
     class Stopping(ScriptedBackend):
         calls = 0
 
-        async def complete(self, requests, progress=None):
+        async def stream(self, requests):
             Stopping.calls += 1
             if Stopping.calls == stop_at:  # in the middle of a turn: its replies are lost with the run
                 raise Stop
-            return await super().complete(requests, progress)
+            async for item in super().stream(requests):
+                yield item
 
     whole = tmp_path / "whole"
     whole.mkdir()
