@@ -18,6 +18,9 @@ at 64 and 256 in flight quiet, at least 80% busy, and forge complete within 10% 
     python bench/backends.py                       # 2,000 requests, 50 ms, concurrency 1, 64 and 256
     python bench/backends.py --requests 500 --concurrency 1,16,64
     python bench/backends.py --skip-local --concurrency 64,256 --busy --complete
+    python bench/backends.py --skip-local --concurrency 64,256 --loop asyncio   # without uvloop
+
+The raw backend runs on the event loop stages give it: a backend session's (uvloop where installed).
 """
 
 from __future__ import annotations
