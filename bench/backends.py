@@ -18,6 +18,9 @@ at 64 and 256 in flight quiet, at least 80% busy, and forge complete within 10% 
     python bench/backends.py                       # 2,000 requests, 50 ms, concurrency 1, 64 and 256
     python bench/backends.py --requests 500 --concurrency 1,16,64
     python bench/backends.py --skip-local --concurrency 64,256 --busy --complete
+    python bench/backends.py --skip-local --concurrency 64,256 --loop asyncio   # without uvloop
+
+The raw backend runs on the event loop stages give it: a backend session's (uvloop where installed).
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ from persona_forge.backends.base import ChatRequest  # noqa: E402
 from persona_forge.backends.openai_compat import OpenAIBackend  # noqa: E402
 from persona_forge.config import LocalBackendConfig, OpenAIBackendConfig  # noqa: E402
 
+
+def session_loop():
+    """An event loop of the kind backend sessions run (closed at once: only its type is read)."""
+    from persona_forge.backends import session
+
+    loop = session.new_event_loop()
+    loop.close()
+    return loop
+
 # An environment variable nobody sets, so no real key is ever sent to the stand-in.
 KEY_ENV = "PERSONA_FORGE_BENCH_UNUSED_KEY"
 PILOT_REQUESTS = 20
@@ -60,26 +72,25 @@ def _requests(n: int, tag: str) -> list[ChatRequest]:
             for i in range(n)]
 
 
-async def _timed_batch(url: str, concurrency: int, n: int, warmup: int, tag: str) -> dict[str, Any]:
-    backend = OpenAIBackend(OpenAIBackendConfig(base_url=url, model="standin",
-                                                api_key_env=KEY_ENV, concurrency=concurrency))
-    try:
-        # Warm-up: imports, the platform probe on the first call, connections opened.
-        await backend.complete(_requests(warmup, f"{tag}-warmup"))
-        requests = _requests(n, tag)
-        cpu, wall = time.process_time(), time.perf_counter()
-        results = await backend.complete(requests)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        await backend.aclose()
+async def _timed_batch(backend: OpenAIBackend, n: int, warmup: int, tag: str) -> dict[str, Any]:
+    # Warm-up: imports, the platform probe on the first call, connections opened.
+    await backend.complete(_requests(warmup, f"{tag}-warmup"))
+    requests = _requests(n, tag)
+    cpu, wall = time.process_time(), time.perf_counter()
+    results = await backend.complete(requests)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     wrong = sum(1 for i, c in enumerate(results) if c.text != f"echo: bench {tag} request {i}")
     return {"n": n, "seconds": wall, "client_cpu_s": cpu, "wrong": wrong}
 
 
 def _measure(server, concurrency: int, n: int, latency_s: float) -> dict[str, Any]:
+    """The raw backend on the event loop the stages give it (a backend session's), closed after."""
     warmup = min(2 * concurrency, 128)
     server.reset()
-    run = asyncio.run(_timed_batch(server.url, concurrency, n, warmup, f"c{concurrency}"))
+    backend = OpenAIBackend(OpenAIBackendConfig(base_url=server.url, model="standin", api_key_env=KEY_ENV,
+                                                concurrency=concurrency))
+    with backend.session() as session:
+        run = session.run(_timed_batch(backend, n, warmup, f"c{concurrency}"))
     stats = server.stats()
     rate = run["n"] / run["seconds"]
     ideal = concurrency / latency_s
@@ -164,7 +175,9 @@ def openai_bench(requests: int = 2000, latency_ms: float = 50.0, concurrencies: 
                 complete_rows.append((raw, staged))
         load = os.getloadavg()[0]
 
+    loop = type(session_loop()).__module__.split(".")[0]
     print(f"\nopenai backend vs stand-in server ({latency_ms:g} ms per answer, 127.0.0.1, warm-up excluded; "
+          f"client event loop: {loop}; "
           f"{'BUSY: a CPU hog process beside it; ' if busy else ''}"
           f"load average {load:.2f} on {os.cpu_count()} CPUs; median of {rounds} round(s))")
     _print_table(
@@ -266,7 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=120.0,
                         help="Longest a slow (low-concurrency) level may run before it is scaled down.")
     parser.add_argument("--skip-local", action="store_true", help="Leave out the local-model part.")
+    parser.add_argument("--loop", choices=("default", "asyncio"), default="default",
+                        help="The client's event loop: the one backend sessions use (uvloop where installed) or "
+                             "asyncio's own, for comparison.")
     args = parser.parse_args(argv)
+    if args.loop == "asyncio":
+        from persona_forge.backends import session
+
+        session.new_event_loop = asyncio.new_event_loop
     concurrencies = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
     openai_bench(args.requests, args.latency_ms, concurrencies, args.budget_s, args.busy, args.rounds,
                  args.complete)

@@ -142,17 +142,28 @@ class EndpointChat:
         self.base_backend = (build_backend(config.model_copy(update={"model": base_model}), progress=False)
                              if base_model else None)
         self.has_adapter = has_adapter
+        # One session per backend for the whole chat: every turn goes out on the same loop and
+        # kept-alive connection; opened on the first reply, closed by close() or at exit.
+        self._held: dict[int, Any] = {}
 
     def reply(self, messages: list[dict[str, str]], base: bool = False) -> str:
         from .backends import ChatRequest
+        from .backends.session import held
 
         backend = self.base_backend if base and self.base_backend is not None else self.backend
+        self._held[id(backend)] = kept = held(self, backend, self._held.get(id(backend)))
         # Sampling (max_tokens, temperature, top_p) is filled in from backend.sampling.
-        [completion] = backend.complete_sync([ChatRequest.of(messages, seed=self.seed)])
+        [completion] = kept.session.complete([ChatRequest.of(messages, seed=self.seed)])
         if not completion.ok:
             raise BackendUnavailable(f"{self.where}: no reply from model '{backend.model}' ({completion.error}); "
                                      f"check that the server is up and serves that name (GET /v1/models)")
         return (completion.text or "").strip()
+
+    def close(self) -> None:
+        """Close the backends' sessions (their clients)."""
+        for session in self._held.values():
+            session.close()
+        self._held.clear()
 
 
 def user_memory(recipe: Any, user: str, mode: str | None, tokenizer: Any = None):

@@ -508,8 +508,12 @@ def chat(obj: Context, sub_recipe: Path | None, persona_path: Path, adapter_path
     memory = chat_mod.user_memory(recipe, user, memory_mode, tokenizer) if user else None
     if interactive:
         ui.info(f"persona: {' '.join(persona)}\n/reset starts over, /quit stops")
-    chat_mod.converse(persona, chat_model.reply, compare_base, chat_mod.stdin_lines(interactive), sys.stdout,
-                      interactive, chat_model.has_adapter, memory)
+    try:
+        chat_mod.converse(persona, chat_model.reply, compare_base, chat_mod.stdin_lines(interactive), sys.stdout,
+                          interactive, chat_model.has_adapter, memory)
+    finally:
+        if served:
+            chat_model.close()   # the endpoint's client, once, however the chat ended
 
 
 def _stage_context(recipe: Recipe, obj: Context, fans_out: bool = True):

@@ -429,9 +429,10 @@ def test_one_event_loop_serves_every_chunk_and_turn_and_the_backend_is_closed_on
             super().__init__(**kw)
             self.loops, self.closed = [], 0
 
-        async def complete(self, requests, progress=None):
+        async def stream(self, requests):
             self.loops.append(asyncio.get_running_loop())
-            return await super().complete(requests, progress)
+            async for item in super().stream(requests):
+                yield item
 
         async def aclose(self):
             self.closed += 1
@@ -530,11 +531,12 @@ def test_a_run_stopped_in_the_middle_of_a_conversation_resumes_to_the_same_recor
     class Stopping(ScriptedBackend):
         calls = 0
 
-        async def complete(self, requests, progress=None):
+        async def stream(self, requests):
             Stopping.calls += 1
             if Stopping.calls == stop_at:  # in the middle of a turn: its replies are lost with the run
                 raise Stop
-            return await super().complete(requests, progress)
+            async for item in super().stream(requests):
+                yield item
 
     whole = tmp_path / "whole"
     whole.mkdir()

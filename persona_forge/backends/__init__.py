@@ -5,8 +5,10 @@ from __future__ import annotations
 from ..config import BackendConfig, FakeBackendConfig, LocalBackendConfig, OpenAIBackendConfig
 from .base import ChatBackend, ChatRequest, Completion, OptionProbs, UsageTotals
 from .fake import ScriptedBackend
+from .session import BackendSession
 
-__all__ = ["ChatBackend", "ChatRequest", "Completion", "OptionProbs", "UsageTotals", "ScriptedBackend", "build_backend"]
+__all__ = ["ChatBackend", "ChatRequest", "Completion", "OptionProbs", "UsageTotals", "ScriptedBackend", "BackendSession",
+           "build_backend"]
 
 
 def build_backend(config: BackendConfig, progress: bool = True) -> ChatBackend:

@@ -11,10 +11,13 @@ import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import SamplingConfig
 from ..jsonparse import JsonParseError, parse_json
+
+if TYPE_CHECKING:
+    from .session import BackendSession
 
 REPAIR_INSTRUCTION = (
     "Your previous reply could not be read as JSON ({error}). Reply again with only the JSON, "
@@ -141,6 +144,7 @@ class ChatBackend(abc.ABC):
     supports_logprobs: bool = False
     supports_schema: bool = False
     deterministic: bool = True
+    batch_invariant: bool = True
     # Completion tokens an endpoint generates for one option question (the answer token and a
     # little slack for a leading quote or space).
     option_max_tokens: int = 3
@@ -212,15 +216,22 @@ class ChatBackend(abc.ABC):
                 progress(1)
         return results  # type: ignore[return-value]
 
+    def session(self) -> "BackendSession":
+        """The backend's session: the open one if there is one (sessions nest), else a new one to
+        open with `with`."""
+        from .session import BackendSession
+
+        current = getattr(self, "_session_open", None)
+        if current is None or not current.is_open:
+            current = self._session_open = BackendSession(self)
+        return current
+
     def complete_sync(self, requests: Sequence[ChatRequest],
                       progress: ProgressFn | None = None) -> list[Completion]:
-        return asyncio.run(self._complete_and_close(requests, progress))
-
-    async def _complete_and_close(self, requests, progress):
-        try:
-            return await self.complete(requests, progress)
-        finally:
-            await self.aclose()
+        """All completions, in request order, through the open session or, outside one, a session
+        of this call alone (a one-off request; stages hold a session instead)."""
+        with self.session() as session:
+            return session.complete(requests, progress)
 
     async def aclose(self) -> None:
         """Release connections; the backend can be used again afterwards."""
@@ -251,12 +262,8 @@ class ChatBackend(abc.ABC):
 
     def option_probs_sync(self, requests: Sequence[ChatRequest], options: Sequence[str],
                           prefix: str = "") -> list[OptionProbs]:
-        async def go():
-            try:
-                return await self.option_probs(requests, options, prefix)
-            finally:
-                await self.aclose()
-        return asyncio.run(go())
+        with self.session() as session:
+            return session.option_probs(requests, options, prefix)
 
     def count_tokens(self, request: ChatRequest) -> int:
         """Prompt tokens of a request, for estimates before anything is sent: about 4 characters

@@ -22,6 +22,7 @@ class LocalBackend(ChatBackend):
     name = "local"
     supports_logprobs = True
     option_max_tokens = 0   # option questions are one forward pass: nothing is generated
+    batch_invariant = False  # each batch is seeded and padded from its requests
 
     def __init__(self, config: LocalBackendConfig, progress: bool = True):
         super().__init__(config.model, config.sampling)

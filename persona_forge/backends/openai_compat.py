@@ -109,8 +109,10 @@ class OpenAIBackend(ChatBackend):
     async def _stream_raw(self, requests: Sequence[ChatRequest]) -> AsyncIterator[tuple[int, Completion]]:
         # `concurrency` workers take requests in order and put results on one queue: a fixed set
         # of tasks instead of one per request waiting on a semaphore.
+        from yarl import URL
+
         session = self._session_for_loop()
-        url = _chat_url(self.config.base_url)
+        url = URL(_chat_url(self.config.base_url))   # parsed once, not once per request
         pending = iter(enumerate(requests))
         done: asyncio.Queue = asyncio.Queue()
 
@@ -134,11 +136,11 @@ class OpenAIBackend(ChatBackend):
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _post(self, session, url: str, request: ChatRequest) -> tuple[int, Any, bytes]:
+    async def _post(self, session, url, request: ChatRequest) -> tuple[int, Any, bytes]:
         async with session.post(url, data=json.dumps(self._body(request)).encode(), proxy=self._proxy) as response:
             return response.status, response.headers, await response.read()
 
-    async def _with_retries(self, session, url: str, request: ChatRequest) -> Completion:
+    async def _with_retries(self, session, url, request: ChatRequest) -> Completion:
         import aiohttp
 
         attempt = 0
@@ -212,7 +214,7 @@ class OpenAIBackend(ChatBackend):
             return request.schema
         return {"type": "json_object"}
 
-    async def _with_fallback(self, session, url: str, request: ChatRequest) -> Completion:
+    async def _with_fallback(self, session, url, request: ChatRequest) -> Completion:
         """`_with_retries`, and when the server refuses the structured-output format with 400, the
         next format down (json_object, then none) for this request and all after it."""
         while True:

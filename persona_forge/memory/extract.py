@@ -201,13 +201,23 @@ class LLMExtractor:
         self.prompts = prompts or library()
         self.max_tokens = max_tokens
         self.parse_errors = 0
+        self._held = None   # one session (loop and client) for every message, opened on the first
+
+    def close(self) -> None:
+        """Close the backend's session (and its client)."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def __call__(self, text: str) -> list[str]:
         from ..backends import ChatRequest
 
         rendered = self.prompts.render(self.prompt, message=text)
         request = ChatRequest.of(rendered.messages, json=True, temperature=0.0, max_tokens=self.max_tokens)
-        completion = self.backend.complete_sync([request])[0]
+        from ..backends.session import held
+
+        self._held = held(self, self.backend, self._held)
+        [completion] = self._held.session.complete([request])
         parsed = completion.parsed if completion.ok else None
         facts = parsed.get("facts") if isinstance(parsed, dict) else None
         if not isinstance(facts, list):

@@ -234,9 +234,21 @@ class LLMJudgeNLI(NLIModel):
         self.prompt = prompt
         self.prompts = library()
         self.parse_errors = 0
+        # Stages call predict chunk after chunk: one session (loop and client) serves them all,
+        # opened on the first call and held until close() or the end of the process.
+        self._held = None
 
     def describe(self) -> str:
         return f"llm judge ({self.backend.name}: {self.backend.model})"
+
+    def close(self) -> None:
+        """Close the backend's session (and its client); a later predict opens a new one."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_held": None}   # a session (a thread) stays in its process
 
     def predict(self, pairs: Sequence[Pair], progress: ProgressFn | None = None) -> np.ndarray:
         from ..backends import ChatRequest
@@ -245,7 +257,10 @@ class LLMJudgeNLI(NLIModel):
         for premise, hypothesis in pairs:
             rendered = self.prompts.render(self.prompt, premise=_text(premise), hypothesis=_text(hypothesis))
             requests.append(ChatRequest.of(rendered.messages, json=True, temperature=0.0, max_tokens=120))
-        completions = self.backend.complete_sync(requests, progress)
+        from ..backends.session import held
+
+        self._held = held(self, self.backend, self._held)
+        completions = self._held.session.complete(requests, progress)
         return np.stack([self._probs(c) for c in completions]) if completions else np.zeros((0, 3), np.float32)
 
     def _probs(self, completion) -> np.ndarray:

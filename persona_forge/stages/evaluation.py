@@ -27,7 +27,7 @@ import gc
 import hashlib
 import html
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,20 @@ class Generator:
     def generate(self, examples: Sequence[Example], cfg: EvalConfig) -> list:
         return self.backend.complete_sync(self.requests(examples, cfg))
 
+    def chunks(self, examples: Sequence[Example], cfg: EvalConfig) -> Iterator[tuple[list[Example], list | None]]:
+        """Each chunk of `cfg.chunk` examples, in order, with its completions; None where the replies
+        come with the scores (local greedy decoding) or from `generate` (a generator without a
+        backend). Replies from a backend stream through one session: while a chunk is scored, the
+        requests of the chunks after it are in flight."""
+        steps = range(0, len(examples), cfg.chunk)
+        if self.backend is None or (self.decodes_locally and not cfg.sample):
+            for start in steps:
+                yield list(examples[start:start + cfg.chunk]), None
+            return
+        with self.backend.session() as session:
+            for start, completions in session.chunks(self.requests(examples, cfg), cfg.chunk):
+                yield list(examples[start:start + cfg.chunk]), completions
+
     def order(self, examples: Sequence[Example]) -> list[Example]:
         """Examples by prompt length when the model is local (chunks of similar length pad less)."""
         if self.lm is None:
@@ -437,9 +451,8 @@ def _run(cfg: EvalConfig, context: StageContext, chat: BackendConfig, nli_config
         todo = generator.order(todo)
         stage.record_model(model.name, generator.description)
         with store.appender() as out, ui.progress(f"eval {model.name}", total=len(todo)) as advance:
-            for start in range(0, len(todo), cfg.chunk):
-                chunk = todo[start:start + cfg.chunk]
-                for record in _chunk_records(chunk, model, generator, scorers, cfg, chat, pool):
+            for chunk, completions in generator.chunks(todo, cfg):
+                for record in _chunk_records(chunk, model, generator, scorers, cfg, chat, pool, completions):
                     if record.error is not None:   # not written: a re-run asks again
                         failed.append(f"{model.name}: {record.error}")
                         continue
@@ -484,8 +497,9 @@ def _gen_id(example: Example, model: ModelUnderTest) -> str:
 
 
 def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: Generator, scorers: Scorers,
-                   cfg: EvalConfig, chat: BackendConfig,
-                   pool: Sequence[tuple[str, str]] = ()) -> list[EvalGeneration]:
+                   cfg: EvalConfig, chat: BackendConfig, pool: Sequence[tuple[str, str]] = (),
+                   completions: list | None = None) -> list[EvalGeneration]:
+    """The chunk's records; `completions`: its replies when they came already (Generator.chunks)."""
     candidates = ([hits_candidates(e, pool, cfg.hits_candidates, cfg.seed) for e in chunk] if cfg.hits_candidates
                   else None)
     ranked: list[list[float]] | None
@@ -493,7 +507,8 @@ def _chunk_records(chunk: Sequence[Example], model: ModelUnderTest, generator: G
         completions, nll, ranked = generator.generate_and_score(
             chunk, cfg, candidates or [[e.reference] for e in chunk], chat.repetition_penalty)
     else:
-        completions = generator.generate(chunk, cfg)
+        if completions is None:
+            completions = generator.generate(chunk, cfg)
         nll = generator.nll(chunk, cfg.batch_size)
         ranked = generator.candidate_scores(chunk, candidates, cfg.batch_size) if candidates else None
     replies = [(c.text or "").strip() if c.ok else "" for c in completions]

@@ -30,7 +30,6 @@ write each.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 from collections import defaultdict
@@ -271,16 +270,15 @@ class Loop:
         return self._nli
 
     def run(self, pairs: list[Pair]) -> None:
-        # One event loop for the whole stage: the backend keeps its client and connections from chunk
-        # to chunk (complete_sync would open a new loop and client for every chunk and every turn).
-        with asyncio.Runner() as self._runner:
-            try:
-                self._rounds(pairs)
-            finally:
-                self._runner.run(self.backend.aclose())
+        # One session for the whole stage: one event loop and one client from the first chunk to the
+        # last. Chunks stay barriers: the critic scores a whole chunk (its NLI batches and the
+        # siblings form compares), each turn needs the one before, and a round's examples are the
+        # previous round's best.
+        with self.backend.session() as self._session:
+            self._rounds(pairs)
 
     def _complete(self, requests: list) -> list:
-        return self._runner.run(self.backend.complete(requests))
+        return self._session.complete(requests)
 
     def _rounds(self, pairs: list[Pair]) -> None:
         cfg = self.cfg

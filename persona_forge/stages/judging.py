@@ -351,6 +351,9 @@ def _run(cfg: JudgeConfig, context: StageContext, chat: BackendConfig, nli_confi
 
     backends: dict[str, Any] = {}   # role -> backend, made only when it has something to answer
     usage: dict[str, dict[str, Any]] = {}   # per part: what its requests cost
+    # One session per backend: the judge keeps its loop and client across the rubric, pairwise and
+    # probe parts; a part's requests go out together (its writer pairs answers up by request).
+    sessions: dict[str, Any] = {}
     failed: list[str] = []
     try:
         for part in parts:
@@ -358,15 +361,19 @@ def _run(cfg: JudgeConfig, context: StageContext, chat: BackendConfig, nli_confi
                 continue
             if part.role not in backends:
                 backends[part.role] = make(part.config)
+                sessions[part.role] = backends[part.role].session().open()
                 stage.record_model(part.role, json.dumps(backends[part.role].describe()))
             backend = backends[part.role]
             before = backend.usage.counters()
-            answers = _ask(backend, part, cache, ctx.prompts)
+            answers = _ask(backend, sessions[part.role], part, cache, ctx.prompts)
             WRITERS[part.name](ctx, part, backend, answers, failed)
             usage[part.label] = _usage(before, backend.usage.counters(), part.config)
             if part.role != "judge":
+                sessions.pop(part.role).close()
                 del backends[part.role]   # a probe model answers once: free its memory
     finally:
+        for session in sessions.values():
+            session.close()
         if cache is not None:
             cache.close()
 
@@ -416,7 +423,7 @@ def _usage(before: dict[str, int | float], after: dict[str, int | float], config
     return out
 
 
-def _ask(backend, part: Part, cache, prompts) -> list:
+def _ask(backend, session, part: Part, cache, prompts) -> list:
     """The answers to a part's requests, in order: from the judge cache where it has them, the
     rest from the backend (text completions, or OptionProbs for parts with options)."""
     from ..judgecache import ask_options, ask_text
@@ -425,10 +432,10 @@ def _ask(backend, part: Part, cache, prompts) -> list:
     with ui.progress(part.label, total=len(part.requests)) as advance:
         if part.options is None:
             return ask_text(backend, part.requests, identity, cache,
-                            lambda requests: backend.complete_sync(requests, advance))
+                            lambda requests: session.complete(requests, advance))
 
         def send(requests):
-            answers = backend.option_probs_sync(requests, part.options, ANSWER_PREFIX)
+            answers = session.option_probs(requests, part.options, ANSWER_PREFIX)
             advance(len(requests))
             return answers
 

@@ -477,33 +477,28 @@ class Expander:
             rid = record_id("questions", self.seed_set, topic, self.cfg.seed)
             request = self._chat_request(rendered.messages, rid, self.cfg.questions_temperature)
             requests.append((rid, topic, request))
-        import asyncio
-
-        asyncio.run(self._ask_questions(requests, ref, have))
+        self._ask_questions(requests, ref, have)
         return have
 
-    async def _ask_questions(self, requests, ref, have: dict[int, TopicQuestions]) -> None:
+    def _ask_questions(self, requests, ref, have: dict[int, TopicQuestions]) -> None:
         from .. import ui
 
-        try:
-            with self.stores["questions"].appender() as out, \
-                    ui.progress("inducing questions", total=len(requests)) as advance:
-                async for index, completion in self.backend.stream([r for _, _, r in requests]):
-                    advance()
-                    rid, topic, request = requests[index]
-                    if not completion.ok:
-                        self.counts.questions_failed += 1
-                        ui.debug(f"questions for topic {topic} failed: {completion.error}")
-                        continue
-                    parsed = parse_questions(completion.text, self.cfg.questions_per_topic)
-                    record = TopicQuestions(
-                        id=rid, topic=topic, questions=parsed.items or [FALLBACK_QUESTION],
-                        fallback=not parsed.items, reply=completion.text, parse_error=parsed.error,
-                        provenance=self._provenance(ref, request))
-                    out.write(record)
-                    have[topic] = record
-        finally:
-            await self.backend.aclose()
+        with self.backend.session() as session, self.stores["questions"].appender() as out, \
+                ui.progress("inducing questions", total=len(requests)) as advance:
+            for index, completion in session.stream([r for _, _, r in requests]):
+                advance()
+                rid, topic, request = requests[index]
+                if not completion.ok:
+                    self.counts.questions_failed += 1
+                    ui.debug(f"questions for topic {topic} failed: {completion.error}")
+                    continue
+                parsed = parse_questions(completion.text, self.cfg.questions_per_topic)
+                record = TopicQuestions(
+                    id=rid, topic=topic, questions=parsed.items or [FALLBACK_QUESTION],
+                    fallback=not parsed.items, reply=completion.text, parse_error=parsed.error,
+                    provenance=self._provenance(ref, request))
+                out.write(record)
+                have[topic] = record
 
     # -- expansion --
     def requests(self, questions: dict[int, TopicQuestions]) -> list[ExpansionRequest]:
@@ -537,40 +532,38 @@ class Expander:
         self.counts.requests = len(requests)
         self.counts.already_done = len(requests) - len(todo)
         if todo:
-            import asyncio
+            self._expand_all(todo, pool)
 
-            asyncio.run(self._expand_all(todo, pool))
-
-    async def _expand_all(self, todo: list[ExpansionRequest], pool: SeenPool) -> None:
+    def _expand_all(self, todo: list[ExpansionRequest], pool: SeenPool) -> None:
         import contextlib
 
         from .. import ui
 
         have_attr = self.stores["attributes"].ids()
         have_rej = self.stores["rejections"].ids()
-        try:
-            with contextlib.ExitStack() as stack:
-                attrs = stack.enter_context(self.stores["attributes"].appender())
-                rejections = stack.enter_context(self.stores["rejections"].appender())
-                replies = stack.enter_context(self.stores["replies"].appender())
-                advance = stack.enter_context(ui.progress("expanding attributes", total=len(todo)))
-                async for index, completion in self.backend.stream([r.request for r in todo]):
-                    advance()
-                    req = todo[index]
-                    if not completion.ok:
-                        self.counts.failed += 1
-                        ui.debug(f"expansion request {req.id} failed: {completion.error}")
-                        continue
-                    sinks = _Sinks(attrs, rejections, have_attr, have_rej)
-                    accepted, parsed = self._take(req, completion, pool, sinks)
-                    # The reply record goes last: it marks the request done only once its
-                    # attributes and rejections are on disk.
-                    replies.write(ExpansionReply(
-                        id=req.id, topic=req.topic, question=req.question, sample=req.sample,
-                        reply=completion.text, accepted=accepted, parse_error=parsed.error,
-                        provenance=req.provenance))
-        finally:
-            await self.backend.aclose()
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(self.backend.session())
+            attrs = stack.enter_context(self.stores["attributes"].appender())
+            rejections = stack.enter_context(self.stores["rejections"].appender())
+            replies = stack.enter_context(self.stores["replies"].appender())
+            advance = stack.enter_context(ui.progress("expanding attributes", total=len(todo)))
+            # The replies are read (parsed, embedded, deduplicated) here while the requests after
+            # them are still in flight on the session's loop.
+            for index, completion in session.stream([r.request for r in todo]):
+                advance()
+                req = todo[index]
+                if not completion.ok:
+                    self.counts.failed += 1
+                    ui.debug(f"expansion request {req.id} failed: {completion.error}")
+                    continue
+                sinks = _Sinks(attrs, rejections, have_attr, have_rej)
+                accepted, parsed = self._take(req, completion, pool, sinks)
+                # The reply record goes last: it marks the request done only once its
+                # attributes and rejections are on disk.
+                replies.write(ExpansionReply(
+                    id=req.id, topic=req.topic, question=req.question, sample=req.sample,
+                    reply=completion.text, accepted=accepted, parse_error=parsed.error,
+                    provenance=req.provenance))
 
     def _take(self, req: ExpansionRequest, completion, pool: SeenPool, sinks: "_Sinks") -> tuple[int, ParsedReply]:
         from ..schema import Attribute

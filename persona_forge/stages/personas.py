@@ -192,14 +192,15 @@ def _expand(cfg, backend, prompts, seed_set: str, seeds: list[Attribute], seed_e
     for i, attribute in enumerate(seeds):
         topics.setdefault(int(attribute.topic or 0), []).append(i)
     expander = Expander(cfg, backend, prompts, seed_set, seeds, seed_emb, topics, embed, stores)
-    questions = expander.questions()
-    requests = expander.requests(questions)
-    pool = SeenPool(seed_emb.shape[1])
-    pool.add([a.text for a in seeds], seed_emb)
-    expanded = [a for a in stores["attributes"].read() if a.source == "expanded"]
-    if expanded:
-        pool.add([a.text for a in expanded], embed([a.text for a in expanded]))
-    expander.expand(requests, pool)
+    with backend.session():  # one loop and client for the questions and the expansion after them
+        questions = expander.questions()
+        requests = expander.requests(questions)
+        pool = SeenPool(seed_emb.shape[1])
+        pool.add([a.text for a in seeds], seed_emb)
+        expanded = [a for a in stores["attributes"].read() if a.source == "expanded"]
+        if expanded:
+            pool.add([a.text for a in expanded], embed([a.text for a in expanded]))
+        expander.expand(requests, pool)
     return expander, pool
 
 

@@ -280,11 +280,14 @@ def _run(cfg: RestyleConfig, run_dir: RunDir, backend: ChatBackend, nli: Any, em
     if todo:
         checks = Checks(cfg, nli if model_nli is not None else nli(), embed, classifier)
         prompts = library()
-        with store.appender() as out, ui.progress("restyling", total=len(todo)) as advance:
-            for start in range(0, len(todo), cfg.chunk):
+        everything = [request_for(item, cfg, examples, prompts) for item in todo]
+        # One stream for every pending rewrite: a chunk is checked (NLI, encoder, classifier) and
+        # written while the requests of the chunks after it are in flight.
+        with backend.session() as session, store.appender() as out, \
+                ui.progress("restyling", total=len(todo)) as advance:
+            for start, completions in session.chunks(everything, cfg.chunk):
                 chunk = todo[start:start + cfg.chunk]
-                requests = [request_for(item, cfg, examples, prompts) for item in chunk]
-                completions = backend.complete_sync(requests)
+                requests = everything[start:start + cfg.chunk]
                 answered = [(item, req, c) for item, req, c in zip(chunk, requests, completions) if c.ok]
                 failed += len(chunk) - len(answered)
                 texts = [clean_rewrite(c.text) for _, _, c in answered]
