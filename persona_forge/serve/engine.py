@@ -58,7 +58,7 @@ class GenResult:
 class Engine:
     """The base model, wrapped by peft once an adapter is loaded, and batched generation."""
 
-    def __init__(self, model: Any, tokenizer: Any, lora_kernel: str = "peft"):
+    def __init__(self, model: Any, tokenizer: Any, lora_kernel: str = "bmm"):
         self.lora_kernel = lora_kernel  # "bmm": LoraBank's batched matmuls; "peft": adapter_names=
         self.base_model = model
         self.model = model          # becomes the PeftModel on the first adapter
