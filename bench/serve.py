@@ -8,8 +8,8 @@ SmolLM2 in this process (uvicorn on a loopback port) and driven with the real `o
    end-of-sequence token ignored so every request does the same work): mixed-adapter batches vs
    one adapter at a time (per_adapter batching: each batch one adapter, swapped between batches;
    with every client on its own adapter that is one request per batch). Same model, same process.
-   The mixed run is repeated with serve.lora_kernel=bmm (two batched matmuls per layer instead of
-   peft's loop over the batch's adapters).
+   The mixed run is made once per LoRA kernel (--kernels peft,bmm: peft's adapter_names, a loop over
+   the batch's adapters in every layer; bmm: two batched matmuls per layer).
 2. latency p50 / p95 at 1 client and at 8 clients (mixed).
 3. memory per loaded adapter: its LoRA weights' bytes, and the process RSS growth over loading 8.
 4. a bounded load: 32 clients for S seconds against a small queue; every request must come back
@@ -177,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-clients", type=int, default=32)
     parser.add_argument("--max-queue", type=int, default=16, help="The server's queue bound in the load run.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores).")
-    parser.add_argument("--no-bmm", dest="bmm", action="store_false",
-                        help="Skip the mixed run with serve.lora_kernel=bmm.")
+    parser.add_argument("--kernels", default="peft,bmm",
+                        help="The mixed runs: one per serve.lora_kernel named (comma-separated).")
+    parser.add_argument("--no-bmm", dest="kernels", action="store_const", const="peft",
+                        help="Only the mixed run with lora_kernel=peft (--kernels peft).")
     parser.add_argument("--wait-ms", type=float, default=50.0, help="The batcher's wait window.")
     parser.add_argument("--model", default=SPEC, help="Base model (a folder: a smoke run on another model).")
     args = parser.parse_args(argv)
@@ -207,19 +209,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memory per loaded adapter: {per_adapter / 2**20:.2f} MiB of LoRA weights; process RSS grew "
                   f"{grown:.1f} MiB over loading 8 ({grown / 8:.2f} MiB each)", flush=True)
             drive(url, names, 8, 8, args.tokens)  # warm-up: one batch of every adapter
-            state.batcher.stats.clear()
-            mixed_s, mixed_lat = drive(url, names, 8, args.requests, args.tokens)
-            mixed_stats = dict(state.batcher.stats)
-            print(f"mixed: {args.requests} requests in {mixed_s:.1f} s", flush=True)
-            bmm_s = bmm_lat = None
-            bmm_stats: dict = {}
-            if args.bmm:
-                state.engine.lora_kernel = "bmm"
+            default_kernel = state.engine.lora_kernel
+            mixed: dict[str, tuple[float, list[float], dict]] = {}
+            for kernel in [k.strip() for k in args.kernels.split(",") if k.strip()]:
+                state.engine.lora_kernel = kernel
                 state.batcher.stats.clear()
-                bmm_s, bmm_lat = drive(url, names, 8, args.requests, args.tokens)
-                bmm_stats = dict(state.batcher.stats)
-                state.engine.lora_kernel = "peft"
-                print(f"mixed (bmm kernel): {args.requests} requests in {bmm_s:.1f} s", flush=True)
+                seconds, lat = drive(url, names, 8, args.requests, args.tokens)
+                mixed[kernel] = (seconds, lat, dict(state.batcher.stats))
+                print(f"mixed (lora_kernel={kernel}): {args.requests} requests in {seconds:.1f} s", flush=True)
+            state.engine.lora_kernel = default_kernel
             state.batcher.mixed = False
             swap_n = args.requests if args.swap_requests is None else args.swap_requests
             swap_s = swap_lat = None
@@ -236,39 +234,38 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes = load_test(url, names, args.load_clients, args.load_seconds, args.tokens)
         state.batcher.close()
 
-    mixed_rate = args.requests * args.tokens / mixed_s
     swap_rate = swap_n * args.tokens / swap_s if swap_s else None
     print(f"\nforge serve: {args.model} ({state.engine.model.dtype}, {state.engine.model.device}), 8 random "
           f"LoRA adapters r=8 on q_proj,v_proj; {args.tokens} new tokens per request, greedy, EOS ignored")
-    print(f"{'run':<34}{'requests':>9}{'seconds':>9}{'tokens/s':>10}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}")
-    rows = [("8 clients, mixed-adapter batches", args.requests, mixed_s, mixed_lat),
-            ("8 clients, mixed, lora_kernel=bmm", args.requests, bmm_s, bmm_lat),
-            ("8 clients, one adapter at a time", swap_n, swap_s, swap_lat),
-            ("1 client (mixed server)", args.latency_requests, one_s, one_lat)]
+    print(f"{'run':<38}{'requests':>9}{'seconds':>9}{'tokens/s':>10}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}")
+    rows = [(f"8 clients, mixed, lora_kernel={k}", args.requests, seconds, lat)
+            for k, (seconds, lat, _stats) in mixed.items()]
+    rows += [("8 clients, one adapter at a time", swap_n, swap_s, swap_lat),
+             (f"1 client (mixed, {default_kernel})", args.latency_requests, one_s, one_lat)]
     for label, n, seconds, lat in rows:
         if seconds is None:
             continue
-        print(f"{label:<34}{n:>9}{seconds:>9.1f}{n * args.tokens / seconds:>10.1f}{n / seconds:>8.2f}"
+        print(f"{label:<38}{n:>9}{seconds:>9.1f}{n * args.tokens / seconds:>10.1f}{n / seconds:>8.2f}"
               f"{percentile(lat, 0.5):>8.2f}{percentile(lat, 0.95):>8.2f}")
-    if swap_rate:
-        print(f"mixed vs one adapter at a time: {mixed_rate / swap_rate:.2f}x tokens/s")
-        if bmm_s is not None:
-            print(f"mixed with lora_kernel=bmm vs one adapter at a time: "
-                  f"{args.requests * args.tokens / bmm_s / swap_rate:.2f}x tokens/s")
-    for label, stats in (("mixed", mixed_stats), ("mixed, bmm", bmm_stats)):
-        if stats:
-            print(f"{label}: {batch_figures(stats)}")
+    for kernel, (seconds, _lat, stats) in mixed.items():
+        ratio = f"{args.requests * args.tokens / seconds / swap_rate:.2f}x tokens/s vs one adapter at a time; " \
+            if swap_rate else ""
+        print(f"mixed, lora_kernel={kernel}: {ratio}{batch_figures(stats)}")
     if outcomes is not None:
         total = sum(outcomes.values())
         lost = sum(v for k, v in outcomes.items() if not k.isdigit())
         print(f"load: {args.load_clients} clients x {args.load_seconds:g} s, queue bound {args.max_queue}: "
               f"{total} requests, " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) +
               f"; lost or unexplained: {lost}")
-    line = f"latency at 8 clients p50/p95 {percentile(mixed_lat, 0.5):.2f}/{percentile(mixed_lat, 0.95):.2f} s"
+    line = ""
+    if default_kernel in mixed:
+        lat = mixed[default_kernel][1]
+        line = f"latency at 8 clients ({default_kernel}) p50/p95 {percentile(lat, 0.5):.2f}/{percentile(lat, 0.95):.2f} s"
     if one_lat:
-        line += (f"; at 1 client {percentile(one_lat, 0.5):.2f}/{percentile(one_lat, 0.95):.2f} s "
+        line += (f"{'; ' if line else ''}at 1 client {percentile(one_lat, 0.5):.2f}/{percentile(one_lat, 0.95):.2f} s "
                  f"(mean {statistics.mean(one_lat):.2f})")
-    print(line)
+    if line:
+        print(line)
     return 0
 
 
