@@ -8,8 +8,8 @@ SmolLM2 in this process (uvicorn on a loopback port) and driven with the real `o
    end-of-sequence token ignored so every request does the same work): mixed-adapter batches vs
    one adapter at a time (per_adapter batching: each batch one adapter, swapped between batches;
    with every client on its own adapter that is one request per batch). Same model, same process.
-   The mixed run is repeated with serve.lora_kernel=bmm (two batched matmuls per layer instead of
-   peft's loop over the batch's adapters).
+   The mixed run is made once per LoRA kernel (--kernels peft,bmm: peft's adapter_names, a loop over
+   the batch's adapters in every layer; bmm: two batched matmuls per layer).
 2. latency p50 / p95 at 1 client and at 8 clients (mixed).
 3. memory per loaded adapter: its LoRA weights' bytes, and the process RSS growth over loading 8.
 4. a bounded load: 32 clients for S seconds against a small queue; every request must come back
@@ -17,6 +17,7 @@ SmolLM2 in this process (uvicorn on a loopback port) and driven with the real `o
 
     python bench/serve.py                                   # 200 requests each way, 60 s load
     python bench/serve.py --requests 64 --load-seconds 20   # a shorter run
+    python bench/serve.py --requests 48 --swap-requests 24 --latency-requests 0 --load-seconds 0   # throughput only
 """
 
 from __future__ import annotations
@@ -153,6 +154,15 @@ def load_test(url: str, adapters: list[str], clients: int, seconds: float, token
     return outcomes
 
 
+def batch_figures(stats: dict) -> str:
+    """Rows per batch (generate calls) and, where the batcher counts them, rows per decode step."""
+    batches = max(1, stats.get("batches", 1))
+    text = f"{stats.get('rows', 0) / batches:.1f} rows per batch ({stats.get('batches', 0)} batches)"
+    if stats.get("steps"):
+        text += f", {stats['step_rows'] / stats['steps']:.2f} rows per decode step ({stats['steps']} steps)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                          "--requests; fewer saves time, the rate is "
                                                                          "per second either way).")
     parser.add_argument("--tokens", type=int, default=32, help="New tokens per request.")
-    parser.add_argument("--latency-requests", type=int, default=24, help="Requests of the 1-client latency run.")
+    parser.add_argument("--latency-requests", type=int, default=24, help="Requests of the 1-client latency run "
+                                                                               "(0 skips it).")
     parser.add_argument("--load-seconds", type=float, default=60.0, help="Length of the 32-client load (0 skips).")
     parser.add_argument("--load-clients", type=int, default=32)
     parser.add_argument("--max-queue", type=int, default=16, help="The server's queue bound in the load run.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores).")
-    parser.add_argument("--no-bmm", dest="bmm", action="store_false",
-                        help="Skip the mixed run with serve.lora_kernel=bmm.")
+    parser.add_argument("--kernels", default="peft,bmm",
+                        help="The mixed runs: one per serve.lora_kernel named (comma-separated).")
+    parser.add_argument("--no-bmm", dest="kernels", action="store_const", const="peft",
+                        help="Only the mixed run with lora_kernel=peft (--kernels peft).")
     parser.add_argument("--wait-ms", type=float, default=50.0, help="The batcher's wait window.")
     parser.add_argument("--model", default=SPEC, help="Base model (a folder: a smoke run on another model).")
     args = parser.parse_args(argv)
@@ -196,56 +209,63 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memory per loaded adapter: {per_adapter / 2**20:.2f} MiB of LoRA weights; process RSS grew "
                   f"{grown:.1f} MiB over loading 8 ({grown / 8:.2f} MiB each)", flush=True)
             drive(url, names, 8, 8, args.tokens)  # warm-up: one batch of every adapter
-            state.batcher.stats.clear()
-            mixed_s, mixed_lat = drive(url, names, 8, args.requests, args.tokens)
-            mixed_stats = dict(state.batcher.stats)
-            print(f"mixed: {args.requests} requests in {mixed_s:.1f} s", flush=True)
-            bmm_s = bmm_lat = None
-            if args.bmm:
-                state.engine.lora_kernel = "bmm"
-                bmm_s, bmm_lat = drive(url, names, 8, args.requests, args.tokens)
-                state.engine.lora_kernel = "peft"
-                print(f"mixed (bmm kernel): {args.requests} requests in {bmm_s:.1f} s", flush=True)
+            default_kernel = state.engine.lora_kernel
+            mixed: dict[str, tuple[float, list[float], dict]] = {}
+            for kernel in [k.strip() for k in args.kernels.split(",") if k.strip()]:
+                state.engine.lora_kernel = kernel
+                state.batcher.stats.clear()
+                seconds, lat = drive(url, names, 8, args.requests, args.tokens)
+                mixed[kernel] = (seconds, lat, dict(state.batcher.stats))
+                print(f"mixed (lora_kernel={kernel}): {args.requests} requests in {seconds:.1f} s", flush=True)
+            state.engine.lora_kernel = default_kernel
             state.batcher.mixed = False
-            swap_n = args.swap_requests or args.requests
-            swap_s, swap_lat = drive(url, names, 8, swap_n, args.tokens)
-            print(f"one adapter at a time: {swap_n} requests in {swap_s:.1f} s", flush=True)
+            swap_n = args.requests if args.swap_requests is None else args.swap_requests
+            swap_s = swap_lat = None
+            if swap_n > 0:
+                swap_s, swap_lat = drive(url, names, 8, swap_n, args.tokens)
+                print(f"one adapter at a time: {swap_n} requests in {swap_s:.1f} s", flush=True)
             state.batcher.mixed = True
-            one_s, one_lat = drive(url, names, 1, args.latency_requests, args.tokens)
+            one_s = one_lat = None
+            if args.latency_requests > 0:
+                one_s, one_lat = drive(url, names, 1, args.latency_requests, args.tokens)
             outcomes = None
             if args.load_seconds > 0:
                 state.batcher.max_queue = args.max_queue
                 outcomes = load_test(url, names, args.load_clients, args.load_seconds, args.tokens)
         state.batcher.close()
 
-    mixed_rate = args.requests * args.tokens / mixed_s
-    swap_rate = swap_n * args.tokens / swap_s
+    swap_rate = swap_n * args.tokens / swap_s if swap_s else None
     print(f"\nforge serve: {args.model} ({state.engine.model.dtype}, {state.engine.model.device}), 8 random "
           f"LoRA adapters r=8 on q_proj,v_proj; {args.tokens} new tokens per request, greedy, EOS ignored")
-    print(f"{'run':<34}{'requests':>9}{'seconds':>9}{'tokens/s':>10}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}")
-    rows = [("8 clients, mixed-adapter batches", args.requests, mixed_s, mixed_lat),
-            ("8 clients, one adapter at a time", swap_n, swap_s, swap_lat),
-            ("1 client (mixed server)", args.latency_requests, one_s, one_lat)]
-    if bmm_s is not None:
-        rows.insert(1, ("8 clients, mixed, lora_kernel=bmm", args.requests, bmm_s, bmm_lat))
+    print(f"{'run':<38}{'requests':>9}{'seconds':>9}{'tokens/s':>10}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}")
+    rows = [(f"8 clients, mixed, lora_kernel={k}", args.requests, seconds, lat)
+            for k, (seconds, lat, _stats) in mixed.items()]
+    rows += [("8 clients, one adapter at a time", swap_n, swap_s, swap_lat),
+             (f"1 client (mixed, {default_kernel})", args.latency_requests, one_s, one_lat)]
     for label, n, seconds, lat in rows:
-        print(f"{label:<34}{n:>9}{seconds:>9.1f}{n * args.tokens / seconds:>10.1f}{n / seconds:>8.2f}"
+        if seconds is None:
+            continue
+        print(f"{label:<38}{n:>9}{seconds:>9.1f}{n * args.tokens / seconds:>10.1f}{n / seconds:>8.2f}"
               f"{percentile(lat, 0.5):>8.2f}{percentile(lat, 0.95):>8.2f}")
-    print(f"mixed vs one adapter at a time: {mixed_rate / swap_rate:.2f}x tokens/s")
-    if bmm_s is not None:
-        print(f"mixed with lora_kernel=bmm vs one adapter at a time: "
-              f"{args.requests * args.tokens / bmm_s / swap_rate:.2f}x tokens/s")
-    batches = max(1, mixed_stats.get("batches", 1))
-    print(f"rows per batch over the whole run: {mixed_stats.get('rows', 0) / batches:.1f}")
+    for kernel, (seconds, _lat, stats) in mixed.items():
+        ratio = f"{args.requests * args.tokens / seconds / swap_rate:.2f}x tokens/s vs one adapter at a time; " \
+            if swap_rate else ""
+        print(f"mixed, lora_kernel={kernel}: {ratio}{batch_figures(stats)}")
     if outcomes is not None:
         total = sum(outcomes.values())
         lost = sum(v for k, v in outcomes.items() if not k.isdigit())
         print(f"load: {args.load_clients} clients x {args.load_seconds:g} s, queue bound {args.max_queue}: "
               f"{total} requests, " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) +
               f"; lost or unexplained: {lost}")
-    print(f"latency at 8 clients p50/p95 {percentile(mixed_lat, 0.5):.2f}/{percentile(mixed_lat, 0.95):.2f} s; "
-          f"at 1 client {percentile(one_lat, 0.5):.2f}/{percentile(one_lat, 0.95):.2f} s "
-          f"(mean {statistics.mean(one_lat):.2f})")
+    line = ""
+    if default_kernel in mixed:
+        lat = mixed[default_kernel][1]
+        line = f"latency at 8 clients ({default_kernel}) p50/p95 {percentile(lat, 0.5):.2f}/{percentile(lat, 0.95):.2f} s"
+    if one_lat:
+        line += (f"{'; ' if line else ''}at 1 client {percentile(one_lat, 0.5):.2f}/{percentile(one_lat, 0.95):.2f} s "
+                 f"(mean {statistics.mean(one_lat):.2f})")
+    if line:
+        print(line)
     return 0
 
 

@@ -850,9 +850,10 @@ class ServeConfig(Section):
         "mixed", description="mixed: requests for different adapters share a batch; per_adapter: one adapter per "
                              "batch, swapped between batches (the baseline).")
     lora_kernel: Literal["peft", "bmm"] = Field(
-        "peft", description="How a mixed batch applies its adapters: peft: peft's adapter_names (a loop over the "
-                            "batch's adapters in every layer); bmm: each row's LoRA weights stacked, two batched "
-                            "matmuls per layer (fewer, larger operations).")
+        "bmm", description="How a mixed batch applies its adapters: bmm: each row's LoRA weights gathered from "
+                           "every loaded adapter's, stacked, two batched matmuls per layer (fewer, larger "
+                           "operations; plain LoRA on linear layers, else peft's path); peft: peft's "
+                           "adapter_names (a loop over the batch's adapters in every layer).")
     max_tokens: int = Field(256, ge=1, description="New tokens when a request gives no max_tokens.")
     repetition_penalty: float | None = Field(None, ge=1.0, description="Applied when a request gives none; "
                                                                         "default backend.repetition_penalty, so "

@@ -325,7 +325,7 @@ def build_state(model_spec: str, served_name: str | None, adapters: dict[str, Pa
                 max_rank: int = 64, max_batch: int = 16, wait_ms: float = 50.0, max_queue: int = 64,
                 mixed: bool = True, max_tokens: int = 256, repetition_penalty: float = 1.0,
                 base_aliases: list[str] | None = None, api_key: str | None = None, threads: int | None = None,
-                lora_kernel: str = "peft", progress: bool = True) -> ServeState:
+                lora_kernel: str = "bmm", progress: bool = True) -> ServeState:
     """Load the base model, check every adapter (a UserError names the first refused) and load up to
     `max_loaded` of them."""
     from ..hardware import set_torch_threads

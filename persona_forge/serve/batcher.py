@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import Engine, GenRequest, GenResult
+from .engine import Decoder, Engine, GenRequest, GenResult
 from .registry import AdapterRegistry
 
 
@@ -37,6 +37,7 @@ class _Item:
     request: GenRequest
     future: Future
     queued_at: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0
 
 
 class MicroBatcher:
@@ -53,6 +54,7 @@ class MicroBatcher:
         self._cv = threading.Condition()
         self._stop = False
         self._batch_seconds = 1.0   # a running average, for Retry-After
+        self._running: dict[int, _Item] = {}   # id(request) -> its item, for the rows being decoded
         self.stats = collections.Counter()
         self._thread = threading.Thread(target=self._run, name="forge-serve-model", daemon=True)
         self._thread.start()
@@ -100,23 +102,39 @@ class MicroBatcher:
 
     # --- the model thread ---
     def _run(self) -> None:
+        decoder: Decoder | None = None
         while True:
             with self._cv:
-                while not self._stop and not self._queue and not self._jobs:
+                while not self._stop and not self._queue and not self._jobs and not (decoder and decoder.rows):
                     self._cv.wait()
                 if self._stop:
                     for item in self._queue:
                         item.future.set_exception(RuntimeError("server shutting down"))
+                    for item in self._running.values():
+                        item.future.set_exception(RuntimeError("server shutting down"))
                     return
-                jobs = list(self._jobs)
-                self._jobs.clear()
-            for job, future in jobs:
-                self._run_job(job, future)
-            if not jobs:
+                running = bool(decoder and decoder.rows)
+                jobs = [] if running else list(self._jobs)
+                if jobs:
+                    self._jobs.clear()
+            if jobs:
+                # Model changes wait until no row is running (new rows wait for them in turn).
+                for job, future in jobs:
+                    self._run_job(job, future)
+                continue
+            if not running:
+                decoder = self.engine.decoder(self.mixed)
                 self._collect_window()
-                batch = self._take_batch()
-                if batch:
-                    self._run_batch(batch)
+                batch = self._take_batch(self.max_batch, set())
+            elif self.mixed and not self._jobs and self._queue and decoder.can_join():
+                # Iteration-level batching: waiting requests join the running rows between decode steps.
+                batch = self._take_batch(self.max_batch - len(decoder.rows), decoder.adapters())
+            else:
+                batch = []
+            if batch:
+                self._join(decoder, batch)
+            if decoder.rows:
+                self._step(decoder)
 
     def _run_job(self, job: Callable[[], Any], future: Future) -> None:
         try:
@@ -134,7 +152,11 @@ class MicroBatcher:
                     break
                 self._cv.wait(left)
 
-    def _take_batch(self) -> list[_Item]:
+    def _take_batch(self, room: int, adapters: set[str]) -> list[_Item]:
+        """Up to `room` waiting requests, first come first served; mixed: with at most max_loaded distinct
+        adapters counting those of the running rows (`adapters`); per_adapter: the head's adapter only."""
+        if room <= 0:
+            return []
         with self._cv:
             items = [i for i in self._queue if not i.request.cancelled.is_set()]
             for gone in (i for i in self._queue if i.request.cancelled.is_set()):
@@ -143,46 +165,69 @@ class MicroBatcher:
                 self._queue.clear()
                 return []
             if self.mixed:
-                batch, adapters = [], set()
+                batch, adapters = [], set(adapters)
                 for item in items:
                     name = item.request.adapter
                     if name is not None and name not in adapters and len(adapters) >= self.registry.max_loaded:
-                        continue  # more distinct adapters than may be loaded at once: the next batch
+                        continue  # more distinct adapters than may be loaded at once: later
                     batch.append(item)
                     if name is not None:
                         adapters.add(name)
-                    if len(batch) == self.max_batch:
+                    if len(batch) == room:
                         break
             else:
                 head = items[0].request.adapter
-                batch = [i for i in items if i.request.adapter == head][: self.max_batch]
+                batch = [i for i in items if i.request.adapter == head][:room]
             taken = set(map(id, batch))
             self._queue = collections.deque(i for i in items if id(i) not in taken)
         return batch
 
-    def _run_batch(self, batch: list[_Item]) -> None:
-        started = time.monotonic()
+    def _join(self, decoder: Decoder, batch: list[_Item]) -> None:
         try:
             needed = [i.request.adapter for i in batch if i.request.adapter is not None]
-            self._ensure_loaded(needed, batch)
+            self._ensure_loaded(sorted(decoder.adapters()) + needed, batch)
             batch = [i for i in batch if not i.future.done()]
             if not batch:
                 return
             if not self.mixed:
                 self.engine.use_single_adapter(batch[0].request.adapter)
-            results = self.engine.generate([i.request for i in batch], mixed=self.mixed)
+            for item in batch:
+                item.started_at = time.monotonic()
+                self._running[id(item.request)] = item
+            done = decoder.join([i.request for i in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiting client gets an answer
             for item in batch:
+                self._running.pop(id(item.request), None)
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        seconds = time.monotonic() - started
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
         self.stats["batches"] += 1
         self.stats["rows"] += len(batch)
-        for item, result in zip(batch, results):
-            if not item.future.done():
-                item.future.set_result(result)
+        self._settle(done)
+
+    def _step(self, decoder: Decoder) -> None:
+        steps, rows = decoder.steps, decoder.step_rows
+        try:
+            done = decoder.step()
+        except BaseException as exc:  # noqa: BLE001 - the running rows fail; the server goes on
+            self._settle(decoder.close(exc))
+            return
+        self.stats["steps"] += decoder.steps - steps
+        self.stats["step_rows"] += decoder.step_rows - rows
+        self._settle(done)
+
+    def _settle(self, done: list) -> None:
+        now = time.monotonic()
+        for key, outcome in done:
+            item = self._running.pop(key, None)
+            if item is None or item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+                continue
+            # A running average of how long a request takes once started, for Retry-After.
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (now - item.started_at)
+            item.future.set_result(outcome)
 
     def _ensure_loaded(self, needed: list[str], batch: list[_Item]) -> None:
         unload, load = self.registry.plan(needed)
