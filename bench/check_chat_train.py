@@ -21,6 +21,7 @@ import json
 import re
 import sys
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,8 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def persona_keys(path: Path) -> set[str]:
+@lru_cache(maxsize=None)
+def persona_keys(path: Path) -> frozenset[str]:
     """Keys of every persona sentence of an SPC split (gzip JSONL with user1_persona / user2_persona)."""
     keys = set()
     with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -62,7 +64,7 @@ def persona_keys(path: Path) -> set[str]:
                 row = json.loads(line)
                 for field in ("user1_persona", "user2_persona"):
                     keys.update(sentence_key(s) for s in row.get(field) or [])
-    return keys
+    return frozenset(keys)
 
 
 def load_rows(path: Path) -> tuple[list[tuple[int, object]], list[str]]:
