@@ -70,7 +70,7 @@ def test_checker_reports_leaks_imbalance_and_malformed_rows(tmp_path):
     assert "bad.jsonl:4: label 'maybe'" in text
     assert "bad.jsonl:5: missing" in text
     assert "bad.jsonl:6: not JSON" in text
-    assert "labels unbalanced" in text  # three entailment-or-other rows of one label
+    assert "labels unbalanced" in text  # the three well-formed rows all carry one label
 
 
 def test_read_labelled_rejects_a_bad_label(tmp_path):
