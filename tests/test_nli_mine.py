@@ -140,3 +140,23 @@ def test_a_line_about_the_partner_is_not_mined_as_a_restatement():
     pairs = mine.mine_pairs([conversation], 100, random.Random(0), [("I am a nurse.",)], bag_of_words)
     restated = {(p.premise, _plain(p.hypothesis)) for p in pairs if p.source == "mined:restate"}
     assert restated == {("I have a cat named Tom.", "i have a cat named tom he is lazy")}
+
+
+def test_cross_slot_neutrals_pair_a_job_with_a_self_description_and_favourites_of_other_kinds():
+    personas = [("I work as a nurse.", "I am a morning person.", "My favorite color is blue."),
+                ("I am a deaf man.", "I am retired.", "My favorite food is pizza."),
+                ("I am a youtuber.", "I am 15 years old.", "My favorite colour is red."),
+                ("I am a democrat.", "My favorite dessert is pie.", "I like hiking.")]
+    pairs = mine.cross_slot_pairs(personas, 60, random.Random(0))
+    assert len(pairs) == 60 and {p.label for p in pairs} == {"neutral"}
+    jobs = [p for p in pairs if p.source in ("mined:cross_slot_job", "mined:cross_slot_self")]
+    said = {_plain(p.premise) for p in jobs} | {_plain(p.hypothesis) for p in jobs}
+    text = " ".join(said)
+    assert "morning person" in text and "deaf man" in text and "democrat" in text and "nurse" in text
+    # a job by another name, a minor and a sentence about (not) working are never self-descriptions
+    assert "youtuber" not in text and "15 years" not in text and "retired" not in text
+    favourites = {(_plain(p.premise), _plain(p.hypothesis)) for p in pairs if p.source == "mined:cross_slot_favourite"}
+    assert favourites
+    for premise, hypothesis in favourites:
+        kinds = {k for k in ("color", "colour", "food", "dessert") if k in premise or k in hypothesis}
+        assert not {"color", "colour"} <= kinds and not {"food", "dessert"} <= kinds  # one kind: they would clash

@@ -421,6 +421,19 @@ def handwritten_pairs() -> list[NLIPair]:
     return read_labelled(data_dir("corpora") / "nli" / "persona_train_handwritten.jsonl", source="handwritten")
 
 
+def chat_handwritten_pairs() -> list[NLIPair]:
+    """Persona facts said indirectly in chat, written by hand for training
+    (corpora/nli/chat_train_handwritten.jsonl; premises from SPC train personas): an episode, a
+    consequence, slang or a rival value in place of the fact's own words. Template and mined pairs
+    taught that a line on the fact's topic in other words contradicts it."""
+    return read_labelled(data_dir("corpora") / "nli" / "chat_train_handwritten.jsonl", source="chat_handwritten")
+
+
+def spc_personas(split: str = "train") -> list[tuple[str, ...]]:
+    """Every distinct persona of a split, sentences normalised."""
+    return sorted({tuple(normalize(a) for a in c[k]) for c in load_spc(split) for k in ("user1_persona", "user2_persona")})
+
+
 def build_training_pairs(seed: int = 0, frame_per_label: int = 1500, corpus_per_label: int = 1500,
                          sick: bool = True, handwritten_repeats: int = 2, unrelated: int = 0,
                          ungrounded: int = 0, reactions: int = 0) -> list[NLIPair]:

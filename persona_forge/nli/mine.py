@@ -35,8 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .data import (_PLACES, LABELS, NLIPair, _favorites, _known_place, _same_place, _take, content_words,
-                   contradictions_of, load_spc, normalize)
+from .data import (_PLACES, LABELS, NLIPair, _favorites, _known_place, _same_place, _take, chatify,
+                   content_words, contradictions_of, load_spc, normalize)
 from .frames import JOBS, NUMBER_WORDS
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -294,6 +294,90 @@ def mine_pairs(conversations: list[dict], per_label: int, rng: random.Random,
                 j, x = rng.choice(about)
                 add(persona[j], x, "neutral", "partner_about")
     return [p for label in LABELS for p in _take(by_label[label], per_label, rng)]
+
+
+# Work words: an "I am ..." sentence that says one of these speaks about having a job and may well
+# exclude one ("I am retired" / "I work as a nurse"), so it is never a cross-slot neutral.
+_WORKISH = re.compile(r"\b(work|works|worked|working|job|jobs|jobless|retired|retire|unemployed|employed|career|"
+                      r"profession|business|boss|company|office|hired|fired|quit|student|school|college|"
+                      r"university|intern|manager|owner|self employed|stay at home|full time|part time|"
+                      r"living|paid|salary|shift|army|navy|military|marines?|air force|police|nursing|teaching)\b", re.I)
+_ANY_JOB = re.compile(r"\b(?:" + "|".join(re.escape(j) for j in JOB_NOUNS) + r")s?\b", re.I)
+_YOUNG = re.compile(r"\b(1[0-7]|[1-9]|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|teen|teenager|"
+                    r"kid|child|high school|grade)\b", re.I)
+# "I am a youtuber / blackjack dealer / baseball player": a job by another name, left out of the
+# self-descriptions (a job may exclude another job).
+_AGENT_NOUN = re.compile(r"\b(?:a|an)\b[\w ]*?\b(?!(?:lover|fan|believer|player of|mother|father|brother|sister|"
+                         r"daughter|grandmother|grandfather|member|owner of)\b)\w+(?:er|or|ist|ant|ent|ee|ian|ic)\b[.!]?$",
+                         re.I)
+# Favourite kinds that name the same thing: two values of one group do exclude each other.
+_SAME_KIND = ({"color", "colour"}, {"music", "genre", "type of music", "music genre", "kind of music", "band",
+                                    "group", "singer", "artist", "song"},
+              {"food", "dish", "meal", "cuisine", "snack", "dessert", "treat"}, {"movie", "film", "show", "tv show"},
+              {"sport", "sports", "team", "sports team"}, {"book", "novel", "author", "writer"},
+              {"drink", "beverage"}, {"animal", "pet"}, {"season", "holiday", "time of year"})
+
+
+def _plain(sentence: str) -> bool:
+    """Says nothing a job or a favourite could exclude: no job, no work, no favourite, not a minor."""
+    return not (slot_of(sentence) or _ANY_JOB.search(sentence) or _WORKISH.search(sentence)
+                or _YOUNG.search(sentence) or re.search(r"favou?rite", sentence, re.I))
+
+
+def _kinds_apart(kind1: str, kind2: str) -> bool:
+    """Two favourite kinds whose values never exclude each other (ice cream / video game)."""
+    a, b = kind1.lower(), kind2.lower()
+    if a == b or a in b or b in a or set(a.split()) & set(b.split()):
+        return False
+    return not any(a in group and b in group for group in _SAME_KIND)
+
+
+def cross_slot_pairs(personas: list[tuple[str, ...]], n: int, rng: random.Random) -> list[NLIPair]:
+    """Neutrals in the surface form of a contradiction: two "I am a ..." sentences of which only
+    one is a job ("I am a democrat." / "I'm a student at ..."; "I am a deaf man." / "I work as a
+    software engineer."), and favourites of different kinds ("My favorite ice cream is pistachio."
+    / "My favorite video game is ..."). Job and favourite rivals (mined_swap, mined_rival, frames)
+    taught that any two such sentences clash; on real SPC conversations these were most of the
+    critic's remaining false alarms. Half the hypotheses carry a second sentence of the same
+    persona, as chat lines do ("I'm a nurse. I work at a hospital.")."""
+    jobs, selves, favourites = [], [], []
+    for persona in personas:
+        for sentence in persona:
+            found = slot_of(sentence)
+            if found and found[0] == "job":
+                jobs.append((persona, sentence))
+            elif found and found[0].startswith("favorite:"):
+                favourites.append((persona, sentence, found[0].split(":", 1)[1]))
+            elif re.match(r"i(?: am|'m) (?:a |an |very |really |so )?\w+", sentence, re.I) and not found \
+                    and not _WORKISH.search(sentence) and not _negated(sentence) \
+                    and not _AGENT_NOUN.search(sentence) and _plain(sentence):
+                selves.append((persona, sentence))
+    pairs: list[NLIPair] = []
+    if not (jobs and selves) and len(favourites) < 2:
+        return pairs
+
+    def line(persona: tuple[str, ...], sentence: str, avoid: str) -> str:
+        extra = [a for a in persona if a not in (sentence, avoid) and _plain(a)]
+        said = chatify(sentence, rng) if rng.random() < 0.6 else sentence
+        if extra and rng.random() < 0.5:
+            other = rng.choice(extra)
+            said = f"{said} {other}" if rng.random() < 0.5 else f"{other} {said}"
+        return _chat_noise(said, rng)
+
+    while len(pairs) < n:
+        if len(pairs) % 3 < 2 and jobs and selves:  # two thirds job against self-description
+            (p_job, job), (p_self, self_) = rng.choice(jobs), rng.choice(selves)
+            if rng.random() < 0.5:
+                pairs.append(NLIPair(self_, line(p_job, job, self_), "neutral", "mined:cross_slot_job"))
+            else:
+                pairs.append(NLIPair(job, line(p_self, self_, job), "neutral", "mined:cross_slot_self"))
+        elif len(favourites) >= 2:
+            (_, first, kind1), (p2, second, kind2) = rng.sample(favourites, 2)
+            if _kinds_apart(kind1, kind2):
+                pairs.append(NLIPair(first, line(p2, second, first), "neutral", "mined:cross_slot_favourite"))
+        else:
+            break
+    return pairs
 
 
 def _contract(text: str, rng: random.Random) -> str:

@@ -44,6 +44,11 @@ class TrainSettings:
     # The mined natural-chat pairs (nli/mine.py): up to 3,000 a label from 1,500 train conversations.
     mined_conversations: int = 1500
     mined_per_label: int = 3000
+    # Neutrals shaped like contradictions (nli/mine.py cross_slot_pairs): a job against a
+    # self-description, favourites of different kinds.
+    cross_slot: int = 1500
+    # corpora/nli/chat_train_handwritten.jsonl: persona facts said indirectly in chat, by hand.
+    chat_handwritten_repeats: int = 3
     threads: int | None = None
 
 
@@ -62,7 +67,7 @@ def build_key(settings: TrainSettings = DEFAULT_SETTINGS) -> str:
         digest.update(source.read_bytes())
     corpora = data_dir("corpora")
     for name in ("nli/sick2014/SICK_train.txt", "nli/sick2014/SICK_trial.txt", "spc/train.jsonl.gz",
-                 "nli/persona_train_handwritten.jsonl"):
+                 "nli/persona_train_handwritten.jsonl", "nli/chat_train_handwritten.jsonl"):
         digest.update(hashlib.sha256((corpora / name).read_bytes()).digest())
     return digest.hexdigest()[:12]
 
@@ -91,7 +96,7 @@ def build(target: Path, settings: TrainSettings = DEFAULT_SETTINGS, progress: bo
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
     from ..hardware import set_torch_threads
-    from .data import build_training_pairs
+    from .data import build_training_pairs, chat_handwritten_pairs, spc_personas
 
     started = time.time()
     threads = set_torch_threads(settings.threads)
@@ -106,7 +111,12 @@ def build(target: Path, settings: TrainSettings = DEFAULT_SETTINGS, progress: bo
         from .mine import mined_pairs
 
         pairs += mined_pairs(settings.seed + 3, settings.mined_conversations, settings.mined_per_label)
-        random.Random(settings.seed + 4).shuffle(pairs)
+    if settings.cross_slot:
+        from .mine import cross_slot_pairs
+
+        pairs += cross_slot_pairs(spc_personas(), settings.cross_slot, random.Random(settings.seed + 5))
+    pairs += chat_handwritten_pairs() * settings.chat_handwritten_repeats
+    random.Random(settings.seed + 4).shuffle(pairs)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=3, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
