@@ -13,6 +13,7 @@ import pytest
 
 from conftest import KeywordNLI, make_recipe
 from persona_forge.backends import ChatBackend, ChatRequest, Completion
+from persona_forge.backends.base import bounded_stream
 from persona_forge.contract import StageContext
 from persona_forge.errors import BackendUnavailable
 
@@ -47,37 +48,23 @@ class CountingBackend(ChatBackend):
         if self._loop is not loop:
             self.opened += 1
             self._loop = loop
-        pending = iter(enumerate(requests))
-        done: asyncio.Queue = asyncio.Queue()
 
-        async def worker():
-            for index, request in pending:
-                if self.fail_after is not None and self.started >= self.fail_after:
-                    done.put_nowait((index, BackendUnavailable("the endpoint went away")))
-                    return
-                self.started += 1
-                self.in_flight += 1
-                self.peak = max(self.peak, self.in_flight)
-                try:
-                    await asyncio.sleep(self.latency_s)
-                finally:
-                    self.in_flight -= 1
-                if self.total is not None and self.started < self.total:
-                    self.low = self.in_flight if self.low is None else min(self.low, self.in_flight)
-                done.put_nowait((index, Completion(text=f"echo: {request.messages[-1]['content']}",
-                                                   finish_reason="stop")))
+        async def handle(request):
+            if self.fail_after is not None and self.started >= self.fail_after:
+                raise BackendUnavailable("the endpoint went away")
+            self.started += 1
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                await asyncio.sleep(self.latency_s)
+            finally:
+                self.in_flight -= 1
+            if self.total is not None and self.started < self.total:
+                self.low = self.in_flight if self.low is None else min(self.low, self.in_flight)
+            return Completion(text=f"echo: {request.messages[-1]['content']}", finish_reason="stop")
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
-        try:
-            for _ in range(len(requests)):
-                index, result = await done.get()
-                if isinstance(result, BaseException):
-                    raise result
-                yield index, result
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        async for item in bounded_stream(requests, self.concurrency, handle):
+            yield item
 
 
 def ask(text: str) -> ChatRequest:

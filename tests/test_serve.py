@@ -23,15 +23,19 @@ ADAPTERS = ("alice", "bob", "carol")
 PROMPTS = ["hello there", "what do you like to do on weekends?", "x", "tell me about your dogs and cats"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
+def make_tiny(root) -> dict:
+    """A tiny random llama and one tiny LoRA adapter per name of ADAPTERS, under `root`."""
     import torch
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("tiny")
     base = make_tiny_model(root / "base")
     adapters = {name: make_adapter(base, root / name, seed=i) for i, name in enumerate(ADAPTERS)}
     return {"root": root, "base": base, "adapters": adapters}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def _state(tiny: dict, adapters: tuple[str, ...] = ADAPTERS, **options):

@@ -11,23 +11,19 @@ import time
 
 import pytest
 
-from test_serve import ADAPTERS, PROMPTS, Served, _ask, _reference_replies, _state
-from tiny_lm import make_adapter, make_tiny_model
+from test_serve import PROMPTS, Served, _ask, _reference_replies, _state, make_tiny
+from tiny_lm import make_adapter
 
 LONG = "tell me everything about the place where you grew up, your family, your work and your dogs"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("tiny")
-    base = make_tiny_model(root / "base")
-    adapters = {name: make_adapter(base, root / name, seed=i) for i, name in enumerate(ADAPTERS)}
+    tiny = make_tiny(tmp_path_factory.mktemp("tiny"))
     # Another rank and other layers: the bmm kernel pads ranks and leaves zero slots where it has none.
-    adapters["dave"] = make_adapter(base, root / "dave", seed=7, r=4, targets=("q_proj", "k_proj", "o_proj"))
-    return {"root": root, "base": base, "adapters": adapters}
+    tiny["adapters"]["dave"] = make_adapter(tiny["base"], tiny["root"] / "dave", seed=7, r=4,
+                                            targets=("q_proj", "k_proj", "o_proj"))
+    return tiny
 
 
 def _engine(tiny: dict, kernel: str):

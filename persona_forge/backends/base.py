@@ -271,6 +271,37 @@ class ChatBackend(abc.ABC):
         return sum((len(m["content"]) + 3) // 4 + 4 for m in request.messages) + 3
 
 
+async def bounded_stream(requests: Sequence[ChatRequest], concurrency: int,
+                         handle: Callable[[ChatRequest], Any]) -> AsyncIterator[tuple[int, Completion]]:
+    """(index, await handle(request)) as each finishes, at most `concurrency` at once.
+
+    `concurrency` workers take the requests in order and put results on one queue: a fixed set of
+    tasks instead of one per request waiting on a semaphore. The first error a handler raises is
+    raised here, and leaving early cancels the workers."""
+    pending = iter(enumerate(requests))
+    done: asyncio.Queue = asyncio.Queue()
+
+    async def worker() -> None:
+        for index, request in pending:
+            try:
+                done.put_nowait((index, await handle(request)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                done.put_nowait((index, exc))
+                return
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(requests)))]
+    try:
+        for _ in range(len(requests)):
+            index, result = await done.get()
+            if isinstance(result, BaseException):
+                raise result
+            yield index, result
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
 def _option_of(token: str, options: Sequence[str]) -> str | None:
     token = token.strip().strip('"\'*`(').strip()
     return token if token in options else None

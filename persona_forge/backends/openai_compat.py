@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import OpenAIBackendConfig, redact_url
 from ..errors import BackendUnavailable, UserError
-from .base import ChatBackend, ChatRequest, Completion
+from .base import ChatBackend, ChatRequest, Completion, bounded_stream
 
 _FORMAT_ORDER = ("json_schema", "json_object", "text")
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
@@ -107,34 +107,13 @@ class OpenAIBackend(ChatBackend):
         return self._session
 
     async def _stream_raw(self, requests: Sequence[ChatRequest]) -> AsyncIterator[tuple[int, Completion]]:
-        # `concurrency` workers take requests in order and put results on one queue: a fixed set
-        # of tasks instead of one per request waiting on a semaphore.
         from yarl import URL
 
         session = self._session_for_loop()
         url = URL(_chat_url(self.config.base_url))   # parsed once, not once per request
-        pending = iter(enumerate(requests))
-        done: asyncio.Queue = asyncio.Queue()
-
-        async def worker() -> None:
-            for index, request in pending:
-                try:
-                    done.put_nowait((index, await self._with_fallback(session, url, request)))
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-                    done.put_nowait((index, exc))
-                    return
-
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(requests)))]
-        try:
-            for _ in range(len(requests)):
-                index, result = await done.get()
-                if isinstance(result, BaseException):
-                    raise result
-                yield index, result
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        async for item in bounded_stream(requests, self.config.concurrency,
+                                         lambda request: self._with_fallback(session, url, request)):
+            yield item
 
     async def _post(self, session, url, request: ChatRequest) -> tuple[int, Any, bytes]:
         async with session.post(url, data=json.dumps(self._body(request)).encode(), proxy=self._proxy) as response:
